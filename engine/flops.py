@@ -1,0 +1,319 @@
+"""FLOP accounting: Table 1 of Kaplan et al. (2020) as code, and the ledger of what really ran.
+
+Convention everywhere in this file: **FLOPs, a multiply-add counts 2** (a matmul of (M, K) by
+(K, N) is 2*M*N*K FLOPs).  Element-wise ops count one FLOP per arithmetic operation, with a
+transcendental (exp, tanh, sqrt, rsqrt, log) counted as 1; the per-element constants below say
+how each is derived.
+
+Three views of the same run (DESIGN.md, "FLOP accounting"):
+
+* ``paper``:    Table 1 per token times the tokens that ran; the attention mask row uses
+                n_ctx whatever T was; backward = 2 x forward; extra rows are 0 (the paper
+                omits them).
+* ``model``:    the exact algorithmic work for the shapes that ran.  Linear rows equal the
+                paper's.  Causal attention over T tokens does sum_{i=1..T} (2*i*d_attn for
+                QK^T + 2*i*d_attn for AV) = 2*T*(T+1)*d_attn per layer and sequence.  The
+                backward of a matmul is exactly 2 x its forward (dX and dW).  This is the C
+                used for fitting.
+* ``executed``: what the backend's kernels really computed (full T x T scores in the eager
+                reference, whole tiles on the causal diagonal and recompute in a flash-style
+                backward).  Each backend reports it through ``Backend.executed``; ops it does
+                not override equal the model view.
+
+Rows: the paper's Table 1 rows, then extra rows kept apart.  ``non-embedding`` rows are the
+paper's C (attention_qkv, attention_mask, attention_project, feedforward).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+TABLE1_ROWS = ("embed", "attention_qkv", "attention_mask", "attention_project", "feedforward", "deembed")
+NONEMBEDDING_ROWS = ("attention_qkv", "attention_mask", "attention_project", "feedforward")
+EXTRA_ROWS = ("layernorm", "softmax", "gelu", "bias", "residual", "loss", "optimizer")
+ROWS = TABLE1_ROWS + EXTRA_ROWS
+VIEWS = ("paper", "model", "executed")
+
+# ---------------------------------------------------------------------------------------------
+# Per-element constants of the extra rows (FLOPs per element unless "PER_ROW").
+# ---------------------------------------------------------------------------------------------
+# LayerNorm forward, per element: mean (1 add), x - mean (1 sub), square (1 mul), variance
+# sum (1 add), multiply by rstd (1 mul), affine w*xhat + b (1 mul + 1 add) = 7.
+# Per row: mean /C, var /C, + eps, rsqrt = 4.
+LN_FWD = 7
+LN_FWD_PER_ROW = 4
+# LayerNorm backward, per element (xhat kept from forward): dxhat = dy*w (1), dW += dy*xhat
+# (2), dB += dy (1), sum(xhat*dxhat) (2), sum(dxhat) (1), dx = (dxhat - xhat*c1 - c2) * rstd
+# (mul, sub, sub, mul = 4) = 11.  Per row: c1 /C, c2 /C = 2.
+LN_BWD = 11
+LN_BWD_PER_ROW = 2
+# Softmax forward over attention scores, per score element: scale by 1/sqrt(D) (1 mul), row
+# max (1 cmp), subtract max (1), exp (1), row sum (1 add), normalise (1 mul by 1/sum) = 6.
+# Per row: the reciprocal of the sum = 1.
+SOFTMAX_FWD = 6
+SOFTMAX_FWD_PER_ROW = 1
+# Softmax backward, per element: dP*P (1 mul), row sum of it (1 add), dP - sum (1 sub),
+# times P (1 mul), times the scale (1 mul) = 5.
+SOFTMAX_BWD = 5
+# GELU (tanh approximation) forward, per element: x*x*x (2 mul), 0.044715*x^3 (1 mul), + x (1),
+# * sqrt(2/pi) (1 mul), tanh (1), 1 + t (1), x * (1 + t) (1 mul), * 0.5 (1 mul) = 9.
+GELU_FWD = 9
+# GELU backward, per element: recompute u and t = tanh(u) (x*x, *x, *a, +x, *c, tanh = 6);
+# 0.5*(1+t) (2); 1 - t*t (2); 1 + 3a*x^2 (2, x^2 reused); * c (1); * (1 - t^2) (1);
+# * 0.5*x (2); sum of the two terms (1); * dy (1) = 6 + 13 = 19.
+GELU_BWD = 19
+# Bias: forward 1 add per output element; backward the column sum, 1 add per element.
+BIAS_FWD = 1
+BIAS_BWD = 1
+# Residual add: forward 1 add per element; backward, where the skip and the branch gradients
+# meet, 1 add per element.
+RESIDUAL_FWD = 1
+RESIDUAL_BWD = 1
+# Cross-entropy over the vocabulary, per logit: max (1 cmp), subtract (1), exp (1), sum (1) = 4.
+# Per row: log of the sum (1), + max (1), - the target logit (1), add into the mean (1) = 4.
+LOSS_FWD = 4
+LOSS_FWD_PER_ROW = 4
+# Backward per logit: recompute p = exp(x - lse) (2), scale by 1/n_rows (1) = 3.
+# Per row: subtract 1 at the target (1).
+LOSS_BWD = 3
+LOSS_BWD_PER_ROW = 1
+# AdamW, per parameter and step: m = b1*m + (1-b1)*g (3); v = b2*v + (1-b2)*g*g (4);
+# m/bc1 (1), v/bc2 (1), sqrt (1), + eps (1), divide (1), * lr (1), p - update (1) = 14.
+# Decoupled weight decay p *= (1 - lr*wd): 1 more on decayed parameters.
+ADAMW_PER_PARAM = 14
+ADAMW_DECAY_PER_PARAM = 1
+# Gradient clipping by global norm, per parameter: square (1), add into the norm (1), scale
+# by the clip coefficient (1) = 3.  (The scale is applied whether or not it clips.)
+CLIP_PER_PARAM = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Table 1: parameters and forward FLOPs per token (the paper's view).
+# ---------------------------------------------------------------------------------------------
+def _shape(cfg):
+    return cfg.n_layer, cfg.d_model, cfg.d_attn, cfg.d_ff, cfg.n_ctx, cfg.n_vocab
+
+
+def table1_params(cfg) -> dict:
+    """The paper's parameter counts per row (embedding rows included, biases and LN excluded)."""
+    L, d, da, dff, T, V = _shape(cfg)
+    return {
+        "embed": (V + T) * d,
+        "attention_qkv": L * d * 3 * da,
+        "attention_mask": 0,
+        "attention_project": L * da * d,
+        "feedforward": L * 2 * d * dff,
+        "deembed": 0,  # tied to embed
+    }
+
+
+def table1_forward_flops_per_token(cfg) -> dict:
+    """The paper's forward FLOPs per token per row (a multiply-add is 2)."""
+    L, d, da, dff, T, V = _shape(cfg)
+    return {
+        "embed": 4 * d,
+        "attention_qkv": 2 * L * d * 3 * da,
+        "attention_mask": 2 * L * T * da,
+        "attention_project": 2 * L * da * d,
+        "feedforward": 2 * L * 2 * d * dff,
+        "deembed": 2 * d * V,
+    }
+
+
+def non_embedding_params(cfg) -> int:
+    """N = 2 * d_model * n_layer * (2 * d_attn + d_ff)."""
+    return 2 * cfg.d_model * cfg.n_layer * (2 * cfg.d_attn + cfg.d_ff)
+
+
+def forward_flops_per_token(cfg) -> int:
+    """C_forward = 2N + 2 * n_layer * n_ctx * d_attn (non-embedding, per token)."""
+    return 2 * non_embedding_params(cfg) + 2 * cfg.n_layer * cfg.n_ctx * cfg.d_attn
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact per-op counts for the shapes that ran.  Each returns {row: (fwd, bwd)}.
+# ---------------------------------------------------------------------------------------------
+def linear_flops(rows: int, d_in: int, d_out: int) -> tuple:
+    """(fwd, bwd) of y = x W^T for x (rows, d_in): fwd 2*rows*d_in*d_out; bwd dX + dW = 2x."""
+    f = 2 * rows * d_in * d_out
+    return f, 2 * f
+
+
+def causal_attention_flops(B: int, H: int, T: int, d_head: int) -> tuple:
+    """Model-view (fwd, bwd) of causal QK^T and AV: 2*T*(T+1)*d_head per (b, h) forward."""
+    f = 2 * B * H * T * (T + 1) * d_head
+    return f, 2 * f
+
+
+def layernorm_flops(rows: int, C: int) -> tuple:
+    return LN_FWD * rows * C + LN_FWD_PER_ROW * rows, LN_BWD * rows * C + LN_BWD_PER_ROW * rows
+
+
+def softmax_flops(rows: int, elems: int) -> tuple:
+    return SOFTMAX_FWD * elems + SOFTMAX_FWD_PER_ROW * rows, SOFTMAX_BWD * elems
+
+
+def gelu_flops(elems: int) -> tuple:
+    return GELU_FWD * elems, GELU_BWD * elems
+
+
+def bias_flops(elems: int) -> tuple:
+    return BIAS_FWD * elems, BIAS_BWD * elems
+
+
+def residual_flops(elems: int) -> tuple:
+    return RESIDUAL_FWD * elems, RESIDUAL_BWD * elems
+
+
+def loss_flops(rows: int, V: int) -> tuple:
+    return (LOSS_FWD * rows * V + LOSS_FWD_PER_ROW * rows,
+            LOSS_BWD * rows * V + LOSS_BWD_PER_ROW * rows)
+
+
+def optimizer_flops(n_params: int, n_decayed: int, clip: bool) -> int:
+    return ADAMW_PER_PARAM * n_params + ADAMW_DECAY_PER_PARAM * n_decayed + (CLIP_PER_PARAM * n_params if clip else 0)
+
+
+def attention_op_model(B: int, H: int, T: int, d_head: int) -> dict:
+    """Model view of the attention op: the causal matmuls and the causal softmax."""
+    causal_elems = B * H * T * (T + 1) // 2
+    return {
+        "attention_mask": causal_attention_flops(B, H, T, d_head),
+        "softmax": softmax_flops(B * H * T, causal_elems),
+    }
+
+
+def attention_op_paper(cfg, tokens: int) -> dict:
+    f = table1_forward_flops_per_token(cfg)["attention_mask"] // cfg.n_layer * tokens
+    return {"attention_mask": (f, 2 * f)}
+
+
+def feedforward_op_model(rows: int, d_model: int, d_ff: int) -> dict:
+    f1, b1 = linear_flops(rows, d_model, d_ff)
+    f2, b2 = linear_flops(rows, d_ff, d_model)
+    bf, bb = bias_flops(rows * (d_ff + d_model))
+    return {"feedforward": (f1 + f2, b1 + b2), "gelu": gelu_flops(rows * d_ff), "bias": (bf, bb)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger.
+# ---------------------------------------------------------------------------------------------
+_local = threading.local()
+
+
+def _active() -> list:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
+
+
+def active_ledgers() -> tuple:
+    """The ledgers open on this thread (innermost last)."""
+    return tuple(_active())
+
+
+class FlopLedger:
+    """Counts the FLOPs of every op that runs inside ``with FlopLedger() as ledger:``.
+
+    Ops report through :func:`record`: forward counts when they run, backward counts when
+    autograd really runs their backward.  Counts are Python ints (exact, no overflow).
+    """
+
+    def __init__(self):
+        self._counts = {v: {r: [0, 0] for r in ROWS} for v in VIEWS}
+
+    # -- context -------------------------------------------------------------------------
+    def __enter__(self):
+        _active().append(self)
+        return self
+
+    def __exit__(self, *exc):
+        stack = _active()
+        if self in stack:
+            stack.remove(self)
+        return False
+
+    # -- recording -----------------------------------------------------------------------
+    def add(self, view: str, row: str, fwd: int = 0, bwd: int = 0) -> None:
+        c = self._counts[view][row]
+        c[0] += int(fwd)
+        c[1] += int(bwd)
+
+    def merge(self, other: "FlopLedger", scale: int = 1) -> None:
+        for v in VIEWS:
+            for r in ROWS:
+                self.add(v, r, other._counts[v][r][0] * scale, other._counts[v][r][1] * scale)
+
+    # -- reading -------------------------------------------------------------------------
+    def rows(self, view: str = "model") -> dict:
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+        return {r: {"fwd": c[0], "bwd": c[1]} for r, c in self._counts[view].items()}
+
+    def total(self, view: str = "model", rows: str = "nonembedding", passes=("fwd", "bwd")) -> int:
+        """Sum over rows: ``"nonembedding"`` (the paper's C), ``"table1"`` or ``"all"``."""
+        names = {"nonembedding": NONEMBEDDING_ROWS, "table1": TABLE1_ROWS, "all": ROWS}.get(rows)
+        if names is None:
+            raise ValueError(f"unknown row set {rows!r}; choose nonembedding, table1 or all")
+        r = self.rows(view)
+        return sum(r[n][p] for n in names for p in passes)
+
+    def to_dict(self) -> dict:
+        return {v: self.rows(v) for v in VIEWS}
+
+    def state_dict(self) -> dict:
+        return {v: {r: list(c) for r, c in rows.items()} for v, rows in self._counts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for v in VIEWS:
+            for r in ROWS:
+                self._counts[v][r] = [int(x) for x in state[v][r]]
+
+
+class _BackwardTap(torch.autograd.Function):
+    """Identity whose backward books the op's backward FLOPs in the ledgers of its forward."""
+
+    @staticmethod
+    def forward(ctx, x, ledgers, counts):
+        ctx.ledgers, ctx.counts = ledgers, counts
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        for led in ctx.ledgers:
+            for view, rows in ctx.counts.items():
+                for row, (_, b) in rows.items():
+                    led.add(view, row, 0, b)
+        return g, None, None
+
+
+def record(out: torch.Tensor, counts: dict) -> torch.Tensor:
+    """Book an op's FLOPs: ``counts[view][row] = (fwd, bwd)``.
+
+    Forward counts are booked now in every open ledger; backward counts are booked when
+    autograd runs the backward through ``out`` (the returned tensor, to be used in place of
+    ``out``).  Views missing from ``counts`` get nothing; ``executed`` defaults to ``model``.
+    """
+    ledgers = active_ledgers()
+    if not ledgers:
+        return out
+    if "executed" not in counts and "model" in counts:
+        counts = dict(counts, executed=counts["model"])
+    for led in ledgers:
+        for view, rows in counts.items():
+            for row, (f, _) in rows.items():
+                led.add(view, row, f, 0)
+    if torch.is_grad_enabled() and out.requires_grad:
+        out = _BackwardTap.apply(out, ledgers, counts)
+    return out
+
+
+def record_step(counts: dict) -> None:
+    """Book work that has no output tensor (the optimizer step), ``counts[view][row] = (f, b)``."""
+    for led in active_ledgers():
+        for view, rows in counts.items():
+            for row, (f, b) in rows.items():
+                led.add(view, row, f, b)
