@@ -39,3 +39,403 @@ def attention_executed_ref(B, H, T, D, causal=True):
 
     fwd = 4 * B * H * T * T * D
     return {"attention_mask": (fwd, 2 * fwd), "softmax": softmax_flops(B * H * T, B * H * T * T)}
+
+
+# =============================================================================================
+# Triton: flash-style attention (online softmax, no T x T matrix in memory).
+#
+# Forward: one program per (query block, b*h); K/V blocks stream through, the running max and
+# sum rescale the accumulator, and the log-sum-exp (base 2) is saved for the backward.
+# Backward (no atomics): a preprocess for delta = rowsum(dO * O); one kernel per key block
+# that loops over query blocks and accumulates dK, dV; one kernel per query block that loops
+# over key blocks and accumulates dQ.  Both recompute P from Q, K and the saved LSE.
+# Head dims that are not powers of two (40, 80) run in a BLOCK_D = next_power_of_2(D) tile,
+# masked on load and store; the tail of T is masked the same way.
+# =============================================================================================
+from .triton_backend import INTERPRET, best_kwargs, f32_dot, mma, new_counter, tl, triton
+
+
+def _fwd_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    # H100 evidence from the Triton tutorial and FA2: 128-row query tiles, 64/128-key tiles,
+    # 4-8 warps, 2-4 stages.  Causal needs BLOCK_M % BLOCK_N == 0 (the diagonal split).
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
+    ]
+
+
+def _dkdv_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    # Keys are the stationary operand: wide key tiles, narrow query tiles (BLOCK_N % BLOCK_M == 0).
+    return [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=4),
+    ]
+
+
+def _dq_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    # Queries are stationary: wide query tiles, narrow key tiles (BLOCK_M % BLOCK_N == 0).
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=4),
+    ]
+
+
+@triton.jit
+def _attention_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, start, stop, T, qk_scale, CNT,
+                         D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
+                         F32_DOT: tl.constexpr, COUNT_FLOPS: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    for start_n in tl.range(start, stop, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = offs_d[None, :] < D
+        if MASK:
+            kv_mask = kv_mask & (offs_n[:, None] < T)
+        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)  # (BN, BD)
+        v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)  # (BN, BD)
+        s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), F32_DOT) * qk_scale
+        if MASK:
+            valid = offs_n[None, :] < T
+            if CAUSAL:
+                valid = valid & (offs_m[:, None] >= offs_n[None, :])
+            s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])  # (BM, BN)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = mma(p.to(v.dtype), v, acc * alpha[:, None], F32_DOT)
+        m_i = m_new
+        if COUNT_FLOPS:  # two (BM, BN, BD) matmuls, 2 FLOPs per multiply-add
+            tl.atomic_add(CNT, 4 * BLOCK_M * BLOCK_N * BLOCK_D)
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_fwd_configs(), key=["T", "D", "CAUSAL"], reset_to_zero=["CNT"])
+@triton.jit
+def _attention_fwd_kernel(Q, K, V, O, LSE, CNT, T, qk_scale,
+                          D: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                          F32_DOT: tl.constexpr, COUNT_FLOPS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    Q += bh * T * D  # (T, D) slices of contiguous (B, H, T, D)
+    K += bh * T * D
+    V += bh * T * D
+    O += bh * T * D
+    LSE += bh * T
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_mask = (offs_m[:, None] < T) & (offs_d[None, :] < D)
+    q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)  # (BM, BD)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if CAUSAL:
+        # Key blocks wholly left of the diagonal need no mask; the diagonal block(s) do.
+        acc, l_i, m_i = _attention_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, 0, start_m, T,
+                                             qk_scale, CNT, D, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL,
+                                             False, F32_DOT, COUNT_FLOPS)
+        acc, l_i, m_i = _attention_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, start_m,
+                                             tl.minimum(start_m + BLOCK_M, T), T, qk_scale, CNT,
+                                             D, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL, True, F32_DOT,
+                                             COUNT_FLOPS)
+    else:
+        full = (T // BLOCK_N) * BLOCK_N  # whole key blocks, then the ragged tail masked
+        acc, l_i, m_i = _attention_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, 0, full, T,
+                                             qk_scale, CNT, D, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL,
+                                             False, F32_DOT, COUNT_FLOPS)
+        acc, l_i, m_i = _attention_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, full, T, T,
+                                             qk_scale, CNT, D, BLOCK_D, BLOCK_M, BLOCK_N, CAUSAL,
+                                             True, F32_DOT, COUNT_FLOPS)
+    o = acc / l_i[:, None]
+    tl.store(O + offs_m[:, None] * D + offs_d[None, :], o.to(O.dtype.element_ty), mask=q_mask)
+    tl.store(LSE + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)  # base 2, scaled units
+
+
+@triton.jit
+def _attention_bwd_preprocess_kernel(O, DO, DELTA, T, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                                     BLOCK_M: tl.constexpr):
+    # delta_i = sum_j P_ij dP_ij = rowsum(dO_i * O_i): the softmax backward's row term.
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < T) & (offs_d[None, :] < D)
+    ptrs = bh * T * D + offs_m[:, None] * D + offs_d[None, :]
+    o = tl.load(O + ptrs, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + bh * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
+
+
+@triton.jit
+def _attention_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, offs_n, start, stop, T,
+                              qk_scale, CNT, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+                              F32_DOT: tl.constexpr, COUNT_FLOPS: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    for start_m in tl.range(start, stop, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < T
+        q_mask = row_ok[:, None] & (offs_d[None, :] < D)
+        q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)    # (BM, BD)
+        do = tl.load(DO + offs_m[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)  # (BM, BD)
+        # Rows past T get lse = +inf, so their P is exactly 0 and they add nothing.
+        lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
+        s_t = mma(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), F32_DOT)  # (BN, BM)
+        p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
+        if MASK:
+            p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
+        dv = mma(p_t.to(do.dtype), do, dv, F32_DOT)
+        dp_t = mma(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), F32_DOT)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = mma(ds_t.to(q.dtype), q, dk, F32_DOT)
+        if COUNT_FLOPS:  # four (BN, BM, BD) matmuls: S^T, dV, dP^T, dK
+            tl.atomic_add(CNT, 8 * BLOCK_M * BLOCK_N * BLOCK_D)
+    return dk, dv
+
+
+@triton.autotune(configs=_dkdv_configs(), key=["T", "D", "CAUSAL"], reset_to_zero=["CNT"])
+@triton.jit
+def _attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CNT, T, qk_scale, sm_scale,
+                               D: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                               F32_DOT: tl.constexpr, COUNT_FLOPS: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1).to(tl.int64)
+    Q += bh * T * D
+    K += bh * T * D
+    V += bh * T * D
+    DO += bh * T * D
+    DK += bh * T * D
+    DV += bh * T * D
+    LSE += bh * T
+    DELTA += bh * T
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n[:, None] < T) & (offs_d[None, :] < D)
+    # Keys past T load as 0: their dK, dV are never stored, and with k = 0 they cannot reach dQ.
+    k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)  # (BN, BD)
+    v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)  # (BN, BD)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if CAUSAL:
+        # Queries before start_n cannot see these keys; the first BLOCK_N queries sit on the
+        # diagonal (masked), the rest see every key of the block.
+        diag_end = tl.minimum(start_n + BLOCK_N, T)
+        dk, dv = _attention_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, offs_n, start_n,
+                                           diag_end, T, qk_scale, CNT, D, BLOCK_D, BLOCK_M,
+                                           BLOCK_N, True, F32_DOT, COUNT_FLOPS)
+        dk, dv = _attention_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, offs_n,
+                                           start_n + BLOCK_N, T, T, qk_scale, CNT, D, BLOCK_D,
+                                           BLOCK_M, BLOCK_N, False, F32_DOT, COUNT_FLOPS)
+    else:
+        dk, dv = _attention_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, offs_n, 0, T, T,
+                                           qk_scale, CNT, D, BLOCK_D, BLOCK_M, BLOCK_N, False,
+                                           F32_DOT, COUNT_FLOPS)
+    dk *= sm_scale  # dS was taken w.r.t. the scaled scores
+    tl.store(DK + offs_n[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attention_bwd_dq_inner(dq, q, do, lse, delta, K, V, offs_m, start, stop, T, qk_scale, CNT,
+                            D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, MASK: tl.constexpr, F32_DOT: tl.constexpr,
+                            COUNT_FLOPS: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    for start_n in tl.range(start, stop, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[:, None] < T) & (offs_d[None, :] < D)
+        k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)  # (BN, BD)
+        v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)  # (BN, BD)
+        s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), F32_DOT)     # (BM, BN)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])
+        if MASK:
+            p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+        dp = mma(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), F32_DOT)
+        ds = p * (dp - delta[:, None])
+        dq = mma(ds.to(k.dtype), k, dq, F32_DOT)
+        if COUNT_FLOPS:  # three (BM, BN, BD) matmuls: S, dP, dQ
+            tl.atomic_add(CNT, 6 * BLOCK_M * BLOCK_N * BLOCK_D)
+    return dq
+
+
+@triton.autotune(configs=_dq_configs(), key=["T", "D", "CAUSAL"], reset_to_zero=["CNT"])
+@triton.jit
+def _attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CNT, T, qk_scale, sm_scale,
+                             D: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                             F32_DOT: tl.constexpr, COUNT_FLOPS: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    Q += bh * T * D
+    K += bh * T * D
+    V += bh * T * D
+    DO += bh * T * D
+    DQ += bh * T * D
+    LSE += bh * T
+    DELTA += bh * T
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < T
+    q_mask = row_ok[:, None] & (offs_d[None, :] < D)
+    q = tl.load(Q + offs_m[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)    # (BM, BD)
+    do = tl.load(DO + offs_m[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)  # (BM, BD)
+    lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if CAUSAL:
+        dq = _attention_bwd_dq_inner(dq, q, do, lse, delta, K, V, offs_m, 0, start_m, T,
+                                     qk_scale, CNT, D, BLOCK_D, BLOCK_M, BLOCK_N, False, F32_DOT,
+                                     COUNT_FLOPS)
+        dq = _attention_bwd_dq_inner(dq, q, do, lse, delta, K, V, offs_m, start_m,
+                                     tl.minimum(start_m + BLOCK_M, T), T, qk_scale, CNT, D,
+                                     BLOCK_D, BLOCK_M, BLOCK_N, True, F32_DOT, COUNT_FLOPS)
+    else:
+        dq = _attention_bwd_dq_inner(dq, q, do, lse, delta, K, V, offs_m, 0, T, T, qk_scale,
+                                     CNT, D, BLOCK_D, BLOCK_M, BLOCK_N, False, F32_DOT,
+                                     COUNT_FLOPS)
+    dq *= sm_scale
+    tl.store(DQ + offs_m[:, None] * D + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
+
+
+# --- launchers ---------------------------------------------------------------------------------
+_LOG2E = 1.4426950408889634
+# The tile each kernel last ran with, per (kernel, T, D, causal): what ``attention_executed``
+# counts.  Autotuning on a GPU may pick different tiles per shape; the interpreter has one.
+_TILES: dict = {}
+
+
+def _block_d(D):
+    return max(16, triton.next_power_of_2(D))  # tl.dot needs >= 16 on each side
+
+
+def _check(q, k, v):
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"attention wants q, k, v of one shape (B, H, T, D); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"attention supports float32, float16, bfloat16; got {q.dtype}")
+    if q.shape[-1] > 256:
+        raise ValueError(f"attention supports head dims up to 256; got {q.shape[-1]}")
+
+
+def attention_forward(q, k, v, causal=True, counter=None):
+    """Returns (o, lse): o (B, H, T, D) in q's dtype, lse (B, H, T) float32 in base 2 units."""
+    _check(q, k, v)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    B, H, T, D = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    grid = lambda META: (triton.cdiv(T, META["BLOCK_M"]), B * H)  # noqa: E731
+    _attention_fwd_kernel[grid](
+        q, k, v, o, lse, new_counter(q.device, counter), T, _LOG2E / math.sqrt(D),
+        D=D, BLOCK_D=_block_d(D), CAUSAL=causal, F32_DOT=f32_dot(q.dtype),
+        COUNT_FLOPS=counter is not None)
+    c = best_kwargs(_attention_fwd_kernel)
+    _TILES[("fwd", T, D, causal)] = (c["BLOCK_M"], c["BLOCK_N"])
+    return o, lse
+
+
+def attention_backward(do, q, k, v, o, lse, causal=True, counter=None):
+    """Returns (dq, dk, dv) in q's dtype."""
+    do = do.contiguous()
+    B, H, T, D = q.shape
+    BLOCK_D = _block_d(D)
+    delta = torch.empty_like(lse)
+    _attention_bwd_preprocess_kernel[(triton.cdiv(T, 64), B * H)](
+        o, do, delta, T, D=D, BLOCK_D=BLOCK_D, BLOCK_M=64)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    cnt = new_counter(q.device, counter)
+    sm_scale = 1.0 / math.sqrt(D)
+    meta = dict(D=D, BLOCK_D=BLOCK_D, CAUSAL=causal, F32_DOT=f32_dot(q.dtype),
+                COUNT_FLOPS=counter is not None)
+    grid = lambda META: (triton.cdiv(T, META["BLOCK_N"]), B * H)  # noqa: E731
+    _attention_bwd_dkdv_kernel[grid](q, k, v, do, dk, dv, lse, delta, cnt, T,
+                                     sm_scale * _LOG2E, sm_scale, **meta)
+    c = best_kwargs(_attention_bwd_dkdv_kernel)
+    _TILES[("dkdv", T, D, causal)] = (c["BLOCK_M"], c["BLOCK_N"])
+    grid = lambda META: (triton.cdiv(T, META["BLOCK_M"]), B * H)  # noqa: E731
+    _attention_bwd_dq_kernel[grid](q, k, v, do, dq, lse, delta, cnt, T,
+                                   sm_scale * _LOG2E, sm_scale, **meta)
+    c = best_kwargs(_attention_bwd_dq_kernel)
+    _TILES[("dq", T, D, causal)] = (c["BLOCK_M"], c["BLOCK_N"])
+    return dq, dk, dv
+
+
+def _tiles(kind, T, D, causal):
+    """The (BLOCK_M, BLOCK_N) a kernel ran with for this shape, else its first config's."""
+    if (kind, T, D, causal) in _TILES:
+        return _TILES[(kind, T, D, causal)]
+    kw = {"fwd": _fwd_configs, "dkdv": _dkdv_configs, "dq": _dq_configs}[kind]()[0].kwargs
+    return kw["BLOCK_M"], kw["BLOCK_N"]
+
+
+def attention_executed(B, H, T, D, causal=True):
+    """FLOPs the Triton kernels really compute for one call, tile by tile, as they loop.
+
+    Convention: FLOPs, a multiply-add is 2; matmuls run on whole (BLOCK_M, BLOCK_N, BLOCK_D)
+    tiles, so the ragged tail of T, the causal diagonal and the head-dim padding (40 -> 64)
+    all count.  Forward: 2 matmuls per visited tile (S = QK^T, PV).  Backward recomputes:
+    the dK/dV kernel does 4 per tile (S^T, dV, dP^T, dK), the dQ kernel 3 (S, dP, dQ), 7 in all
+    against eager's 4.  Softmax: softmax_flops over the score elements each pass touches; the
+    backward recomputes P (forward constants) and applies the softmax backward in both kernels.
+    """
+    from flopscale.engine.flops import softmax_flops
+
+    BD = _block_d(D)
+
+    def visited(kind):  # (number of tiles, BLOCK_M, BLOCK_N) summed over the programs
+        BM, BN = _tiles(kind, T, D, causal)
+        n = 0
+        if kind in ("fwd", "dq"):  # programs over query blocks, looping over key blocks
+            for m0 in range(0, T, BM):
+                n += triton.cdiv(min(m0 + BM, T), BN) if causal else triton.cdiv(T, BN)
+        else:  # programs over key blocks, looping over query blocks
+            for n0 in range(0, T, BN):
+                n += triton.cdiv(T - n0, BM) if causal else triton.cdiv(T, BM)
+        return n, BM, BN
+
+    nf, BMf, BNf = visited("fwd")
+    nk, BMk, BNk = visited("dkdv")
+    nq, BMq, BNq = visited("dq")
+    fwd = B * H * nf * 4 * BMf * BNf * BD
+    bwd = B * H * (nk * 8 * BMk * BNk * BD + nq * 6 * BMq * BNq * BD)
+    rows_pad = B * H * triton.cdiv(T, BMf) * BMf
+    e_f, e_k, e_q = (B * H * n * bm * bn for n, bm, bn in ((nf, BMf, BNf), (nk, BMk, BNk), (nq, BMq, BNq)))
+    sm_bwd = sum(softmax_flops(rows_pad, e)[0] + softmax_flops(rows_pad, e)[1] for e in (e_k, e_q))
+    return {"attention_mask": (fwd, bwd), "softmax": (softmax_flops(rows_pad, e_f)[0], sm_bwd)}
+
+
+class AttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, counter):
+        o, lse = attention_forward(q, k, v, causal, counter)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.counter = causal, counter
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = attention_backward(do, q, k, v, o, lse, ctx.causal, ctx.counter)
+        return dq, dk, dv, None, None
+
+
+def attention(q, k, v, causal=True, counter=None):
+    """Flash-style attention, q, k, v: (B, H, T, D), scale 1/sqrt(D).
+
+    ``counter``: an int64 tensor of one element; when given, the kernels add the matmul FLOPs
+    they execute to it (instrumented mode, tests only: atomics cost time).
+    """
+    return AttentionFunction.apply(q, k, v, causal, counter)

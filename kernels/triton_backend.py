@@ -1,0 +1,124 @@
+"""The ``triton`` backend, and what the Triton sections of attention.py, layernorm.py and ffn.py share.
+
+    from flopscale.kernels import get_backend
+    ops = get_backend("triton")
+    counts = count_flops(lambda: ops.attention(q, k, v), grad=do)   # instrumented mode
+
+Without a GPU, set ``TRITON_INTERPRET=1`` before anything imports triton: the kernels then run
+under Triton's interpreter on CPU tensors (how CI checks them).  This module imports the op
+files lazily (they import it for ``triton``, ``tl``, ``INTERPRET`` and ``mma``).
+"""
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # the torch backend and the references must import without triton
+    class _NoTriton:
+        """Stands in for ``triton`` and ``tl`` so the kernel files import; nothing runs."""
+
+        def __getattr__(self, name):
+            return self
+
+        def __call__(self, *args, **kwargs):
+            return args[0] if len(args) == 1 and callable(args[0]) and not kwargs else self
+
+    triton = tl = _NoTriton()
+    HAVE_TRITON = False
+
+# Under the interpreter autotuning is pointless and slow: each op uses one small fixed tile.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _fix_interpreter_loop_bounds():
+    """Triton 3.6's interpreter turns a runtime loop bound into a Python int with
+    ``int(array_of_one)``, which numpy >= 2.4 refuses ("only 0-dimensional arrays can be
+    converted"); any ``range(start, stop)`` over runtime values then fails.  Use the element."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_flopscale", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._flopscale = True
+    interpreter._patch_lang_tensor = patched
+
+
+if INTERPRET and HAVE_TRITON:
+    _fix_interpreter_loop_bounds()
+
+
+@triton.jit
+def mma(a, b, acc, F32_DOT: tl.constexpr):
+    """acc + a @ b with fp32 accumulation.
+
+    F32_DOT: fp32 inputs take IEEE products (torch's fp32 matmul does not use TF32 by default);
+    under the interpreter 16-bit inputs are widened too, because its numpy dot mishandles bf16.
+    Widening bf16/fp16 is exact, so the result matches an fp32-accumulating tensor-core dot up
+    to summation order.
+    """
+    if F32_DOT:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+def f32_dot(dtype) -> bool:
+    return dtype == torch.float32 or INTERPRET
+
+
+def new_counter(device, counter=None):
+    """The int64 counter the kernels add to; a throwaway one when not counting (the kernels
+    take the pointer either way, and autotune's reset_to_zero clears it between trials)."""
+    return counter if counter is not None else torch.zeros(1, dtype=torch.int64, device=device)
+
+
+def best_kwargs(kernel):
+    """The tile an autotuned kernel just ran with (its only config under the interpreter)."""
+    return dict(kernel.best_config.kwargs)
+
+
+def count_flops(run, device, grad=None, inputs=None):
+    """Run an op in instrumented mode; returns {"fwd": int, "bwd": int} counted by the kernels.
+
+    ``run(counter)`` calls the op with ``counter=counter`` and returns its output (or a tuple
+    whose first element is the output).  With ``grad`` the backward runs too, w.r.t. ``inputs``
+    (default: the graph's leaves).  Attention and feedforward count their matmul FLOPs, 2 per
+    multiply-add; layernorm counts its documented per-element constants (engine/flops.py).
+    """
+    counter = torch.zeros(1, dtype=torch.int64, device=device)
+    out = run(counter)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    fwd = int(counter.item())  # .item() synchronises
+    counter.zero_()
+    bwd = 0
+    if grad is not None:
+        torch.autograd.backward(out, grad, inputs=inputs)
+        bwd = int(counter.item())
+    return {"fwd": fwd, "bwd": bwd}
+
+
+def make_backend(Backend):
+    from .attention import attention, attention_executed
+    from .ffn import feedforward, feedforward_executed
+    from .layernorm import add_layer_norm, layer_norm, layer_norm_executed
+
+    def executed(op, **shape):
+        if op == "attention":
+            return attention_executed(**shape)
+        if op == "feedforward":
+            return feedforward_executed(**shape)
+        if op == "layernorm":
+            return layer_norm_executed(**shape)
+        return None
+
+    return Backend(name="triton", layer_norm=layer_norm, add_layer_norm=add_layer_norm,
+                   attention=attention, feedforward=feedforward, executed=executed)
