@@ -1,0 +1,107 @@
+// Host launchers for the flash-style attention kernels (attention_kernels.cuh).
+#include "../flopscale.h"
+#include "attention_kernels.cuh"
+
+#include <cmath>
+
+namespace flopscale {
+namespace {
+
+// Raise a kernel's dynamic shared-memory cap above the default 48 KB (D = 128 needs ~52-58 KB).
+template <typename Kernel>
+void set_smem(Kernel kernel, int bytes) {
+  FS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+template <typename T, int D>
+void fwd_impl(const void* q, const void* k, const void* v, void* o, float* lse, int BH, int seqlen, bool causal,
+              cudaStream_t stream) {
+  constexpr int smem = attn::fwd_smem_bytes<D>();
+  auto kernel = attn::_attention_fwd_kernel<T, D>;
+  set_smem(kernel, smem);
+  const dim3 grid(BH, (seqlen + attn::kFwdBlockM - 1) / attn::kFwdBlockM);
+  const float scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(D));
+  kernel<<<grid, attn::kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k),
+                                                 static_cast<const T*>(v), static_cast<T*>(o), lse, seqlen,
+                                                 scale_log2, causal);
+  FS_CHECK_LAUNCH();
+}
+
+template <typename T, int D>
+void bwd_impl(const void* dout, const void* q, const void* k, const void* v, const void* o, const float* lse,
+              void* dq, void* dk, void* dv, float* delta, float* dq_accum, int BH, int seqlen, bool causal,
+              cudaStream_t stream) {
+  const int64_t rows = (int64_t)BH * seqlen;
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  FS_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, sizeof(float) * rows * D, stream));
+  {
+    constexpr int kWarps = 8;
+    const int64_t blocks = (rows + kWarps - 1) / kWarps;
+    FS_REQUIRE(blocks < (int64_t(1) << 31), "attention_bwd: too many rows");
+    attn::_attention_bwd_preprocess_kernel<T, D><<<(unsigned)blocks, kWarps * 32, 0, stream>>>(
+        static_cast<const T*>(dout), static_cast<const T*>(o), delta, rows);
+    FS_CHECK_LAUNCH();
+  }
+  {
+    constexpr int smem = attn::bwd_smem_bytes<D>();
+    auto kernel = attn::_attention_bwd_kernel<T, D>;
+    set_smem(kernel, smem);
+    const dim3 grid(BH, (seqlen + attn::BwdTiles<D>::kBlockN - 1) / attn::BwdTiles<D>::kBlockN);
+    kernel<<<grid, attn::kThreads, smem, stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+        static_cast<const T*>(dout), lse, delta, dq_accum, static_cast<T*>(dk), static_cast<T*>(dv), seqlen, scale,
+        causal);
+    FS_CHECK_LAUNCH();
+  }
+  {
+    const int64_t n = rows * D;
+    const int blocks = (int)std::min<int64_t>((n + 255) / 256, 65536);
+    attn::_attention_bwd_dq_kernel<T><<<blocks, 256, 0, stream>>>(dq_accum, static_cast<T*>(dq), scale, n);
+    FS_CHECK_LAUNCH();
+  }
+}
+
+void check_shape(int B, int H, int T, int D, DType dtype) {
+  FS_REQUIRE(B > 0 && H > 0 && T > 0, "attention: B, H and T must be positive");
+  FS_REQUIRE(D == 64 || D == 128, "attention: head dim must be 64 or 128, got " + std::to_string(D));
+  FS_REQUIRE(dtype == DType::kFloat16 || dtype == DType::kBFloat16, "attention: dtype must be float16 or bfloat16");
+  FS_REQUIRE((int64_t)T <= 65535 * 64, "attention: sequence too long for the grid");
+}
+
+}  // namespace
+
+void attention_fwd(const void* q, const void* k, const void* v, void* o, float* lse, int B, int H, int T, int D,
+                   bool causal, DType dtype, cudaStream_t stream) {
+  check_shape(B, H, T, D, dtype);
+  const int BH = B * H;
+  if (dtype == DType::kFloat16) {
+    if (D == 64) fwd_impl<__half, 64>(q, k, v, o, lse, BH, T, causal, stream);
+    else fwd_impl<__half, 128>(q, k, v, o, lse, BH, T, causal, stream);
+  } else {
+    if (D == 64) fwd_impl<__nv_bfloat16, 64>(q, k, v, o, lse, BH, T, causal, stream);
+    else fwd_impl<__nv_bfloat16, 128>(q, k, v, o, lse, BH, T, causal, stream);
+  }
+}
+
+void attention_bwd(const void* dout, const void* q, const void* k, const void* v, const void* o, const float* lse,
+                   void* dq, void* dk, void* dv, float* delta, float* dq_accum, int B, int H, int T, int D,
+                   bool causal, DType dtype, cudaStream_t stream) {
+  check_shape(B, H, T, D, dtype);
+  const int BH = B * H;
+  if (dtype == DType::kFloat16) {
+    if (D == 64) bwd_impl<__half, 64>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, stream);
+    else bwd_impl<__half, 128>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, stream);
+  } else {
+    if (D == 64) bwd_impl<__nv_bfloat16, 64>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, stream);
+    else bwd_impl<__nv_bfloat16, 128>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, stream);
+  }
+}
+
+void attention_tiles(int D, int tiles[4]) {
+  tiles[0] = attn::kFwdBlockM;
+  tiles[1] = attn::kFwdBlockN;
+  tiles[2] = D <= 64 ? attn::BwdTiles<64>::kBlockM : attn::BwdTiles<128>::kBlockM;
+  tiles[3] = D <= 64 ? attn::BwdTiles<64>::kBlockN : attn::BwdTiles<128>::kBlockN;
+}
+
+}  // namespace flopscale
