@@ -35,10 +35,16 @@ except ImportError:  # the torch backend and the references must import without 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _fix_interpreter_loop_bounds():
-    """Triton 3.6's interpreter turns a runtime loop bound into a Python int with
-    ``int(array_of_one)``, which numpy >= 2.4 refuses ("only 0-dimensional arrays can be
-    converted"); any ``range(start, stop)`` over runtime values then fails.  Use the element."""
+def _fix_interpreter():
+    """Two fixes to Triton 3.6's interpreter (CPU only; compiled kernels are untouched).
+
+    1. It turns a runtime loop bound into a Python int with ``int(array_of_one)``, which
+       numpy >= 2.4 refuses ("only 0-dimensional arrays can be converted"), so any
+       ``tl.range(start, stop)`` over runtime values fails.  Take the element instead.
+    2. It casts fp32 -> bf16 by truncation, where the GPU rounds to nearest even: a one-ulp
+       bias that would make bf16 outputs look worse than eager's.  Round through torch.
+    """
+    import numpy as np
     from triton.runtime import interpreter
 
     original = interpreter._patch_lang_tensor
@@ -52,9 +58,19 @@ def _fix_interpreter_loop_bounds():
     patched._flopscale = True
     interpreter._patch_lang_tensor = patched
 
+    cast = interpreter.InterpreterBuilder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            data = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16)
+            return interpreter.TensorHandle(data.view(torch.int16).numpy().view(np.uint16), dst_type.scalar)
+        return cast(self, src, dst_type)
+
+    interpreter.InterpreterBuilder.cast_impl = cast_impl
+
 
 if INTERPRET and HAVE_TRITON:
-    _fix_interpreter_loop_bounds()
+    _fix_interpreter()
 
 
 @triton.jit
