@@ -102,7 +102,7 @@ class TrainConfig:
     """One training run: data, schedule, optimizer, backend, logging."""
 
     data: str = "stdlib"          # "stdlib" (the embedded default corpus) or a path
-    tokenizer_vocab: int = 4096   # BPE vocabulary trained on the corpus (sets n_vocab)
+    tokenizer: str = "bpe-4096"   # "bpe-V": byte-level BPE of V tokens trained on the corpus; or a tokenizer.json path
     max_tokens: Optional[int] = None  # cap on the training set size D, in tokens
     batch_size: int = 8           # sequences per optimizer step (global)
     grad_accum: int = 1           # micro-batches per step; batch_size must divide evenly
@@ -125,7 +125,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_types(self)
-        for name in ("batch_size", "grad_accum", "steps", "eval_every", "eval_batches", "log_every", "tokenizer_vocab"):
+        for name in ("batch_size", "grad_accum", "steps", "eval_every", "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -144,8 +144,10 @@ class TrainConfig:
 
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self.tokenizer_vocab < 257 or self.tokenizer_vocab > 65535:
-            raise ConfigError(f"tokenizer_vocab must lie in [257, 65535] (byte alphabet, uint16 ids), got {self.tokenizer_vocab}")
+        if self.tokenizer.startswith("bpe-"):
+            v = self.tokenizer[4:]
+            if not v.isdigit() or not 257 <= int(v) <= 65535:
+                raise ConfigError(f"tokenizer {self.tokenizer!r}: want bpe-V with 257 <= V <= 65535 (byte alphabet, uint16 ids)")
 
     def to_dict(self) -> dict:
         return asdict(self)

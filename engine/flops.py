@@ -186,16 +186,72 @@ def attention_op_model(B: int, H: int, T: int, d_head: int) -> dict:
     }
 
 
-def attention_op_paper(cfg, tokens: int) -> dict:
-    f = table1_forward_flops_per_token(cfg)["attention_mask"] // cfg.n_layer * tokens
-    return {"attention_mask": (f, 2 * f)}
-
-
 def feedforward_op_model(rows: int, d_model: int, d_ff: int) -> dict:
     f1, b1 = linear_flops(rows, d_model, d_ff)
     f2, b2 = linear_flops(rows, d_ff, d_model)
     bf, bb = bias_flops(rows * (d_ff + d_model))
     return {"feedforward": (f1 + f2, b1 + b2), "gelu": gelu_flops(rows * d_ff), "bias": (bf, bb)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The model's ops for one (B, T) batch, and how often each runs in a forward pass.
+# ---------------------------------------------------------------------------------------------
+def op_counts(cfg, B: int, T: int, executed=None) -> dict:
+    """{op: {view: {row: (fwd, bwd)}}} for each op of the GPT (engine/model.py) on a (B, T)
+    batch.  ``executed(op, **shape)`` is the backend's override of the model view, or None."""
+    d, da, dff, V, H = cfg.d_model, cfg.d_attn, cfg.d_ff, cfg.n_vocab, cfg.n_heads
+    Dh, BT = da // H, B * T
+    per_tok = table1_forward_flops_per_token(cfg)
+
+    def paper(row, per_layer=True):
+        f = per_tok[row] // (cfg.n_layer if per_layer else 1) * BT
+        return {row: (f, 2 * f)}  # the paper's training = 3 x forward
+
+    def with_exec(model_rows, op, **shape):
+        ex = executed(op, **shape) if executed else None
+        return {"model": model_rows, "executed": {**model_rows, **ex} if ex else model_rows}
+
+    ln = layernorm_flops(BT, d)
+    return {
+        # Embedding lookup is a gather (0 FLOPs); the position add is 1 FLOP per element.
+        # Backward: scatter-add into wte and the batch sum into wpe (1 each per element), plus
+        # one add per element of wte where its embedding and de-embedding gradients meet.
+        "embed": {"paper": {"embed": (per_tok["embed"] * BT, 2 * per_tok["embed"] * BT)},
+                  "model": {"embed": (BT * d, 2 * BT * d + V * d)}},
+        "ln": with_exec({"layernorm": ln}, "layernorm", rows=BT, C=d),
+        "add_ln": with_exec({"layernorm": ln, "residual": residual_flops(BT * d)}, "layernorm", rows=BT, C=d),
+        "qkv": {"paper": paper("attention_qkv"),
+                "model": {"attention_qkv": linear_flops(BT, d, 3 * da), "bias": bias_flops(BT * 3 * da)}},
+        "attn": {"paper": paper("attention_mask"),
+                 **with_exec(attention_op_model(B, H, T, Dh), "attention", B=B, H=H, T=T, D=Dh, causal=True)},
+        "proj": {"paper": paper("attention_project"),
+                 "model": {"attention_project": linear_flops(BT, da, d), "bias": bias_flops(BT * d)}},
+        "ffn": {"paper": paper("feedforward"),
+                **with_exec(feedforward_op_model(BT, d, dff), "feedforward", rows=BT, d_model=d, d_ff=dff)},
+        "deembed": {"paper": paper("deembed", per_layer=False), "model": {"deembed": linear_flops(BT, d, V)}},
+        "loss": {"model": {"loss": loss_flops(BT, V)}},
+    }
+
+
+def op_multiplicity(cfg) -> dict:
+    """How often each op of ``op_counts`` runs in one forward pass of the GPT: the first
+    LayerNorm stands alone; every later one (ln2 of each block, ln1 of blocks 2..L, ln_f) has
+    the residual add before it fused in."""
+    L = cfg.n_layer
+    return {"embed": 1, "ln": 1, "add_ln": 2 * L, "qkv": L, "attn": L, "proj": L, "ffn": L, "deembed": 1, "loss": 1}
+
+
+def expected_rows(cfg, B: int, T: int, view: str = "model", executed=None) -> dict:
+    """{row: (fwd, bwd)} of one forward+backward of the GPT on a (B, T) batch, from
+    ``op_counts`` times ``op_multiplicity`` (no optimizer step)."""
+    out = {r: [0, 0] for r in ROWS}
+    counts = op_counts(cfg, B, T, executed)
+    for op, k in op_multiplicity(cfg).items():
+        rows = counts[op].get(view, counts[op]["model"] if view == "executed" else {})
+        for row, (f, b) in rows.items():
+            out[row][0] += k * f
+            out[row][1] += k * b
+    return {r: tuple(v) for r, v in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------

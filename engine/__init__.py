@@ -1,0 +1,7 @@
+"""The engine: configs, the GPT, the FLOP ledger, data and tokenizer, training."""
+
+from .config import ConfigError, ModelConfig, TrainConfig
+from .flops import FlopLedger
+from .model import GPT
+
+__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "FlopLedger", "GPT"]

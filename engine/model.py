@@ -1,0 +1,114 @@
+"""A GPT-2-style decoder-only Transformer whose every op books its exact FLOPs.
+
+    from flopscale.engine import ModelConfig, GPT, FlopLedger
+    model = GPT(ModelConfig(n_layer=2, d_model=64, n_heads=4, n_ctx=32, n_vocab=256), backend="torch")
+    with FlopLedger() as ledger:
+        logits, loss = model(idx, targets)
+        loss.backward()
+    ledger.total("model")
+
+As in Kaplan et al. (2020): learned positional embeddings, pre-LayerNorm blocks, causal
+multi-head attention, GELU (tanh) feedforward, a final LayerNorm and a de-embedding tied to
+the token embedding.  LayerNorm, attention and the feedforward block go through the backend
+(``torch``, ``triton`` or ``cuda``); the QKV and output projections are plain matmuls.  Each
+residual add is fused into the LayerNorm that follows it (``add_layer_norm``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from flopscale.kernels import get_backend
+
+from . import flops as fl
+from .config import ConfigError, ModelConfig
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, da, dff = cfg.d_model, cfg.d_attn, cfg.d_ff
+        self.ln1_w, self.ln1_b = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+        self.qkv = nn.Linear(d, 3 * da)
+        self.proj = nn.Linear(da, d)
+        self.ln2_w, self.ln2_b = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+        self.fc_in = nn.Linear(d, dff)
+        self.fc_out = nn.Linear(dff, d)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: str = "torch"):
+        super().__init__()
+        self.cfg = cfg
+        self.backend = backend
+        self.ops = get_backend(backend)
+        self.wte = nn.Embedding(cfg.n_vocab, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.lnf_w, self.lnf_b = nn.Parameter(torch.ones(cfg.d_model)), nn.Parameter(torch.zeros(cfg.d_model))
+        self._counts_cache: dict = {}
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # GPT-2's init: N(0, 0.02), residual-stream writers scaled by 1/sqrt(2 n_layer) so the
+        # stream's variance does not grow with depth; biases 0, LayerNorm gains 1.
+        for name, p in self.named_parameters():
+            if name.endswith("_w"):
+                nn.init.ones_(p)
+            elif name.endswith("bias") or name.endswith("_b"):
+                nn.init.zeros_(p)
+            else:
+                std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "fc_out.weight")) else 0.02
+                nn.init.normal_(p, 0.0, std)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters actually held.  non_embedding: matmul weights of the blocks only (the
+        paper's N; biases and LayerNorm gains excluded, as in Table 1)."""
+        if not non_embedding:
+            return sum(p.numel() for p in self.parameters())
+        return sum(m.weight.numel() for b in self.blocks for m in (b.qkv, b.proj, b.fc_in, b.fc_out))
+
+    # -- FLOP bookkeeping -------------------------------------------------------------------
+    def _counts(self, B: int, T: int) -> dict:
+        """Every op's {view: {row: (fwd, bwd)}} for a (B, T) batch, built once per shape."""
+        if (B, T) not in self._counts_cache:
+            self._counts_cache[(B, T)] = fl.op_counts(self.cfg, B, T, self.ops.executed)
+        return self._counts_cache[(B, T)]
+
+    # -- forward ----------------------------------------------------------------------------
+    def _norm(self, x, r, w, b, counts):
+        """LN(x) if there is no pending branch output r, else the fused (LN(x + r), x + r)."""
+        if r is None:
+            return fl.record(self.ops.layer_norm(x, w, b, 1e-5), counts["ln"]), x
+        h, x = self.ops.add_layer_norm(x, r, w, b, 1e-5)
+        return fl.record(h, counts["add_ln"]), x
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        B, T = idx.shape
+        c = self.cfg
+        if T > c.n_ctx:
+            raise ConfigError(f"sequence length {T} exceeds n_ctx {c.n_ctx}")
+        counts = self._counts(B, T)
+        pos = torch.arange(T, device=idx.device)
+        x = fl.record(self.wte(idx) + self.wpe(pos), counts["embed"])  # (B, T, d)
+        r = None  # the branch output still to be added to the residual stream
+        for blk in self.blocks:
+            h, x = self._norm(x, r, blk.ln1_w, blk.ln1_b, counts)
+            qkv = fl.record(F.linear(h, blk.qkv.weight, blk.qkv.bias), counts["qkv"])  # (B, T, 3 d_attn)
+            q, k, v = qkv.view(B, T, 3, c.n_heads, c.d_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
+            a = fl.record(self.ops.attention(q, k, v, causal=True), counts["attn"])  # (B, H, T, Dh)
+            a = a.transpose(1, 2).reshape(B, T, c.d_attn)
+            r = fl.record(F.linear(a, blk.proj.weight, blk.proj.bias), counts["proj"])
+            h, x = self._norm(x, r, blk.ln2_w, blk.ln2_b, counts)
+            r = fl.record(self.ops.feedforward(h, blk.fc_in.weight, blk.fc_in.bias, blk.fc_out.weight, blk.fc_out.bias),
+                          counts["ffn"])
+        h, _ = self._norm(x, r, self.lnf_w, self.lnf_b, counts)
+        logits = fl.record(F.linear(h, self.wte.weight), counts["deembed"])  # (B, T, V), tied weights
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, c.n_vocab), targets.reshape(-1))
+        return logits, fl.record(loss, counts["loss"])
