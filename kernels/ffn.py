@@ -16,3 +16,202 @@ def feedforward_ref(x, w_in, b_in, w_out, b_out, upcast=False):
     h = F.gelu(F.linear(x, w_in, b_in), approximate="tanh")
     y = F.linear(h, w_out, b_out)
     return y.to(dtype) if upcast else y
+
+
+# =============================================================================================
+# Triton: one tiled matmul, C = A @ B, whose epilogue is chosen at compile time:
+#   EPILOGUE 0: plain (weight gradients)          1: + bias (second projection)
+#   EPILOGUE 2: + bias, store the pre-activation, then GELU(tanh) (first projection)
+#   EPILOGUE 3: times GELU'(pre) loaded from PRE (the gradient into the first projection)
+# Operands are addressed through strides, so x W^T, dY^T H and friends need no transposed copy.
+# Weights are in nn.Linear layout (out_features, in_features).
+# =============================================================================================
+import math
+
+from .triton_backend import INTERPRET, best_kwargs, f32_dot, mma, new_counter, tl, triton
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def _mm_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 4},
+                              num_warps=4, num_stages=1)]
+    # H100 bf16 evidence (Triton's matmul tutorial, cuBLAS' own tile choices): 128x128 or
+    # 128x256 tiles, BLOCK_K 64, 3-4 stages; 64x128 for the skinny weight-gradient shapes.
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    ]
+
+
+@triton.jit
+def _gelu_tanh(x):
+    # tanh(u) = 2 * sigmoid(2u) - 1: one exp, stable at both ends.
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    return 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * u) - 1.0))
+
+
+@triton.jit
+def _gelu_tanh_grad(x):
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    t = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+    du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+
+
+@triton.autotune(configs=_mm_configs(), key=["M", "N", "K", "EPILOGUE"], reset_to_zero=["CNT"])
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def _ffn_matmul_kernel(A, B, C, BIAS, PRE, CNT, M, N, K,
+                       stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                       EPILOGUE: tl.constexpr, F32_DOT: tl.constexpr, COUNT_FLOPS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+    # Grouped launch order: GROUP_M row-blocks share each B column-block while it is in L2.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    group_size = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
+    pid_n = (pid % (GROUP_M * num_n)) // group_size
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = A + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak  # (BM, BK)
+    b_ptrs = B + offs_k[:, None] * stride_bk + offs_n[None, :].to(tl.int64) * stride_bn  # (BK, BN)
+    m_ok = offs_m[:, None] < M
+    n_ok = offs_n[None, :] < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=m_ok, other=0.0)
+            b = tl.load(b_ptrs, mask=n_ok, other=0.0)
+        else:
+            a = tl.load(a_ptrs, mask=m_ok & (offs_k[None, :] < K - k0), other=0.0)
+            b = tl.load(b_ptrs, mask=n_ok & (offs_k[:, None] < K - k0), other=0.0)
+        acc = mma(a, b, acc, F32_DOT)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+        if COUNT_FLOPS:  # one (BM, BN, BK) tile, 2 FLOPs per multiply-add
+            tl.atomic_add(CNT, 2 * BLOCK_M * BLOCK_N * BLOCK_K)
+    c_off = offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
+    c_mask = m_ok & n_ok
+    if EPILOGUE == 1 or EPILOGUE == 2:
+        acc += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if EPILOGUE == 2:
+        # Keep the pre-activation for the backward (rounded as eager's linear output is), and
+        # apply GELU to that rounded value as eager does.
+        pre = acc.to(C.dtype.element_ty)
+        tl.store(PRE + c_off, pre, mask=c_mask)
+        acc = _gelu_tanh(pre.to(tl.float32))
+    if EPILOGUE == 3:
+        pre = tl.load(PRE + c_off, mask=c_mask, other=0.0).to(tl.float32)
+        acc = acc.to(C.dtype.element_ty).to(tl.float32) * _gelu_tanh_grad(pre)
+    tl.store(C + c_off, acc.to(C.dtype.element_ty), mask=c_mask)
+
+
+# --- launchers ---------------------------------------------------------------------------------
+_TILES: dict = {}  # (role, M, N, K) -> (BLOCK_M, BLOCK_N, BLOCK_K) the last launch ran with
+
+
+def _matmul(role, a, b, epilogue=0, bias=None, pre=None, counter=None):
+    """a: (M, K), b: (K, N) as strided views (transposes are free).  Returns (c, pre_out)."""
+    M, K = a.shape
+    N = b.shape[1]
+    c = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    pre_out = torch.empty_like(c) if epilogue == 2 else None
+    pre_arg = pre_out if epilogue == 2 else (pre if pre is not None else c)
+    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
+    _ffn_matmul_kernel[grid](
+        a, b, c, bias if bias is not None else c, pre_arg, new_counter(a.device, counter), M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+        EPILOGUE=epilogue, F32_DOT=f32_dot(a.dtype), COUNT_FLOPS=counter is not None)
+    kw = best_kwargs(_ffn_matmul_kernel)
+    _TILES[(role, M, N, K)] = (kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"])
+    return c, pre_out
+
+
+def feedforward_forward(x2, w_in, b_in, w_out, b_out, counter=None):
+    """x2: (M, d_model).  Returns (y, pre, h): pre = x W_in^T + b_in, h = gelu(pre)."""
+    h, pre = _matmul("in", x2, w_in.t(), 2, bias=b_in, counter=counter)    # (M, d_ff)
+    y, _ = _matmul("out", h, w_out.t(), 1, bias=b_out, counter=counter)    # (M, d_model)
+    return y, pre, h
+
+
+def feedforward_backward(dy2, x2, w_in, w_out, pre, h, counter=None):
+    """Returns (dx, dw_in, db_in, dw_out, db_out).  Bias gradients are fp32-accumulated sums."""
+    dpre, _ = _matmul("dh", dy2, w_out, 3, pre=pre, counter=counter)       # (M, d_ff)
+    dw_out, _ = _matmul("dw_out", dy2.t(), h, counter=counter)             # (d_model, d_ff)
+    dx, _ = _matmul("dx", dpre, w_in, counter=counter)                     # (M, d_model)
+    dw_in, _ = _matmul("dw_in", dpre.t(), x2, counter=counter)             # (d_ff, d_model)
+    db_out = dy2.sum(0, dtype=torch.float32).to(dy2.dtype)
+    db_in = dpre.sum(0, dtype=torch.float32).to(dpre.dtype)
+    return dx, dw_in, db_in, dw_out, db_out
+
+
+def feedforward_executed(rows, d_model, d_ff):
+    """FLOPs the Triton kernels really compute for one feedforward call.
+
+    Convention: FLOPs, a multiply-add is 2.  Each matmul runs whole (BLOCK_M, BLOCK_N, BLOCK_K)
+    tiles, so the count is 2 * (M, N, K each rounded up to its tile).  Forward: x W_in^T, h W_out^T.
+    Backward: dY W_out (dGELU in its epilogue), dY^T h, dPre W_in, dPre^T x = 2x forward before
+    padding.  GELU and bias run in the epilogues over the padded tiles; the bias gradients are
+    plain column sums (model view).
+    """
+    from flopscale.engine.flops import BIAS_BWD, BIAS_FWD, GELU_BWD, GELU_FWD
+
+    default = tuple(_mm_configs()[0].kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+
+    def padded(role, M, N, K):
+        BM, BN, BK = _TILES.get((role, M, N, K), default)
+        return triton.cdiv(M, BM) * BM, triton.cdiv(N, BN) * BN, triton.cdiv(K, BK) * BK
+
+    def mm(role, M, N, K):
+        Mp, Np, Kp = padded(role, M, N, K)
+        return 2 * Mp * Np * Kp
+
+    fwd = mm("in", rows, d_ff, d_model) + mm("out", rows, d_model, d_ff)
+    bwd = (mm("dh", rows, d_ff, d_model) + mm("dw_out", d_model, d_ff, rows)
+           + mm("dx", rows, d_model, d_ff) + mm("dw_in", d_ff, d_model, rows))
+    Mi, Ni, _ = padded("in", rows, d_ff, d_model)
+    Mo, No, _ = padded("out", rows, d_model, d_ff)
+    Mh, Nh, _ = padded("dh", rows, d_ff, d_model)
+    return {
+        "feedforward": (fwd, bwd),
+        "gelu": (GELU_FWD * Mi * Ni, GELU_BWD * Mh * Nh),
+        "bias": (BIAS_FWD * (Mi * Ni + Mo * No), BIAS_BWD * rows * (d_ff + d_model)),
+    }
+
+
+class FeedforwardFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_in, b_in, w_out, b_out, counter):
+        x2 = x.reshape(-1, x.shape[-1])  # (M, d_model)
+        y, pre, h = feedforward_forward(x2, w_in, b_in, w_out, b_out, counter)
+        ctx.save_for_backward(x2, w_in, w_out, pre, h)
+        ctx.counter = counter
+        return y.view(*x.shape[:-1], w_out.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, w_in, w_out, pre, h = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dx, dw_in, db_in, dw_out, db_out = feedforward_backward(dy2, x2, w_in, w_out, pre, h, ctx.counter)
+        return dx.view(*dy.shape[:-1], x2.shape[1]), dw_in, db_in, dw_out, db_out, None
+
+
+def feedforward(x, w_in, b_in, w_out, b_out, counter=None):
+    """gelu_tanh(x W_in^T + b_in) W_out^T + b_out with fused epilogues; x: (..., d_model)."""
+    d_model = x.shape[-1]
+    d_ff = w_in.shape[0]
+    if (w_in.shape != (d_ff, d_model) or w_out.shape != (d_model, d_ff)
+            or b_in.shape != (d_ff,) or b_out.shape != (d_model,)):
+        raise ValueError(f"feedforward wants w_in (d_ff, {d_model}), b_in (d_ff,), w_out "
+                         f"({d_model}, d_ff), b_out ({d_model},); got {tuple(w_in.shape)}, "
+                         f"{tuple(b_in.shape)}, {tuple(w_out.shape)}, {tuple(b_out.shape)}")
+    return FeedforwardFunction.apply(x, w_in, b_in, w_out, b_out, counter)
