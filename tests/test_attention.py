@@ -1,0 +1,96 @@
+"""Triton flash attention against the float64 reference; errors held to PyTorch's own.
+
+    pytest tests/test_attention.py            # CPU: Triton interpreter (conftest sets it)
+    pytest tests/test_attention.py -m gpu     # real sizes in bf16 on a GPU
+"""
+
+import pytest
+import torch
+
+from flopscale.kernels import get_backend
+from flopscale.kernels.attention import attention, attention_executed, attention_ref
+from flopscale.kernels.triton_backend import count_flops
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _err(a, ref):
+    return (a.double() - ref.double()).abs().max().item()
+
+
+def check(name, tri, eager, ref, factor):
+    """Assert the kernel's max error <= factor x eager's (same dtype) + one ulp of |ref|max."""
+    e_tri, e_torch = _err(tri, ref), _err(eager, ref)
+    atol = torch.finfo(tri.dtype).eps * ref.abs().max().item()
+    print(f"{name}: triton {e_tri:.3e}  torch {e_torch:.3e}  atol {atol:.1e}")
+    assert e_tri == e_tri, f"{name} is NaN"  # NaN never passes
+    assert e_tri <= factor * e_torch + atol, f"{name}: {e_tri:.3e} > {factor} x {e_torch:.3e} + {atol:.1e}"
+
+
+def run_and_compare(B, H, T, D, causal, dtype, device=DEVICE):
+    torch.manual_seed(T * D + causal)
+    q0, k0, v0 = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(3))
+    do = torch.randn(B, H, T, D, device=device, dtype=dtype)
+    outs = {}
+    for tag, fn in (("tri", lambda q, k, v: attention(q, k, v, causal)),
+                    ("torch", lambda q, k, v: attention_ref(q, k, v, causal)),
+                    ("ref", lambda q, k, v: attention_ref(q, k, v, causal, upcast=True))):
+        q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+        o = fn(q, k, v)
+        o.backward(do)
+        outs[tag] = (o, q.grad, k.grad, v.grad)
+    for i, name in enumerate(("o", "dq", "dk", "dv")):
+        check(name, outs["tri"][i], outs["torch"][i], outs["ref"][i], 2 if i == 0 else 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,H,T,D", [(1, 2, 45, 40), (2, 1, 33, 32)])
+def test_attention_matches_reference(B, H, T, D, causal, dtype):
+    run_and_compare(B, H, T, D, causal, dtype)
+
+
+@pytest.mark.parametrize("T,D", [(17, 80), (64, 64), (20, 128)])
+def test_attention_head_dims(T, D):
+    run_and_compare(1, 1, T, D, True, torch.float32)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_counted_flops_equal_executed(causal):
+    B, H, T, D = 1, 2, 45, 40
+    q, k, v = (torch.randn(B, H, T, D, device=DEVICE, requires_grad=True) for _ in range(3))
+    counts = count_flops(lambda c: attention(q, k, v, causal, counter=c), DEVICE,
+                         grad=torch.randn(B, H, T, D, device=DEVICE))
+    fwd, bwd = attention_executed(B, H, T, D, causal)["attention_mask"]
+    print(f"counted {counts}, executed ({fwd}, {bwd})")
+    assert (counts["fwd"], counts["bwd"]) == (fwd, bwd)
+    # Whole tiles and recompute: more than the model view's causal count, never less.
+    from flopscale.engine.flops import causal_attention_flops
+    assert fwd >= causal_attention_flops(B, H, T, D)[0]
+
+
+def test_attention_backend_and_bad_input():
+    ops = get_backend("triton")
+    assert ops.name == "triton" and ops.attention is not None
+    rows = ops.executed("attention", B=1, H=1, T=45, D=40, causal=True)
+    assert set(rows) == {"attention_mask", "softmax"}
+    with pytest.raises(ValueError):
+        attention(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 5, 8), torch.randn(1, 1, 4, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,H,T,D", [(2, 16, 2048, 128), (1, 8, 4096, 64), (2, 4, 1000, 80)])
+def test_attention_gpu_bf16(B, H, T, D, causal):
+    run_and_compare(B, H, T, D, causal, torch.bfloat16, device="cuda")
+
+
+@pytest.mark.gpu
+def test_attention_gpu_counted_flops():
+    B, H, T, D = 1, 4, 1000, 128
+    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    counts = count_flops(lambda c: attention(q, k, v, True, counter=c), "cuda",
+                         grad=torch.randn_like(q))
+    assert (counts["fwd"], counts["bwd"]) == attention_executed(B, H, T, D, True)["attention_mask"]

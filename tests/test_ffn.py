@@ -1,0 +1,92 @@
+"""Triton feedforward (fused bias+GELU epilogues) against the float64 reference.
+
+    pytest tests/test_ffn.py            # CPU: Triton interpreter (conftest sets it)
+    pytest tests/test_ffn.py -m gpu     # real sizes in bf16 on a GPU
+"""
+
+import pytest
+import torch
+
+from flopscale.engine.flops import feedforward_op_model
+from flopscale.kernels.ffn import feedforward, feedforward_executed, feedforward_ref
+from flopscale.kernels.triton_backend import count_flops
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _err(a, ref):
+    return (a.double() - ref.double()).abs().max().item()
+
+
+def check(name, tri, eager, ref, factor):
+    """Assert the kernel's max error <= factor x eager's (same dtype) + one ulp of |ref|max."""
+    e_tri, e_torch = _err(tri, ref), _err(eager, ref)
+    atol = torch.finfo(tri.dtype).eps * ref.abs().max().item()
+    print(f"{name}: triton {e_tri:.3e}  torch {e_torch:.3e}  atol {atol:.1e}")
+    assert e_tri == e_tri, f"{name} is NaN"
+    assert e_tri <= factor * e_torch + atol, f"{name}: {e_tri:.3e} > {factor} x {e_torch:.3e} + {atol:.1e}"
+
+
+def params(lead, d_model, d_ff, dtype, device, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(*lead, d_model, device=device)
+    w_in = torch.randn(d_ff, d_model, device=device) / d_model ** 0.5
+    b_in = 0.1 * torch.randn(d_ff, device=device)
+    w_out = torch.randn(d_model, d_ff, device=device) / d_ff ** 0.5
+    b_out = 0.1 * torch.randn(d_model, device=device)
+    return [t.to(dtype) for t in (x, w_in, b_in, w_out, b_out)]
+
+
+def run_and_compare(lead, d_model, d_ff, dtype, device=DEVICE):
+    tensors = params(lead, d_model, d_ff, dtype, device)
+    dy = torch.randn(*lead, d_model, device=device, dtype=dtype)
+    outs = {}
+    for tag, fn in (("tri", feedforward), ("torch", feedforward_ref),
+                    ("ref", lambda *t: feedforward_ref(*t, upcast=True))):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        y = fn(*leaves)
+        y.backward(dy)
+        outs[tag] = [y] + [t.grad for t in leaves]
+    for i, name in enumerate(("y", "dx", "dw_in", "db_in", "dw_out", "db_out")):
+        check(name, outs["tri"][i], outs["torch"][i], outs["ref"][i], 2 if i == 0 else 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead,d_model,d_ff", [((37,), 40, 72), ((2, 21), 48, 200)])
+def test_feedforward_matches_reference(lead, d_model, d_ff, dtype):
+    run_and_compare(lead, d_model, d_ff, dtype)
+
+
+def test_feedforward_counted_flops_equal_executed():
+    rows, d_model, d_ff = 37, 40, 72
+    x, w_in, b_in, w_out, b_out = params((rows,), d_model, d_ff, torch.float32, DEVICE)
+    x.requires_grad_()
+    counts = count_flops(lambda c: feedforward(x, w_in, b_in, w_out, b_out, counter=c), DEVICE,
+                         grad=torch.randn(rows, d_model, device=DEVICE), inputs=[x])
+    fwd, bwd = feedforward_executed(rows, d_model, d_ff)["feedforward"]
+    print(f"counted {counts}, executed ({fwd}, {bwd}), model {feedforward_op_model(rows, d_model, d_ff)['feedforward']}")
+    assert (counts["fwd"], counts["bwd"]) == (fwd, bwd)
+    assert fwd >= feedforward_op_model(rows, d_model, d_ff)["feedforward"][0]
+
+
+def test_feedforward_bad_input():
+    x, w_in, b_in, w_out, b_out = params((3,), 8, 16, torch.float32, DEVICE)
+    with pytest.raises(ValueError):
+        feedforward(x, w_in.t(), b_in, w_out, b_out)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lead,d_model,d_ff", [((8, 1024), 1024, 4096), ((4, 1000), 768, 3072)])
+def test_feedforward_gpu_bf16(lead, d_model, d_ff):
+    run_and_compare(lead, d_model, d_ff, torch.bfloat16, device="cuda")
+
+
+@pytest.mark.gpu
+def test_feedforward_gpu_counted_flops():
+    rows, d_model, d_ff = 1000, 768, 3072
+    x, w_in, b_in, w_out, b_out = params((rows,), d_model, d_ff, torch.bfloat16, "cuda")
+    x.requires_grad_()
+    counts = count_flops(lambda c: feedforward(x, w_in, b_in, w_out, b_out, counter=c), "cuda",
+                         grad=torch.randn_like(x), inputs=[x])
+    assert (counts["fwd"], counts["bwd"]) == feedforward_executed(rows, d_model, d_ff)["feedforward"]
