@@ -1,0 +1,195 @@
+"""The ``cuda`` backend (csrc/ via flopscale._C) against the float64 references.
+
+    pytest tests/test_cuda_ops.py            # CPU: the missing-extension message, the FLOP model
+    pytest -m gpu tests/test_cuda_ops.py     # GPU with the extension built (csrc/gpu_check.sh)
+
+Each check: max error of the kernel <= 2x (forward) or 3x (gradients) the max error of
+PyTorch's own eager op in the same dtype, both against the float64 reference, plus one ulp of
+the reference's magnitude; both errors are printed before asserting.  Outputs land in memory
+poisoned with NaN bit patterns first, so an element a kernel forgets to write fails the test.
+"""
+
+import pytest
+import torch
+
+from flopscale.kernels import get_backend
+from flopscale.kernels.attention import attention_ref
+from flopscale.kernels.cuda_backend import attention_executed
+from flopscale.kernels.ffn import feedforward_ref
+from flopscale.kernels.layernorm import add_layer_norm_ref, layer_norm_ref
+
+HALF = [torch.float16, torch.bfloat16]
+ALL = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _have_extension():
+    try:
+        from flopscale import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def ops():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if not _have_extension():
+        pytest.skip("flopscale._C not built (FLOPSCALE_BUILD_CUDA=1 pip install -e .)")
+    return get_backend("cuda")
+
+
+def poison():
+    """Fill freed caching-allocator blocks with 0xFF (NaN in fp32, fp16 and bf16) so the next
+    torch.empty calls, the kernels' outputs among them, start from NaN rather than old results."""
+    blocks = [torch.empty(1 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF) for _ in range(16)]
+    blocks.append(torch.empty(256 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF))
+    del blocks
+
+
+def _err(a, ref):
+    return (a.double() - ref.double()).abs().max().item()
+
+
+def check(name, cuda, eager, ref, factor):
+    e_cuda, e_torch = _err(cuda, ref), _err(eager, ref)
+    atol = torch.finfo(cuda.dtype).eps * ref.double().abs().max().item()
+    print(f"{name}: cuda {e_cuda:.3e}  torch {e_torch:.3e}  atol {atol:.1e}")
+    assert e_cuda == e_cuda, f"{name} is NaN (an unwritten or non-finite element)"
+    assert e_cuda <= factor * e_torch + atol, f"{name}: {e_cuda:.3e} > {factor} x {e_torch:.3e} + {atol:.1e}"
+
+
+def run_three(fns, inputs, grads):
+    """Run each fn on fresh leaf clones of ``inputs``; return {tag: (outputs..., input grads...)}."""
+    out = {}
+    for tag, fn in fns.items():
+        if tag == "cuda":
+            poison()
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        res = fn(*leaves)
+        res = res if isinstance(res, tuple) else (res,)
+        torch.autograd.backward(res, grads[: len(res)])
+        out[tag] = tuple(r.detach() for r in res) + tuple(t.grad for t in leaves)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# LayerNorm
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ALL, ids=str)
+@pytest.mark.parametrize("shape", [(37, 200), (3, 5, 431), (4, 1024)], ids=str)
+def test_layer_norm(ops, shape, dtype):
+    torch.manual_seed(shape[-1])
+    C = shape[-1]
+    x = torch.randn(shape, device="cuda", dtype=dtype) * 3 + 1
+    w = torch.randn(C, device="cuda", dtype=dtype)
+    b = torch.randn(C, device="cuda", dtype=dtype)
+    dy = torch.randn(shape, device="cuda", dtype=dtype)
+    fns = {"cuda": lambda x, w, b: ops.layer_norm(x, w, b, 1e-5),
+           "torch": lambda x, w, b: layer_norm_ref(x, w, b, 1e-5),
+           "ref": lambda x, w, b: layer_norm_ref(x, w, b, 1e-5, upcast=True)}
+    out = run_three(fns, [x, w, b], [dy])
+    for i, name in enumerate(("y", "dx", "dw", "db")):
+        check(name, out["cuda"][i], out["torch"][i], out["ref"][i], 2 if i == 0 else 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ALL, ids=str)
+@pytest.mark.parametrize("shape", [(37, 200), (2, 7, 431)], ids=str)
+def test_add_layer_norm(ops, shape, dtype):
+    torch.manual_seed(7 + shape[-1])
+    C = shape[-1]
+    x, r = (torch.randn(shape, device="cuda", dtype=dtype) for _ in range(2))
+    w, b = (torch.randn(C, device="cuda", dtype=dtype) for _ in range(2))
+    dy, ds = (torch.randn(shape, device="cuda", dtype=dtype) for _ in range(2))
+    fns = {"cuda": lambda x, r, w, b: ops.add_layer_norm(x, r, w, b, 1e-5),
+           "torch": lambda x, r, w, b: add_layer_norm_ref(x, r, w, b, 1e-5),
+           "ref": lambda x, r, w, b: add_layer_norm_ref(x, r, w, b, 1e-5, upcast=True)}
+    out = run_three(fns, [x, r, w, b], [dy, ds])
+    for i, name in enumerate(("y", "s", "dx", "dresidual", "dw", "db")):
+        check(name, out["cuda"][i], out["torch"][i], out["ref"][i], 2 if i < 2 else 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("B,H,T,D", [(2, 3, 45, 64), (1, 2, 77, 128), (2, 2, 130, 64), (1, 1, 1, 128),
+                                     (1, 2, 256, 128)])
+def test_attention(ops, B, H, T, D, causal, dtype):
+    torch.manual_seed(T * D + causal)
+    q, k, v, do = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for _ in range(4))
+    fns = {"cuda": lambda q, k, v: ops.attention(q, k, v, causal),
+           "torch": lambda q, k, v: attention_ref(q, k, v, causal),
+           "ref": lambda q, k, v: attention_ref(q, k, v, causal, upcast=True)}
+    out = run_three(fns, [q, k, v], [do])
+    for i, name in enumerate(("o", "dq", "dk", "dv")):
+        check(name, out["cuda"][i], out["torch"][i], out["ref"][i], 2 if i == 0 else 3)
+
+
+@pytest.mark.gpu
+def test_attention_rejects_bad_head_dim(ops):
+    q = torch.randn(1, 1, 8, 80, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="head dim"):
+        ops.attention(q, q, q, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feedforward
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ALL, ids=str)
+@pytest.mark.parametrize("shape,d_ff", [((37, 200), 800), ((3, 15, 64), 256)], ids=str)
+def test_feedforward(ops, shape, d_ff, dtype):
+    torch.manual_seed(d_ff)
+    d = shape[-1]
+    x = torch.randn(shape, device="cuda", dtype=dtype)
+    w_in = torch.randn(d_ff, d, device="cuda", dtype=dtype) / d ** 0.5
+    b_in = torch.randn(d_ff, device="cuda", dtype=dtype)
+    w_out = torch.randn(d, d_ff, device="cuda", dtype=dtype) / d_ff ** 0.5
+    b_out = torch.randn(d, device="cuda", dtype=dtype)
+    dy = torch.randn(shape, device="cuda", dtype=dtype)
+    fns = {"cuda": ops.feedforward, "torch": feedforward_ref,
+           "ref": lambda *a: feedforward_ref(*a, upcast=True)}
+    out = run_three(fns, [x, w_in, b_in, w_out, b_out], [dy])
+    for i, name in enumerate(("y", "dx", "dw_in", "db_in", "dw_out", "db_out")):
+        check(name, out["cuda"][i], out["torch"][i], out["ref"][i], 2 if i == 0 else 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP accounting and the missing-extension path
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_executed_rows(ops):
+    from flopscale.engine.flops import causal_attention_flops
+
+    rows = ops.executed("attention", B=2, H=3, T=77, D=128, causal=True)
+    assert set(rows) == {"attention_mask", "softmax"}
+    fwd, bwd = rows["attention_mask"]
+    model_fwd, model_bwd = causal_attention_flops(2, 3, 77, 128)
+    assert fwd >= model_fwd and bwd >= model_bwd
+    assert ops.executed("layernorm", rows=37, C=200) is None
+
+
+def test_attention_executed_counts_whole_tiles():
+    B, H, D = 2, 3, 64
+    # Full attention over whole tiles: exactly the eager count; backward 5 matmuls vs 2.
+    fwd, bwd = attention_executed(B, H, 128, D, causal=False)["attention_mask"]
+    assert fwd == 4 * B * H * 128 * 128 * D and bwd == fwd * 5 // 2
+    # Causal, T = 128 with 64-tiles: query tile 0 sees 1 key tile, tile 1 sees 2 -> 3 pairs.
+    fwd, bwd = attention_executed(B, H, 128, D, causal=True)["attention_mask"]
+    assert fwd == B * H * 3 * 2 * (2 * 64 * 64 * D)
+    assert bwd == B * H * 3 * 5 * (2 * 64 * 64 * D)
+    # Ragged T = 45 pads to one whole 64 x 64 tile; a 32-row backward tile changes the count.
+    fwd, bwd = attention_executed(1, 1, 45, 128, causal=True, tiles=(64, 64, 32, 64))["attention_mask"]
+    assert fwd == 2 * (2 * 64 * 64 * 128) and bwd == 2 * 5 * (2 * 32 * 64 * 128)
+
+
+def test_cuda_backend_without_extension_says_so():
+    if _have_extension():
+        pytest.skip("the extension is built here")
+    with pytest.raises(RuntimeError, match="installed without its CUDA extension.*FLOPSCALE_BUILD_CUDA=1"):
+        get_backend("cuda")
