@@ -52,7 +52,7 @@ def attention_executed_ref(B, H, T, D, causal=True):
 # Head dims that are not powers of two (40, 80) run in a BLOCK_D = next_power_of_2(D) tile,
 # masked on load and store; the tail of T is masked the same way.
 # =============================================================================================
-from .triton_backend import INTERPRET, best_kwargs, f32_dot, mma, new_counter, tl, triton
+from .triton_backend import INTERPRET, add_count, best_kwargs, f32_dot, launch_counter, mma, tl, triton
 
 
 def _fwd_configs():
@@ -338,10 +338,12 @@ def attention_forward(q, k, v, causal=True, counter=None):
     o = torch.empty_like(q)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     grid = lambda META: (triton.cdiv(T, META["BLOCK_M"]), B * H)  # noqa: E731
+    cnt = launch_counter(q.device, counter is not None)
     _attention_fwd_kernel[grid](
-        q, k, v, o, lse, new_counter(q.device, counter), T, _LOG2E / math.sqrt(D),
+        q, k, v, o, lse, cnt, T, _LOG2E / math.sqrt(D),
         D=D, BLOCK_D=_block_d(D), CAUSAL=causal, F32_DOT=f32_dot(q.dtype),
         COUNT_FLOPS=counter is not None)
+    add_count(counter, cnt)
     c = best_kwargs(_attention_fwd_kernel)
     _TILES[("fwd", T, D, causal)] = (c["BLOCK_M"], c["BLOCK_N"])
     return o, lse
@@ -356,18 +358,21 @@ def attention_backward(do, q, k, v, o, lse, causal=True, counter=None):
     _attention_bwd_preprocess_kernel[(triton.cdiv(T, 64), B * H)](
         o, do, delta, T, D=D, BLOCK_D=BLOCK_D, BLOCK_M=64)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    cnt = new_counter(q.device, counter)
     sm_scale = 1.0 / math.sqrt(D)
     meta = dict(D=D, BLOCK_D=BLOCK_D, CAUSAL=causal, F32_DOT=f32_dot(q.dtype),
                 COUNT_FLOPS=counter is not None)
     grid = lambda META: (triton.cdiv(T, META["BLOCK_N"]), B * H)  # noqa: E731
+    cnt = launch_counter(q.device, counter is not None)
     _attention_bwd_dkdv_kernel[grid](q, k, v, do, dk, dv, lse, delta, cnt, T,
                                      sm_scale * _LOG2E, sm_scale, **meta)
+    add_count(counter, cnt)
     c = best_kwargs(_attention_bwd_dkdv_kernel)
     _TILES[("dkdv", T, D, causal)] = (c["BLOCK_M"], c["BLOCK_N"])
     grid = lambda META: (triton.cdiv(T, META["BLOCK_M"]), B * H)  # noqa: E731
+    cnt = launch_counter(q.device, counter is not None)
     _attention_bwd_dq_kernel[grid](q, k, v, do, dq, lse, delta, cnt, T,
                                    sm_scale * _LOG2E, sm_scale, **meta)
+    add_count(counter, cnt)
     c = best_kwargs(_attention_bwd_dq_kernel)
     _TILES[("dq", T, D, causal)] = (c["BLOCK_M"], c["BLOCK_N"])
     return dq, dk, dv

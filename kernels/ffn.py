@@ -28,7 +28,7 @@ def feedforward_ref(x, w_in, b_in, w_out, b_out, upcast=False):
 # =============================================================================================
 import math
 
-from .triton_backend import INTERPRET, best_kwargs, f32_dot, mma, new_counter, tl, triton
+from .triton_backend import INTERPRET, add_count, best_kwargs, f32_dot, launch_counter, mma, tl, triton
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 
@@ -127,10 +127,12 @@ def _matmul(role, a, b, epilogue=0, bias=None, pre=None, counter=None):
     pre_out = torch.empty_like(c) if epilogue == 2 else None
     pre_arg = pre_out if epilogue == 2 else (pre if pre is not None else c)
     grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
+    cnt = launch_counter(a.device, counter is not None)
     _ffn_matmul_kernel[grid](
-        a, b, c, bias if bias is not None else c, pre_arg, new_counter(a.device, counter), M, N, K,
+        a, b, c, bias if bias is not None else c, pre_arg, cnt, M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
         EPILOGUE=epilogue, F32_DOT=f32_dot(a.dtype), COUNT_FLOPS=counter is not None)
+    add_count(counter, cnt)
     kw = best_kwargs(_ffn_matmul_kernel)
     _TILES[(role, M, N, K)] = (kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"])
     return c, pre_out

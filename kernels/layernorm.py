@@ -36,7 +36,7 @@ def add_layer_norm_ref(x, residual, weight, bias, eps=1e-5, upcast=False):
 # Backward: G programs, each over a contiguous run of rows, write dx and keep dW, dB partial
 # sums in fp32 registers; a second small kernel reduces the (G, C) partials.  No atomics.
 # =============================================================================================
-from .triton_backend import INTERPRET, new_counter, tl, triton
+from .triton_backend import INTERPRET, add_count, launch_counter, tl, triton
 
 
 @triton.jit
@@ -160,11 +160,13 @@ def layer_norm_forward(x, residual, weight, bias, eps, counter=None):
     s = torch.empty_like(x) if residual is not None else None
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+    cnt = launch_counter(x.device, counter is not None)
     _layer_norm_fwd_kernel[(M,)](
         x, residual if residual is not None else x, weight, bias, y, s if s is not None else y,
-        mean, rstd, new_counter(x.device, counter), C, eps,
+        mean, rstd, cnt, C, eps,
         BLOCK_C=BLOCK_C, HAS_RESIDUAL=residual is not None, COUNT_FLOPS=counter is not None,
         FLOPS_PER_ROW=_flops_per_row(C, False), num_warps=_num_warps(BLOCK_C))
+    add_count(counter, cnt)
     return y, s, mean, rstd
 
 
@@ -178,7 +180,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd, dres=None, counter=None):
     dx = torch.empty_like(x)
     dw_part = torch.empty((G, C), dtype=torch.float32, device=x.device)
     db_part = torch.empty((G, C), dtype=torch.float32, device=x.device)
-    cnt = new_counter(x.device, counter)
+    cnt = launch_counter(x.device, counter is not None)
     _layer_norm_bwd_kernel[(G,)](
         x, weight, dy, dx, dres if dres is not None else dy, dw_part, db_part, mean, rstd, cnt,
         M, C, rows_per_program, BLOCK_C=BLOCK_C, HAS_DRES=dres is not None,
@@ -189,6 +191,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd, dres=None, counter=None):
     _layer_norm_bwd_dwdb_kernel[(triton.cdiv(C, _DWDB_BLOCK_N),)](
         dw_part, db_part, dw, db, cnt, G, C, BLOCK_G=_DWDB_BLOCK_G, BLOCK_N=_DWDB_BLOCK_N,
         COUNT_FLOPS=counter is not None)
+    add_count(counter, cnt)
     return dx, dw, db
 
 

@@ -91,10 +91,25 @@ def f32_dot(dtype) -> bool:
     return dtype == torch.float32 or INTERPRET
 
 
-def new_counter(device, counter=None):
-    """The int64 counter the kernels add to; a throwaway one when not counting (the kernels
-    take the pointer either way, and autotune's reset_to_zero clears it between trials)."""
-    return counter if counter is not None else torch.zeros(1, dtype=torch.int64, device=device)
+_DUMMY: dict = {}
+
+
+def launch_counter(device, counting):
+    """The int64 counter pointer one launch gets.  Counting: a fresh zeroed one, which the
+    launcher adds into the caller's counter afterwards; launches must not share the caller's,
+    because autotune's reset_to_zero clears a launch's counter between its trials.  Not
+    counting: one cached throwaway per device (the kernels take the pointer either way)."""
+    if counting:
+        return torch.zeros(1, dtype=torch.int64, device=device)
+    key = str(device)
+    if key not in _DUMMY:
+        _DUMMY[key] = torch.zeros(1, dtype=torch.int64, device=device)
+    return _DUMMY[key]
+
+
+def add_count(counter, launch):
+    if counter is not None:
+        counter += launch
 
 
 def best_kwargs(kernel):
