@@ -1,0 +1,325 @@
+"""Scaling-law forms of Kaplan et al. 2020 and Hoffmann et al. 2022, and the paper's derived relations.
+
+    from flopscale.fitting.laws import LAWS, PAPER, predict
+    predict("n", PAPER["n"], N=1.5e9)                  # L(N) in nats/token at the paper's constants
+    LAWS["nd"].formula                                 # 'L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D'
+    allocation_exponents(0.077, 0.76, 0.21)            # derived N, B, S, D exponents of C_min
+
+Every law lives in exactly one place: its public parameter names, its formula as text, and one
+function `_log_<law>` that evaluates log(target) and its Jacobian in an internal parameterization
+chosen to be well conditioned for the optimizer (fitting/fit.py). Public values are what a user
+reads (N_c in parameters, D_c in tokens, C_c in FLOPs, B_star in tokens); the internal vector
+theta is what L-BFGS-B moves.
+
+Why an internal parameterization: in L = (N_c/N)^alpha, N_c ~ 1e13 and alpha ~ 0.08, so
+(log N_c, alpha) are strongly correlated (a small change in alpha needs a huge change in N_c).
+Writing log L = m - alpha * (log N - mean log N) decouples them: m is the log loss at the data's
+geometric centre and alpha the slope, nearly orthogonal. The Chinchilla form keeps Hoffmann's
+own parameterization (a = log A, b = log B, e = log E, uncentred) so that his start grid applies
+unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Sequence, Tuple
+
+import numpy as np
+
+PF_DAY = 8.64e19  # FLOPs in one petaflop/s-day: 1e15 * 86400
+
+# Kaplan et al. 2020 constants (DESIGN.md "Reference numbers"); C_c is converted from PF-days to
+# FLOPs so every law here takes C in FLOPs. Chinchilla: Hoffmann et al. 2022, eq. (10).
+PAPER: Dict[str, Dict[str, float]] = {
+    "n": {"alpha_N": 0.076, "N_c": 8.8e13},
+    "d": {"alpha_D": 0.095, "D_c": 5.4e13},
+    "c": {"alpha_C": 0.050, "C_c": 3.1e8 * PF_DAY},
+    "nd": {"alpha_N": 0.076, "alpha_D": 0.103, "N_c": 6.4e13, "D_c": 1.8e13},
+    "ns": {"alpha_N": 0.077, "alpha_S": 0.76, "N_c": 6.5e13, "S_c": 2.1e3},
+    # B_star: 2e8 tokens in the paper's text, 2.1e8 in its summary table; we quote the text.
+    "bcrit": {"B_star": 2e8, "alpha_B": 0.21},
+    "chinchilla": {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
+}
+
+# The paper's empirical compute-efficient exponents (N, B, S against C_min; section 6.1, Fig. 14).
+PAPER_ALLOCATION_EMPIRICAL = {"N": 0.73, "B": 0.24, "S": 0.03}
+
+
+def _lse(*cols: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """log(sum exp(cols)) and the softmax weights (its partial derivatives), overflow-safe."""
+    z = np.stack(np.broadcast_arrays(*cols))  # (k, n)
+    zmax = z.max(axis=0)
+    ez = np.exp(z - zmax)
+    s = ez.sum(axis=0)
+    return zmax + np.log(s), ez / s
+
+
+@dataclass(frozen=True)
+class Law:
+    """One scaling law: names, formula, and its log-space evaluation for the estimator.
+
+    inputs: the columns the law reads (a CSV's column names); target: the column it predicts.
+    log_fn(theta, x) -> (log target (n,), Jacobian (n, p)) where x maps input name to the log of
+    that input minus its centre (centres from `centres`), and theta is the internal vector.
+    """
+
+    name: str
+    params: Tuple[str, ...]
+    inputs: Tuple[str, ...]
+    target: str
+    formula: str
+    log_fn: Callable
+    to_public: Callable      # (theta, centres) -> {name: value}
+    to_internal: Callable    # ({name: value}, centres) -> theta
+    centred: bool = True     # False: x holds raw logs (Chinchilla, so Hoffmann's grid applies)
+    linear: bool = False     # log target linear in theta: Huber fit by IRLS, no start grid
+    # Which input the leave-largest-out check holds out (largest value, or smallest for "loss").
+    holdout_on: str = ""
+
+    @property
+    def n_params(self) -> int:
+        return len(self.params)
+
+    def centres(self, cols: Dict[str, np.ndarray]) -> Dict[str, float]:
+        if not self.centred:
+            return {k: 0.0 for k in self.inputs}
+        return {k: float(np.mean(np.log(cols[k]))) for k in self.inputs}
+
+    def design(self, cols: Dict[str, np.ndarray], centres: Dict[str, float]) -> Dict[str, np.ndarray]:
+        return {k: np.log(np.asarray(cols[k], dtype=float)) - centres[k] for k in self.inputs}
+
+    def predict(self, params: Dict[str, float], **cols) -> np.ndarray:
+        """The law's target (loss, or B for bcrit) at the given inputs, from public parameters."""
+        arrs = {k: np.atleast_1d(np.asarray(cols[k], dtype=float)) for k in self.inputs}
+        arrs = dict(zip(arrs, np.broadcast_arrays(*arrs.values())))
+        centres = {k: 0.0 for k in self.inputs}  # prediction needs no conditioning
+        theta = self.to_internal(params, centres)
+        f, _ = self.log_fn(theta, self.design(arrs, centres))
+        return np.exp(f)
+
+
+# --- single power laws: L = (X_c/X)^alpha, internal theta = (m, alpha), log L = m - alpha * x ----
+# m = alpha * (log X_c - centre), so log X_c = centre + m / alpha.
+
+def _log_power(theta, x, key):
+    m, alpha = theta
+    xv = x[key]
+    f = m - alpha * xv
+    return f, np.stack([np.ones_like(xv), -xv], axis=1)
+
+
+def _power_law(name, key, alpha, const, formula, holdout_on):
+    def to_public(theta, c):
+        m, a = float(theta[0]), float(theta[1])
+        return {alpha: a, const: float(np.exp(c[key] + m / a)) if a != 0 else float("inf")}
+
+    def to_internal(p, c):
+        return np.array([p[alpha] * (np.log(p[const]) - c[key]), p[alpha]])
+
+    return Law(name, (alpha, const), (key,), "loss", formula,
+               lambda th, x: _log_power(th, x, key), to_public, to_internal,
+               linear=True, holdout_on=holdout_on)
+
+
+# --- bcrit: B = B_star / loss^(1/alpha_B); theta = (m, k), log B = m - k * x_loss, k = 1/alpha_B --
+
+def _bcrit_public(theta, c):
+    m, k = float(theta[0]), float(theta[1])
+    return {"B_star": float(np.exp(m + k * c["loss"])), "alpha_B": 1.0 / k if k != 0 else float("inf")}
+
+
+def _bcrit_internal(p, c):
+    k = 1.0 / p["alpha_B"]
+    return np.array([np.log(p["B_star"]) - k * c["loss"], k])
+
+
+# --- nd: L = [(N_c/N)^(aN/aD) + D_c/D]^aD -------------------------------------------------------
+# theta = (u, r, v, aD): log L = aD * lse(u - r*xN, v - xD), r = aN/aD,
+# u = r*(log N_c - cN), v = log D_c - cD.
+
+def _log_nd(theta, x):
+    u, r, v, aD = theta
+    s, w = _lse(u - r * x["N"], v - x["D"])
+    J = np.stack([aD * w[0], -aD * w[0] * x["N"], aD * w[1], s], axis=1)
+    return aD * s, J
+
+
+def _nd_public(theta, c):
+    u, r, v, aD = (float(t) for t in theta)
+    return {"alpha_N": r * aD, "alpha_D": aD, "N_c": float(np.exp(c["N"] + u / r)) if r else float("inf"),
+            "D_c": float(np.exp(c["D"] + v))}
+
+
+def _nd_internal(p, c):
+    r = p["alpha_N"] / p["alpha_D"]
+    return np.array([r * (np.log(p["N_c"]) - c["N"]), r, np.log(p["D_c"]) - c["D"], p["alpha_D"]])
+
+
+# --- ns: L = (N_c/N)^aN + (S_c/S)^aS; theta = (p, aN, q, aS): log L = lse(p - aN*xN, q - aS*xS) --
+
+def _log_ns(theta, x):
+    p, aN, q, aS = theta
+    s, w = _lse(p - aN * x["N"], q - aS * x["S"])
+    J = np.stack([w[0], -w[0] * x["N"], w[1], -w[1] * x["S"]], axis=1)
+    return s, J
+
+
+def _ns_public(theta, c):
+    p, aN, q, aS = (float(t) for t in theta)
+    return {"alpha_N": aN, "alpha_S": aS,
+            "N_c": float(np.exp(c["N"] + p / aN)) if aN else float("inf"),
+            "S_c": float(np.exp(c["S"] + q / aS)) if aS else float("inf")}
+
+
+def _ns_internal(p, c):
+    return np.array([p["alpha_N"] * (np.log(p["N_c"]) - c["N"]), p["alpha_N"],
+                     p["alpha_S"] * (np.log(p["S_c"]) - c["S"]), p["alpha_S"]])
+
+
+# --- chinchilla: L = E + A/N^alpha + B/D^beta, Hoffmann's theta = (a, b, e, alpha, beta) ---------
+# log L = lse(a - alpha*log N, b - beta*log D, e), a = log A, b = log B, e = log E.
+
+def _log_chinchilla(theta, x):
+    # Written out rather than through _lse: this runs ~300k times in one 4500-start fit.
+    a, b, e, alpha, beta = theta
+    lN, lD = x["N"], x["D"]
+    z1 = a - alpha * lN
+    z2 = b - beta * lD
+    m = np.maximum(np.maximum(z1, z2), e)
+    e1, e2, e3 = np.exp(z1 - m), np.exp(z2 - m), np.exp(e - m)
+    s = e1 + e2 + e3
+    w1, w2 = e1 / s, e2 / s
+    J = np.empty((lN.size, 5))
+    J[:, 0], J[:, 1], J[:, 2] = w1, w2, e3 / s
+    J[:, 3], J[:, 4] = -w1 * lN, -w2 * lD
+    return m + np.log(s), J
+
+
+def _chin_public(theta, c):
+    a, b, e, alpha, beta = (float(t) for t in theta)
+    return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": alpha, "beta": beta}
+
+
+def _chin_internal(p, c):
+    return np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
+
+
+LAWS: Dict[str, Law] = {
+    "n": _power_law("n", "N", "alpha_N", "N_c", "L = (N_c/N)^alpha_N", "N"),
+    "d": _power_law("d", "D", "alpha_D", "D_c", "L = (D_c/D)^alpha_D", "D"),
+    "c": _power_law("c", "C", "alpha_C", "C_c", "L = (C_c/C)^alpha_C", "C"),
+    "nd": Law("nd", ("alpha_N", "alpha_D", "N_c", "D_c"), ("N", "D"), "loss",
+              "L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D", _log_nd, _nd_public, _nd_internal,
+              holdout_on="N"),
+    "ns": Law("ns", ("alpha_N", "alpha_S", "N_c", "S_c"), ("N", "S"), "loss",
+              "L = (N_c/N)^alpha_N + (S_c/S)^alpha_S", _log_ns, _ns_public, _ns_internal,
+              holdout_on="N"),
+    "bcrit": Law("bcrit", ("B_star", "alpha_B"), ("loss",), "B", "B = B_star / loss^(1/alpha_B)",
+                 lambda th, x: _log_power(th, x, "loss"), _bcrit_public, _bcrit_internal,
+                 linear=True, holdout_on="loss"),
+    "chinchilla": Law("chinchilla", ("E", "A", "B", "alpha", "beta"), ("N", "D"), "loss",
+                      "L = E + A/N^alpha + B/D^beta", _log_chinchilla, _chin_public, _chin_internal,
+                      centred=False, holdout_on="N"),
+}
+
+
+def predict(law: str, params: Dict[str, float], **cols) -> np.ndarray:
+    """predict("nd", PAPER["nd"], N=1e9, D=1e10) -> array of losses (nats/token)."""
+    return LAWS[law].predict(params, **cols)
+
+
+# ------------------------------------------------------------------------------------------------
+# Derived relations (Kaplan et al. 2020, sections 4-6)
+# ------------------------------------------------------------------------------------------------
+
+def b_crit(loss, B_star: float = PAPER["bcrit"]["B_star"], alpha_B: float = PAPER["bcrit"]["alpha_B"]):
+    """Critical batch size in tokens at a loss (eq. 5.3)."""
+    return B_star / np.power(loss, 1.0 / alpha_B)
+
+
+def s_min(S, B, B_crit):
+    """Fewest steps to reach the same loss with B >> B_crit (eq. 5.4)."""
+    return S / (1.0 + B_crit / B)
+
+
+def e_min(E, B, B_crit):
+    """Fewest tokens (examples) to reach the same loss with B << B_crit (eq. 5.5 analogue)."""
+    return E / (1.0 + B / B_crit)
+
+
+def c_min(C, B, B_crit):
+    """Compute had the run used B << B_crit (eq. 5.5): C_min = C / (1 + B/B_crit)."""
+    return C / (1.0 + B / B_crit)
+
+
+def s_stop(N, D, nd: Dict[str, float] = PAPER["nd"], S_c: float = PAPER["ns"]["S_c"],
+           alpha_S: float = PAPER["ns"]["alpha_S"]):
+    """Lower bound on the early-stopping step (eq. 5.7): S_stop >~ S_c / [L(N,D) - L(N,inf)]^(1/alpha_S).
+
+    L(N, inf) = (N_c/N)^alpha_N is the nd law with D -> inf. Returns inf where D is so large that
+    the run would not overfit (the gap is zero).
+    """
+    gap = predict("nd", nd, N=N, D=D) - np.power(nd["N_c"] / np.asarray(N, float), nd["alpha_N"])
+    with np.errstate(divide="ignore"):
+        return S_c / np.power(np.maximum(gap, 0.0), 1.0 / alpha_S)
+
+
+def overfit_min_tokens(N, nd: Dict[str, float] | None = None, delta: float = 0.02):
+    """Dataset size above which overfitting costs < delta in loss (section 4.2).
+
+    With nd=None: the paper's empirical D >~ 5e3 * N^0.74. With fitted nd constants: expand
+    L(N,D)/L(N,inf) = [1 + (D_c/D)(N/N_c)^(aN/aD)]^aD ~ 1 + aD (D_c/D)(N/N_c)^(aN/aD) <= 1 + delta,
+    so D >= (aD D_c / delta) (N/N_c)^(aN/aD). (At the paper's nd constants this gives 6.0e3 *
+    N^0.738, the origin of its rounded 5e3 * N^0.74.)
+    """
+    N = np.asarray(N, dtype=float)
+    if nd is None:
+        return 5e3 * np.power(N, 0.74)
+    r = nd["alpha_N"] / nd["alpha_D"]
+    return nd["alpha_D"] * nd["D_c"] / delta * np.power(N / nd["N_c"], r)
+
+
+def allocation_exponents(alpha_N: float, alpha_S: float, alpha_B: float) -> Dict[str, float]:
+    """Compute-efficient exponents derived from L(N, S_min) and B_crit(L) (section 6.1, appendix B).
+
+    Minimising L(N, S_min) at fixed C_min = 6 N B_crit(L) S_min gives L ~ C_min^-alpha_C_min with
+    1/alpha_C_min = 1/alpha_S + 1/alpha_B + 1/alpha_N, and N ~ C^(alpha_C/alpha_N),
+    B ~ C^(alpha_C/alpha_B), S ~ C^(alpha_C/alpha_S), D = B*S ~ C^(alpha_C/alpha_B + alpha_C/alpha_S).
+    At the paper's constants: alpha_C_min 0.052, N 0.68 (the paper measures 0.73), B 0.25 (0.24),
+    S 0.07 (0.03).
+    """
+    a_c = 1.0 / (1.0 / alpha_S + 1.0 / alpha_B + 1.0 / alpha_N)
+    return {"alpha_C_min": a_c, "N": a_c / alpha_N, "B": a_c / alpha_B, "S": a_c / alpha_S,
+            "D": a_c / alpha_B + a_c / alpha_S}
+
+
+def allocation(C, ns: Dict[str, float] = PAPER["ns"], bcrit: Dict[str, float] = PAPER["bcrit"]):
+    """Compute-efficient N, B, S, D and loss at a compute budget C (FLOPs), solved numerically.
+
+    For each candidate N, the step count S (= S_min, training at B = B_crit) solves
+    C = 6 N B_crit(L(N, S)) S; the optimum N minimises L over log N. Returns a dict of arrays.
+    Here C is non-embedding training compute, 6 N FLOPs per token (the paper's C_min convention).
+    """
+    from scipy.optimize import brentq, minimize_scalar
+
+    def L_ns(N, S):
+        return (ns["N_c"] / N) ** ns["alpha_N"] + (ns["S_c"] / S) ** ns["alpha_S"]
+
+    def steps_for(N, c):
+        # C(S) = 6 N B_crit(L(N,S)) S increases with S (L falls, B_crit grows), so one root.
+        g = lambda lS: np.log(6 * N * b_crit(L_ns(N, np.exp(lS)), **bcrit) * np.exp(lS)) - np.log(c)
+        return np.exp(brentq(g, -20.0, 80.0, xtol=1e-12))
+
+    out = {k: [] for k in ("C", "N", "S", "B", "D", "loss")}
+    for c in np.atleast_1d(np.asarray(C, dtype=float)):
+        obj = lambda lN: L_ns(np.exp(lN), steps_for(np.exp(lN), c))
+        # the optimum N lies well below C/6 (one token per parameter); bracket generously
+        res = minimize_scalar(obj, bounds=(0.0, np.log(c / 6.0)), method="bounded",
+                              options={"xatol": 1e-10})
+        N = float(np.exp(res.x))
+        S = float(steps_for(N, c))
+        L = float(L_ns(N, S))
+        B = float(b_crit(L, **bcrit))
+        for k, v in zip(out, (c, N, S, B, B * S, L)):
+            out[k].append(v)
+    return {k: np.array(v) for k, v in out.items()}

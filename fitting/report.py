@@ -1,0 +1,338 @@
+"""Plots and the markdown report for a set of fits (what `flopscale fit --out DIR` writes).
+
+    from flopscale.fitting.fit import fit
+    from flopscale.fitting.report import FitEntry, write_report
+    res, boot = fit("n", cols, return_boot=True)
+    write_report("report/", [FitEntry(res, boot, cols, source="csv")])
+    # report/fits.json, report/n.png, report/report.md
+
+Each PNG shows the data, the fitted law, its 95% band (pointwise 2.5/97.5 percentiles of the
+bootstrap fits' predictions) and the extrapolation to 100x the largest scale (dashed), with the
+paper's law dotted for reference. Units: loss in nats/token, N non-embedding parameters, D and B
+tokens, S optimizer steps, C non-embedding training FLOPs (tables add PF-days, 8.64e19 FLOPs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .laws import LAWS, PAPER, PAPER_ALLOCATION_EMPIRICAL, PF_DAY, allocation_exponents
+
+UNITS = {"N_c": "params", "D_c": "tokens", "C_c": "FLOPs", "S_c": "steps", "B_star": "tokens",
+         "E": "nats/token", "A": "nats/token * N^alpha", "B": "nats/token * D^beta"}
+AXIS = {"N": "N (non-embedding parameters)", "D": "D (tokens)", "C": "C (non-embedding FLOPs)",
+        "S": "S (steps)", "B": "B (tokens)", "loss": "loss (nats/token)"}
+EXTRAPOLATE = 100.0  # plots run the fit out to 100x the largest scale in the data
+
+
+@dataclass
+class FitEntry:
+    fit: dict                      # the dict fit() returns
+    boot: Optional[np.ndarray]     # (n_boot, n_params) bootstrap public parameters, law's order
+    cols: Dict[str, np.ndarray]    # the points it was fitted to
+    source: str = ""               # where the points came from ("runs: best val_loss per run", ...)
+    name: str = ""                 # file stem; defaults to the law
+
+    @property
+    def stem(self) -> str:
+        return self.name or self.fit["law"]
+
+
+def clean_json(o):
+    """numpy scalars/arrays to Python, NaN and inf to null (strict JSON)."""
+    if isinstance(o, dict):
+        return {str(k): clean_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [clean_json(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return clean_json(o.tolist())
+    if isinstance(o, (np.floating, float)):
+        f = float(o)
+        return f if math.isfinite(f) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots
+# ------------------------------------------------------------------------------------------------
+
+def _band(law, boot, names, **cols):
+    if boot is None or not len(boot):
+        return None
+    preds = []
+    for row in boot:
+        if not np.all(np.isfinite(row)):
+            continue
+        with np.errstate(all="ignore"):
+            p = law.predict(dict(zip(names, row)), **cols)
+        if np.all(np.isfinite(p)):
+            preds.append(p)
+    if len(preds) < 10:
+        return None
+    preds = np.array(preds)
+    return np.percentile(preds, 2.5, axis=0), np.percentile(preds, 97.5, axis=0)
+
+
+def _groups(v: np.ndarray, k: int = 6):
+    """Distinct values of a second input, or up to k log-spaced bins of it: [(label value, mask)]."""
+    u = np.unique(v)
+    if u.size <= k:
+        return [(x, v == x) for x in u]
+    edges = np.logspace(np.log10(v.min()), np.log10(v.max()) * (1 + 1e-12), k + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (v >= lo) & (v < hi)
+        if m.any():
+            out.append((float(np.exp(np.mean(np.log(v[m])))), m))
+    return out
+
+
+def plot_fit(entry: FitEntry, path: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res, cols = entry.fit, entry.cols
+    law = LAWS[res["law"]]
+    params = res["params"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    if len(law.inputs) == 1:
+        xk = law.inputs[0]
+        x = cols[xk]
+        if xk == "loss":  # bcrit: extrapolate toward lower loss (larger models)
+            grid = np.exp(np.linspace(np.log(x.min() / 1.3), np.log(x.max()), 200))
+            seen = grid >= x.min()
+        else:
+            grid = np.logspace(np.log10(x.min()), np.log10(x.max() * EXTRAPOLATE), 200)
+            seen = grid <= x.max()
+        y = law.predict(params, **{xk: grid})
+        band = _band(law, entry.boot, law.params, **{xk: grid})
+        ax.scatter(x, cols[law.target], s=14, color="C0", zorder=3, label=f"data ({res['n_points']} points)")
+        ax.plot(grid[seen], y[seen], color="C1", label="fit: " + law.formula)
+        ax.plot(grid[~seen], y[~seen], color="C1", ls="--", label="extrapolation")
+        if band is not None:
+            ax.fill_between(grid, band[0], band[1], color="C1", alpha=0.25, lw=0, label="95% band (bootstrap)")
+        if res["law"] in PAPER:
+            ax.plot(grid, law.predict(PAPER[res["law"]], **{xk: grid}), color="0.5", ls=":", label="paper")
+        ax.set_xlabel(AXIS[xk])
+    else:
+        # two inputs: x axis the scale variable, one curve per value (or bin) of the other
+        xk = "S" if res["law"] == "ns" else "N"
+        ok = [k for k in law.inputs if k != xk][0]
+        x = cols[xk]
+        grid = np.logspace(np.log10(x.min()), np.log10(x.max() * EXTRAPOLATE), 120)
+        seen = grid <= x.max()
+        for i, (gv, m) in enumerate(_groups(cols[ok])):
+            c = f"C{i % 10}"
+            ax.scatter(x[m], cols[law.target][m], s=12, color=c, zorder=3)
+            other = np.full_like(grid, gv)
+            y = law.predict(params, **{xk: grid, ok: other})
+            ax.plot(grid[seen], y[seen], color=c, label=f"{ok} = {gv:.3g}")
+            ax.plot(grid[~seen], y[~seen], color=c, ls="--")
+            band = _band(law, entry.boot, law.params, **{xk: grid, ok: other})
+            if band is not None:
+                ax.fill_between(grid, band[0], band[1], color=c, alpha=0.2, lw=0)
+        ax.set_xlabel(AXIS[xk])
+        ax.set_title(law.formula + "  (dashed: extrapolation; bands: 95%)", fontsize=9)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylabel(AXIS[law.target])
+    if len(law.inputs) == 1:
+        ax.set_title(f"law {res['law']}: rmse_log {res['rmse_log']:.4f}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_frontier(fr: dict, curves, path: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for C, L in curves:
+        a1.plot(np.asarray(C) / PF_DAY, L, color="0.7", lw=0.8)
+    env = fr["envelope"]
+    C = np.array(env["C"])
+    a1.plot(C / PF_DAY, env["loss"], color="k", lw=2, label="lower envelope")
+    if "L_C" in fr:
+        p = fr["L_C"]["params"]
+        grid = np.logspace(np.log10(C.min()), np.log10(C.max() * EXTRAPOLATE), 100)
+        a1.plot(grid / PF_DAY, LAWS["c"].predict(p, C=grid), color="C1", ls="--",
+                label=f"L = (C_c/C)^{p['alpha_C']:.3f}")
+    a1.set_xscale("log"); a1.set_yscale("log")
+    a1.set_xlabel("C (PF-days, non-embedding)"); a1.set_ylabel(AXIS["loss"]); a1.legend(fontsize=7)
+    a2.scatter(C / PF_DAY, env["N"], s=10, label="N on the envelope")
+    if "N_opt" in fr:
+        q = fr["N_opt"]
+        a2.plot(C / PF_DAY, q["coef"] * C ** q["exponent"], color="C1", label=f"N_opt ~ C^{q['exponent']:.2f}")
+    for s in fr.get("isoflop", {}).get("slices", []):
+        if "N_opt" in s:
+            a2.scatter([s["C"] / PF_DAY], [s["N_opt"]], marker="*", s=80, color="C3")
+    a2.set_xscale("log"); a2.set_yscale("log")
+    a2.set_xlabel("C (PF-days)"); a2.set_ylabel("N"); a2.legend(fontsize=7)
+    for a in (a1, a2):
+        a.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Markdown
+# ------------------------------------------------------------------------------------------------
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    v = float(v)
+    return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 or v == 0 else f"{v:.3e}"
+
+
+def _param_cell(k, v):
+    s = _fmt(v)
+    if k == "C_c" and v is not None and math.isfinite(v):
+        s += f" ({_fmt(v / PF_DAY)} PF-days)"
+    return s
+
+
+def _fit_section(e: FitEntry, png: Optional[str]) -> List[str]:
+    r = e.fit
+    paper = PAPER.get(r["law"], {})
+    out = [f"## `{e.stem}`: {r['formula']}", ""]
+    if e.source:
+        out += [f"Points: {e.source}.", ""]
+    out += ["| parameter | fitted | 95% interval | paper | units |", "| --- | --- | --- | --- | --- |"]
+    for k, v in r["params"].items():
+        lo, hi = r["ci95"][k]
+        out.append(f"| {k} | {_param_cell(k, v)} | [{_fmt(lo)}, {_fmt(hi)}] | {_param_cell(k, paper.get(k))} | "
+                   f"{UNITS.get(k, '—')} |")
+    out += ["", f"n_points {r['n_points']}, rmse_log {r['rmse_log']:.4g} (log-space residual RMS), "
+                f"loss {r['loss_fn']}, {r['n_starts']} optimizer start(s), {r['n_boot']} bootstrap resamples "
+                f"(seed {r['seed']})."]
+    h = r.get("holdout")
+    if h and "skipped" not in h:
+        out += ["", f"Leave-largest-out: fitted without {h['held_out']} in {[_fmt(v) for v in h['values']]} "
+                    f"({h['n_held_out']} points), predicting them has mean relative error "
+                    f"{100 * h['rel_err_mean']:.2f}% (max {100 * h['rel_err_max']:.2f}%)."]
+    elif h:
+        out += ["", f"Leave-largest-out: skipped ({h['skipped']})."]
+    if r.get("warnings"):
+        out += ["", "**The data cannot fully separate this law's constants:**", ""]
+        out += [f"- {w}" for w in r["warnings"]]
+    if png:
+        out += ["", f"![{e.stem}]({os.path.basename(png)})"]
+    return out + [""]
+
+
+def _allocation_section(entries: List[FitEntry]) -> List[str]:
+    by = {e.fit["law"]: e.fit for e in entries}
+    pa = allocation_exponents(PAPER["ns"]["alpha_N"], PAPER["ns"]["alpha_S"], PAPER["bcrit"]["alpha_B"])
+    fitted = None
+    if "ns" in by and "bcrit" in by:
+        fitted = allocation_exponents(by["ns"]["params"]["alpha_N"], by["ns"]["params"]["alpha_S"],
+                                      by["bcrit"]["params"]["alpha_B"])
+    out = ["## Compute-efficient allocation", "",
+           "Derived from alpha_N, alpha_S (law `ns`) and alpha_B (law `bcrit`): 1/alpha_C_min = "
+           "1/alpha_S + 1/alpha_B + 1/alpha_N, N ~ C^(alpha_C/alpha_N), B ~ C^(alpha_C/alpha_B), "
+           "S ~ C^(alpha_C/alpha_S), D = B S. The paper is not self-consistent here: its measured "
+           "exponents (last column) differ from those its own constants imply (middle column).", "",
+           "| exponent of C_min | derived from these fits | derived from the paper's constants | paper, empirical |",
+           "| --- | --- | --- | --- |"]
+    emp = dict(PAPER_ALLOCATION_EMPIRICAL, alpha_C_min=0.050)
+    for k in ("alpha_C_min", "N", "B", "S", "D"):
+        out.append(f"| {k} | {_fmt(fitted[k]) if fitted else '— (needs ns and bcrit fits)'} | {_fmt(pa[k])} | "
+                   f"{_fmt(emp.get(k))} |")
+    return out + [""]
+
+
+def write_report(out_dir: str, entries: List[FitEntry], *, frontier: Optional[dict] = None,
+                 frontier_curves=None, batch: Optional[dict] = None, inputs: str = "",
+                 skipped: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Write fits.json, one PNG per fit and report.md into out_dir; returns {name: path}."""
+    os.makedirs(out_dir, exist_ok=True)
+    written: Dict[str, str] = {}
+    pngs = {}
+    for e in entries:
+        pngs[e.stem] = plot_fit(e, os.path.join(out_dir, f"{e.stem}.png"))
+        written[e.stem] = pngs[e.stem]
+    if frontier is not None:
+        written["frontier"] = plot_frontier(frontier, frontier_curves or [], os.path.join(out_dir, "frontier.png"))
+    payload = {"inputs": inputs, "fits": [dict(e.fit, source=e.source, name=e.stem) for e in entries]}
+    if frontier is not None:
+        payload["frontier"] = {k: v for k, v in frontier.items() if k != "L_C"}
+    if batch is not None:
+        payload["batch"] = batch
+    if skipped:
+        payload["skipped"] = skipped
+    by = {e.fit["law"]: e.fit for e in entries}
+    if "ns" in by and "bcrit" in by:
+        payload["allocation"] = allocation_exponents(by["ns"]["params"]["alpha_N"], by["ns"]["params"]["alpha_S"],
+                                                     by["bcrit"]["params"]["alpha_B"])
+    payload["allocation_paper"] = {"derived": allocation_exponents(PAPER["ns"]["alpha_N"], PAPER["ns"]["alpha_S"],
+                                                                   PAPER["bcrit"]["alpha_B"]),
+                                   "empirical": PAPER_ALLOCATION_EMPIRICAL}
+    fj = os.path.join(out_dir, "fits.json")
+    with open(fj, "w") as f:
+        json.dump(clean_json(payload), f, indent=1)
+    written["fits.json"] = fj
+
+    md = ["# flopscale fit report", ""]
+    if inputs:
+        md += [f"Inputs: {inputs}.", ""]
+    md += ["Units: loss in nats/token; N non-embedding parameters; D and B in tokens; S optimizer steps; "
+           "C non-embedding training FLOPs (1 PF-day = 8.64e19 FLOPs). Fits minimise a Huber loss "
+           "(delta 1e-3) on log residuals, summed over points; intervals are bootstrap percentiles. "
+           "The paper column quotes Kaplan et al. 2020 (Hoffmann et al. 2022 for `chinchilla`); "
+           "small-scale runs are not expected to match it.", ""]
+    md += ["| law | formula | n_points | rmse_log | warnings |", "| --- | --- | --- | --- | --- |"]
+    for e in entries:
+        md.append(f"| `{e.stem}` | {e.fit['formula']} | {e.fit['n_points']} | {e.fit['rmse_log']:.4g} | "
+                  f"{len(e.fit.get('warnings') or [])} |")
+    md.append("")
+    if skipped:
+        md += ["Not fitted: " + "; ".join(f"`{k}` ({v})" for k, v in skipped.items()) + ".", ""]
+    for e in entries:
+        md += _fit_section(e, pngs.get(e.stem))
+    if frontier is not None:
+        md += ["## Compute-efficient frontier", "",
+               "Lower envelope of the runs' loss curves against measured C (Kaplan Fig. 1, Hoffmann approach 1); "
+               "envelope points are neighbours on the same curves, so their bootstrap intervals understate "
+               "the uncertainty.", ""]
+        if "N_opt" in frontier:
+            q = frontier["N_opt"]
+            md.append(f"- N_opt(C) along the envelope: N ~ C^{q['exponent']:.3f} "
+                      f"(95% [{_fmt(q['ci95']['exponent'][0])}, {_fmt(q['ci95']['exponent'][1])}]), "
+                      f"from {q.get('n_sizes_on_frontier', '?')} model sizes on the envelope; paper 0.73.")
+        iso = frontier.get("isoflop", {})
+        for s in iso.get("slices", []):
+            md.append(f"- isoFLOP slice at C = {_fmt(s['C'])} FLOPs ({_fmt(s['C'] / PF_DAY)} PF-days), "
+                      f"{s['n_runs']} runs: N_opt {_fmt(s.get('N_opt'))}" + (f" ({s['note']})" if "note" in s else ""))
+        if "N_opt" in iso:
+            md.append(f"- isoFLOP N_opt(C): N ~ C^{iso['N_opt']['exponent']:.3f}")
+        elif "note" in iso:
+            md.append(f"- isoFLOP: {iso['note']}")
+        md += ["", "![frontier](frontier.png)", ""]
+    if batch is not None:
+        md += ["## Critical batch size", ""]
+        for k, v in batch.items():
+            md.append(f"- {k}: {v}" if not isinstance(v, (list, dict)) else f"- {k}: {len(v)} entries (fits.json)")
+        md.append("")
+    md += _allocation_section(entries)
+    rp = os.path.join(out_dir, "report.md")
+    with open(rp, "w") as f:
+        f.write("\n".join(md))
+    written["report.md"] = rp
+    return written

@@ -1,0 +1,235 @@
+"""Read training runs (config.json + metrics.jsonl) and CSV tables into the points each law fits.
+
+    from flopscale.fitting.runs import load_runs, run_points, read_csv
+    runs = load_runs(["sweeps/cpu-small"])          # every run dir found below, recursively
+    pts = run_points(runs, point="best")            # columns N, D, C, S, B, loss (one row per run)
+    cols = read_csv("points.csv")                   # columns as written in the header
+
+Per-run point (one row per run, `run_points`), the choices and why:
+- loss: validation loss (nats/token) at the run's best evaluation (point="best", the paper's early
+  stopping, which keeps overfitting out of L(N) and L(N,D)), or its last one (point="final"). A run
+  that never evaluated falls back to its mean train loss over the last 5% of logged steps.
+- N: config["N"], non-embedding parameters (recomputed from config["model"] when absent).
+- S: the step of that evaluation; C: cumulative non-embedding model FLOPs (`flops`) at that step.
+- B: tokens per optimizer step, tokens / step at that point (batch_size * n_ctx for a fixed batch).
+- D: unique training tokens seen, min(tokens, data.n_train_tokens): the dataset size for multi-epoch
+  runs (Kaplan's D in L(D), L(N,D)), the tokens trained on for single-epoch runs (Chinchilla's D).
+
+Which rows each law gets from runs (`law_points`): `n` takes, per distinct N, the lowest loss over
+runs (the best-trained model of that size approximates the converged L(N)); `d` likewise per
+distinct D; `nd` and `chinchilla` every run; `c` the compute frontier (frontier.py); `ns` every
+evaluation past the first 20% of each run (learning curves, S converted to S_min when B_crit is
+known); `bcrit` the logged gradient noise scale or (S, E) pairs (batch.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .fit import FitError
+
+COLUMNS = ("N", "D", "C", "S", "B", "loss")
+
+
+@dataclass
+class Run:
+    path: str
+    config: dict
+    N: float
+    n_ctx: int
+    n_train_tokens: Optional[float]  # None: unbounded (a stream, or not recorded)
+    step: np.ndarray          # (T,) every logged row
+    tokens: np.ndarray
+    flops: np.ndarray
+    train_loss: np.ndarray    # NaN where not logged
+    val_loss: np.ndarray      # NaN where not evaluated
+    gns: np.ndarray           # gradient noise scale in tokens, NaN where not estimated
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.path))
+
+    @property
+    def batch_tokens(self) -> float:
+        """Tokens per optimizer step (the paper's B), from the log; exact for a fixed batch."""
+        ok = self.step > 0
+        if ok.any():
+            return float(np.median(self.tokens[ok] / self.step[ok]))
+        tr = self.config.get("train", {})
+        return float(tr.get("batch_size", 1) * self.n_ctx)
+
+    def unique_tokens(self, tokens):
+        return np.minimum(tokens, self.n_train_tokens) if self.n_train_tokens else tokens
+
+
+def find_run_dirs(paths: Sequence[str]) -> List[str]:
+    """Run directories (holding config.json and metrics.jsonl) at or below each path, sorted."""
+    found = []
+    for p in paths:
+        if not os.path.exists(p):
+            raise FitError(f"no such file or directory: {p}")
+        if not os.path.isdir(p):
+            raise FitError(f"{p} is not a directory (pass run or sweep directories, or --csv FILE)")
+        hits = []
+        for root, dirs, files in os.walk(p):
+            dirs.sort()
+            if "config.json" in files and "metrics.jsonl" in files:
+                hits.append(root)
+        if not hits:
+            raise FitError(f"no run directories (config.json + metrics.jsonl) under {p}")
+        found += hits
+    return sorted(set(found))
+
+
+def _non_embedding_params(model: dict) -> float:
+    d, L = model["d_model"], model["n_layer"]
+    # N = 2 d_model n_layer (2 d_attn + d_ff), the paper's Table 1
+    return 2.0 * d * L * (2 * (model.get("d_attn") or d) + (model.get("d_ff") or 4 * d))
+
+
+def load_run(path: str) -> Run:
+    cfg_path = os.path.join(path, "config.json")
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    except json.JSONDecodeError as e:
+        raise FitError(f"{cfg_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    model = cfg.get("model", {})
+    if "N" in cfg:
+        N = float(cfg["N"])
+    elif {"d_model", "n_layer"} <= set(model):
+        N = _non_embedding_params(model)
+    else:
+        raise FitError(f"{cfg_path}: no 'N' and no model shape to compute it from")
+    n_ctx = int(model.get("n_ctx", 1024))
+    data = cfg.get("data", {}) or {}
+    n_train = data.get("n_train_tokens") or (cfg.get("train", {}) or {}).get("max_tokens")
+
+    rows = []
+    m_path = os.path.join(path, "metrics.jsonl")
+    with open(m_path) as f:
+        for i, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                # a run killed mid-write leaves a torn last line; anything else is corruption
+                if f.read().strip() == "":
+                    break
+                raise FitError(f"{m_path}:{i}: not valid JSON ({e.msg})") from None
+    if not rows:
+        raise FitError(f"{m_path}: no logged steps")
+
+    def col(key, required=False):
+        vals = [r.get(key) for r in rows]
+        if required and any(v is None for v in vals):
+            raise FitError(f"{m_path}: rows without {key!r}")
+        return np.array([np.nan if v is None else float(v) for v in vals])
+
+    gns = col("grad_noise_scale")
+    # The paper's B_noise is in tokens. A trainer that logs it per sequence says so in its config.
+    if (cfg.get("train", {}) or {}).get("grad_noise_scale_unit") == "sequences":
+        gns = gns * n_ctx
+    return Run(path=path, config=cfg, N=N, n_ctx=n_ctx,
+               n_train_tokens=float(n_train) if n_train else None,
+               step=col("step", True), tokens=col("tokens", True), flops=col("flops", True),
+               train_loss=col("train_loss"), val_loss=col("val_loss"), gns=gns)
+
+
+def load_runs(paths: Sequence[str]) -> List[Run]:
+    return [load_run(p) for p in find_run_dirs(paths)]
+
+
+def run_point(run: Run, point: str = "best") -> Dict[str, float]:
+    """One run's (N, D, C, S, B, loss) row; see the module docstring for the choices."""
+    ev = np.flatnonzero(np.isfinite(run.val_loss))
+    if ev.size:
+        i = int(ev[np.argmin(run.val_loss[ev])]) if point == "best" else int(ev[-1])
+        loss = float(run.val_loss[i])
+    else:
+        tr = np.flatnonzero(np.isfinite(run.train_loss))
+        if not tr.size:
+            raise FitError(f"{run.path}: no val_loss or train_loss logged")
+        tail = tr[-max(1, len(tr) // 20):]
+        i = int(tail[-1])
+        loss = float(np.mean(run.train_loss[tail]))
+    return {"N": run.N, "D": float(run.unique_tokens(run.tokens[i])), "C": float(run.flops[i]),
+            "S": float(run.step[i]), "B": run.batch_tokens, "loss": loss}
+
+
+def run_points(runs: Sequence[Run], point: str = "best") -> Dict[str, np.ndarray]:
+    rows = [run_point(r, point) for r in runs]
+    return {k: np.array([r[k] for r in rows]) for k in COLUMNS}
+
+
+def best_per(pts: Dict[str, np.ndarray], key: str) -> Dict[str, np.ndarray]:
+    """For each distinct value of `key`, the row with the lowest loss."""
+    keep = []
+    for v in np.unique(pts[key]):
+        idx = np.flatnonzero(pts[key] == v)
+        keep.append(idx[np.argmin(pts["loss"][idx])])
+    keep = np.array(sorted(keep))
+    return {k: v[keep] for k, v in pts.items()}
+
+
+def curve_points(runs: Sequence[Run], skip_frac: float = 0.2) -> Dict[str, np.ndarray]:
+    """Every validation evaluation past the first skip_frac of each run: N, S, B, C, D, loss."""
+    out = {k: [] for k in COLUMNS}
+    for r in runs:
+        ev = np.flatnonzero(np.isfinite(r.val_loss) & (r.step > skip_frac * np.nanmax(r.step)) & (r.step > 0))
+        for i in ev:
+            for k, v in (("N", r.N), ("D", r.unique_tokens(r.tokens[i])), ("C", r.flops[i]),
+                         ("S", r.step[i]), ("B", r.batch_tokens), ("loss", r.val_loss[i])):
+                out[k].append(float(v))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def read_csv(path: str) -> Dict[str, np.ndarray]:
+    """Columns of a CSV with a header row; values must parse as numbers (checked per law later)."""
+    if not os.path.exists(path):
+        raise FitError(f"no such file: {path}")
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise FitError(f"{path}: empty file") from None
+        rows = [r for r in reader if any(c.strip() for c in r)]
+    if not rows:
+        raise FitError(f"{path}: header but no rows")
+    cols: Dict[str, list] = {h: [] for h in header}
+    for ln, r in enumerate(rows, 2):
+        if len(r) != len(header):
+            raise FitError(f"{path}:{ln}: {len(r)} fields, header has {len(header)}")
+        for h, v in zip(header, r):
+            v = v.strip()
+            try:
+                cols[h].append(float(v) if v else math.nan)
+            except ValueError:
+                raise FitError(f"{path}:{ln}: column {h!r} value {v!r} is not a number") from None
+    return {h: np.array(v) for h, v in cols.items()}
+
+
+def smooth(v: np.ndarray, frac: float = 0.02) -> np.ndarray:
+    """Centred moving average over ~frac of the points (window shrinks at the ends).
+
+    Centred rather than an EMA: an EMA lags, so on a falling loss curve it reads high at every
+    step and would bias B_crit(L) and the frontier toward higher loss.
+    """
+    v = np.asarray(v, float)
+    h = int(frac * len(v) / 2)
+    if h < 1:
+        return v.copy()
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(len(v))
+    lo, hi = np.maximum(0, i - h), np.minimum(len(v), i + h + 1)
+    return (c[hi] - c[lo]) / (hi - lo)
