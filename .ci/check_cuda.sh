@@ -125,7 +125,7 @@ while read -r f a; do
     printf '%-34s %-5s %-62s\n' "$f" "$a" "(host code only: no kernels)"
   fi
   while IFS=$'\t' read -r file arch name regs smem stack st ld; do
-    pretty=$(echo "$name" | demangle | sed -e 's/(.*//' -e 's/flopscale:://g' -e 's/attn:://; s/ln:://' \
+    pretty=$(echo "$name" | demangle | sed -e 's/(anonymous namespace):://g' -e 's/(.*//' -e 's/flopscale:://g' -e 's/attn:://; s/ln:://' \
              -e 's/__nv_bfloat16/bf16/g; s/__half/fp16/g')
     printf '%-34s %-5s %-62s %5s %7s %6s %6s %6s\n' "$file" "$arch" "${pretty:0:62}" "$regs" "$smem" "$stack" "$st" "$ld"
     if [ "$st" != 0 ] || [ "$ld" != 0 ]; then

@@ -19,7 +19,9 @@
 
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdio>
 #include <map>
 #include <mutex>
 
@@ -59,6 +61,52 @@ uint32_t alignment(const void* p) {
   return a;
 }
 
+// ---- fallback epilogues ------------------------------------------------------------------------
+// Used only when cuBLASLt offers no algorithm for a fused epilogue on this GPU / dtype / layout:
+// the GEMM then runs with the default epilogue and these kernels finish the job on D
+// (column-major (m, n), leading dim ldd; bias indexed by the row m).
+enum class Epi { kBias, kGeluAuxBias, kDGelu };
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  return 0.5f * x * (1.f + tanhf(u));
+}
+__device__ __forceinline__ float dgelu_tanh(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  const float t = tanhf(u);
+  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * 0.7978845608028654f * (1.f + 3.f * 0.044715f * x * x);
+}
+
+template <typename T>
+__global__ void _ffn_epilogue_kernel(T* D, int64_t m, int64_t n, int64_t ldd, const T* bias, T* aux, int64_t ld_aux,
+                                     Epi epi) {
+  const int64_t total = m * n;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t i = idx % m, j = idx / m;
+    float v = to_float(D[i + j * ldd]);
+    if (epi == Epi::kBias) {
+      v += to_float(bias[i]);
+    } else if (epi == Epi::kGeluAuxBias) {
+      const T pre = from_float<T>(v + to_float(bias[i]));
+      aux[i + j * ld_aux] = pre;
+      v = gelu_tanh(to_float(pre));
+    } else {
+      v *= dgelu_tanh(to_float(aux[i + j * ld_aux]));
+    }
+    D[i + j * ldd] = from_float<T>(v);
+  }
+}
+
+// out[c] = sum_r X[r * stride_r + c * stride_c] for c < n_out, r < n_red (fp32 accumulate).
+template <typename T>
+__global__ void _ffn_sum_kernel(const T* X, int64_t n_out, int64_t n_red, int64_t stride_c, int64_t stride_r, T* out) {
+  const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= n_out) return;
+  float acc = 0.f;
+  for (int64_t r = 0; r < n_red; ++r) acc += to_float(X[r * stride_r + c * stride_c]);
+  out[c] = from_float<T>(acc);
+}
+
 struct Gemm {
   cublasOperation_t op_a, op_b;
   int64_t m, n, k;  // D is (m, n) column-major; op(A) is (m, k), op(B) is (k, n)
@@ -90,7 +138,8 @@ struct Descs {
 
 using AlgoKey = std::array<int64_t, 16>;
 
-void run_gemm(const Gemm& g, DType dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+// Returns false, having launched nothing, when cuBLASLt has no algorithm for g's fused epilogue.
+bool try_gemm(const Gemm& g, DType dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   const cudaDataType_t dt = dtype == DType::kFloat32 ? CUDA_R_32F
                             : dtype == DType::kFloat16 ? CUDA_R_16F
                                                        : CUDA_R_16BF;
@@ -144,9 +193,12 @@ void run_gemm(const Gemm& g, DType dtype, void* workspace, size_t workspace_byte
     cublasLtMatmulHeuristicResult_t result = {};
     int n_results = 0;
     FS_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, ds.op, ds.a, ds.b, ds.d, ds.d, ds.pref, 1, &result, &n_results));
-    FS_REQUIRE(n_results > 0, "ffn: cuBLASLt has no algorithm for a " + std::to_string(g.m) + "x" +
-                                  std::to_string(g.n) + "x" + std::to_string(g.k) + " GEMM with epilogue " +
-                                  std::to_string((int)g.epilogue));
+    if (n_results == 0) {
+      FS_REQUIRE(g.epilogue != CUBLASLT_EPILOGUE_DEFAULT,
+                 "ffn: cuBLASLt has no algorithm for a " + std::to_string(g.m) + "x" + std::to_string(g.n) + "x" +
+                     std::to_string(g.k) + " GEMM");
+      return false;  // the caller retries unfused
+    }
     algo = result.algo;
     std::lock_guard<std::mutex> lock(mu);
     cache.emplace(key, algo);
@@ -154,6 +206,61 @@ void run_gemm(const Gemm& g, DType dtype, void* workspace, size_t workspace_byte
   const float alpha = 1.f, beta = 0.f;
   FS_CUBLAS_CHECK(cublasLtMatmul(handle, ds.op, &alpha, g.A, ds.a, g.B, ds.b, &beta, g.D, ds.d, g.D, ds.d, &algo,
                                  workspace, workspace_bytes, stream));
+  return true;
+}
+
+template <typename T>
+void unfused_epilogue(const Gemm& g, cudaStream_t stream) {
+  T* D = static_cast<T*>(g.D);
+  const int blocks = (int)std::min<int64_t>((g.m * g.n + 255) / 256, 4096);
+  switch (g.epilogue) {
+    case CUBLASLT_EPILOGUE_BIAS:
+      _ffn_epilogue_kernel<T><<<blocks, 256, 0, stream>>>(D, g.m, g.n, g.ldd, static_cast<const T*>(g.bias), nullptr, 0, Epi::kBias);
+      break;
+    case CUBLASLT_EPILOGUE_GELU_AUX_BIAS:
+      _ffn_epilogue_kernel<T><<<blocks, 256, 0, stream>>>(D, g.m, g.n, g.ldd, static_cast<const T*>(g.bias),
+                                                          static_cast<T*>(const_cast<void*>(g.aux)), g.ld_aux, Epi::kGeluAuxBias);
+      break;
+    case CUBLASLT_EPILOGUE_DGELU_BGRAD:
+      _ffn_epilogue_kernel<T><<<blocks, 256, 0, stream>>>(D, g.m, g.n, g.ldd, nullptr,
+                                                          static_cast<T*>(const_cast<void*>(g.aux)), g.ld_aux, Epi::kDGelu);
+      FS_CHECK_LAUNCH();
+      // bias gradient: sum over the n columns of each of the m rows of D
+      _ffn_sum_kernel<T><<<(int)((g.m + 255) / 256), 256, 0, stream>>>(D, g.m, g.n, 1, g.ldd, static_cast<T*>(const_cast<void*>(g.bias)));
+      break;
+    case CUBLASLT_EPILOGUE_BGRADB: {
+      // bias gradient: sum of op(B) (k, n) over k; op(B)[r][c] is B[c + r * ldb] when transposed
+      const bool tb = g.op_b != CUBLAS_OP_N;
+      _ffn_sum_kernel<T><<<(int)((g.n + 255) / 256), 256, 0, stream>>>(
+          static_cast<const T*>(g.B), g.n, g.k, tb ? 1 : g.ldb, tb ? g.ldb : 1, static_cast<T*>(const_cast<void*>(g.bias)));
+      break;
+    }
+    default:
+      FS_REQUIRE(false, "ffn: no unfused fallback for epilogue " + std::to_string((int)g.epilogue));
+  }
+  FS_CHECK_LAUNCH();
+}
+
+// The fused GEMM when cuBLASLt has one; else the plain GEMM and the epilogue as separate kernels.
+void run_gemm(const Gemm& g, DType dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (try_gemm(g, dtype, workspace, workspace_bytes, stream)) return;
+  static bool warned = false;
+  if (!warned) {
+    fprintf(stderr, "flopscale: cuBLASLt offers no fused epilogue %d here; using separate epilogue kernels\n",
+            (int)g.epilogue);
+    warned = true;
+  }
+  Gemm plain = g;
+  plain.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  plain.bias = nullptr;
+  plain.aux = nullptr;
+  plain.ld_aux = 0;
+  try_gemm(plain, dtype, workspace, workspace_bytes, stream);  // throws if even this has no algorithm
+  switch (dtype) {
+    case DType::kFloat32: unfused_epilogue<float>(g, stream); break;
+    case DType::kFloat16: unfused_epilogue<__half>(g, stream); break;
+    case DType::kBFloat16: unfused_epilogue<__nv_bfloat16>(g, stream); break;
+  }
 }
 
 void check(int M, int d, int F) {
