@@ -1,0 +1,58 @@
+"""Time the Chinchilla fit (Hoffmann et al. approach 3) with the full 4500-point start grid.
+
+    python bench/bench_fit.py                  # 300 points, full grid, one core
+    python bench/bench_fit.py --points 500 --n-boot 200
+
+Work model: one L-BFGS-B run (scipy.optimize, Huber delta 1e-3 summed over points, log-sum-exp
+parameterisation) from each of 4500 starts, alpha, beta in {0, 0.5, ..., 2}, e in {-1, ..., 1},
+a, b in {0, 5, ..., 25}; then the bootstrap refits from the best few optima. Each objective
+evaluation is O(points); the time is dominated by per-iteration overhead, so it grows slowly
+with the number of points. Numbers depend on the CPU and its load: the device line says which.
+Runs on one core: OpenBLAS is held to one thread (fitting/_threads.py) and nothing forks.
+"""
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+from flopscale.fitting.fit import fit
+from flopscale.fitting.laws import PAPER
+from flopscale.fitting.synth import law_points
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=300, help="number of (N, D, loss) points")
+    ap.add_argument("--n-boot", type=int, default=0, help="bootstrap resamples timed separately")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    side = int(np.ceil(np.sqrt(args.points)))
+    NN, DD = np.meshgrid(np.logspace(7, 11, side), np.logspace(9, 13, side))
+    cols = law_points("chinchilla", N=NN.ravel()[: args.points], D=DD.ravel()[: args.points], noise=0.003,
+                      seed=args.seed)
+    try:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as the claim says
+    except (AttributeError, OSError):
+        pass
+    t0 = time.perf_counter()
+    res = fit("chinchilla", cols, n_boot=0, holdout=False, seed=args.seed)
+    t_grid = time.perf_counter() - t0
+    print(f"device: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, pinned to 1, "
+          f"load avg {os.getloadavg()[0]:.2f}")
+    print(f"chinchilla fit: {args.points} points, {res['n_starts']} starts: {t_grid:.2f} s "
+          f"({1e3 * t_grid / res['n_starts']:.2f} ms per start)")
+    print("  fitted", {k: round(v, 4) for k, v in res["params"].items()})
+    print("  truth ", PAPER["chinchilla"])
+    if args.n_boot:
+        t0 = time.perf_counter()
+        res = fit("chinchilla", cols, n_boot=args.n_boot, holdout=False, seed=args.seed)
+        t_all = time.perf_counter() - t0
+        print(f"with {args.n_boot} bootstrap resamples: {t_all:.2f} s (bootstrap {t_all - t_grid:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
