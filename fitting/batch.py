@@ -10,6 +10,8 @@
 1. Noise scale: B_crit ~ B_noise (the paper's approximation), logged per step by the trainer as
    `grad_noise_scale` (in tokens). We pair each estimate with the train loss at that step,
    smoothed (centred moving average), because B_crit is a function of the loss reached, not of the step.
+   Where the curve bends (early steps) the average reads slightly high; on the synthetic runs of
+   tests/test_fit_frontier.py this biases alpha_B by about +0.006 (3%).
 2. Measured (S, E): runs of one model at two or more batch sizes B. For a target loss L each run
    gives S = steps to reach L and E = B*S tokens. The paper's trade-off
    (S/S_min - 1)(E/E_min - 1) = 1 is equivalent to S = S_min + E_min / B (substitute
