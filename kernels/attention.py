@@ -425,6 +425,9 @@ def attention_executed(B, H, T, D, causal=True):
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, counter):
+        # The kernels index a dense (B, H, T, D) layout; the model hands in strided views of its
+        # fused QKV projection, so densify once here and save the dense copies for backward.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o, lse = attention_forward(q, k, v, causal, counter)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal, ctx.counter = causal, counter

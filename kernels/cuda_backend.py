@@ -83,6 +83,9 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5):
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal):
+        # Save dense copies: the model passes strided views of its fused QKV projection, and
+        # the backward would otherwise densify them a second time.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o, lse = _C.attention_fwd(q, k, v, causal)  # o (B, H, T, D); lse (B, H, T) fp32
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal = causal

@@ -56,6 +56,25 @@ def test_attention_head_dims(T, D):
     run_and_compare(1, 1, T, D, True, torch.float32)
 
 
+def test_attention_strided_views_of_fused_qkv():
+    """q, k, v as the model makes them: permuted views of one (B, T, 3*H*D) projection, and a
+    transposed upstream gradient.  The gradient reaches the fused tensor through the views."""
+    B, T, H, D = 2, 21, 2, 16
+    torch.manual_seed(5)
+    qkv0 = torch.randn(B, T, 3 * H * D, device=DEVICE)
+    do = torch.randn(B, T, H, D, device=DEVICE).transpose(1, 2)  # (B, H, T, D), not dense
+    outs = {}
+    for tag, fn in (("tri", attention), ("torch", attention_ref),
+                    ("ref", lambda q, k, v, c: attention_ref(q, k, v, c, upcast=True))):
+        qkv = qkv0.clone().requires_grad_()
+        q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        o = fn(q, k, v, True)
+        o.backward(do)
+        outs[tag] = (o, qkv.grad)
+    check("o", outs["tri"][0], outs["torch"][0], outs["ref"][0], 2)
+    check("dqkv", outs["tri"][1], outs["torch"][1], outs["ref"][1], 3)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_counted_flops_equal_executed(causal):
     B, H, T, D = 1, 2, 45, 40
