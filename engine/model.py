@@ -28,6 +28,17 @@ from . import flops as fl
 from .config import ConfigError, ModelConfig
 
 
+def _amp(*ts):
+    """Autocast does not reach inside custom autograd Functions: cast a backend op's inputs to
+    the autocast dtype ourselves, as F.linear would be cast (a no-op outside autocast)."""
+    dev = ts[0].device.type
+    if not torch.is_autocast_enabled(dev):
+        return ts if len(ts) > 1 else ts[0]
+    dt = torch.get_autocast_dtype(dev)
+    out = tuple(t.to(dt) for t in ts)
+    return out if len(out) > 1 else out[0]
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -74,9 +85,10 @@ class GPT(nn.Module):
 
     # -- FLOP bookkeeping -------------------------------------------------------------------
     def _counts(self, B: int, T: int) -> dict:
-        """Every op's {view: {row: (fwd, bwd)}} for a (B, T) batch, built once per shape."""
+        """Every op's compiled bookings for a (B, T) batch, built once per shape."""
         if (B, T) not in self._counts_cache:
-            self._counts_cache[(B, T)] = fl.op_counts(self.cfg, B, T, self.ops.executed)
+            counts = fl.op_counts(self.cfg, B, T, self.ops.executed)
+            self._counts_cache[(B, T)] = {op: fl.compile_counts(c) for op, c in counts.items()}
         return self._counts_cache[(B, T)]
 
     # -- forward ----------------------------------------------------------------------------
@@ -84,7 +96,7 @@ class GPT(nn.Module):
         """LN(x) if there is no pending branch output r, else the fused (LN(x + r), x + r)."""
         if r is None:
             return fl.record(self.ops.layer_norm(x, w, b, 1e-5), counts["ln"]), x
-        h, x = self.ops.add_layer_norm(x, r, w, b, 1e-5)
+        h, x = self.ops.add_layer_norm(x, r.to(x.dtype), w, b, 1e-5)  # the stream keeps its dtype under autocast
         return fl.record(h, counts["add_ln"]), x
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
@@ -99,16 +111,16 @@ class GPT(nn.Module):
         for blk in self.blocks:
             h, x = self._norm(x, r, blk.ln1_w, blk.ln1_b, counts)
             qkv = fl.record(F.linear(h, blk.qkv.weight, blk.qkv.bias), counts["qkv"])  # (B, T, 3 d_attn)
-            q, k, v = qkv.view(B, T, 3, c.n_heads, c.d_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
+            q, k, v = _amp(qkv).view(B, T, 3, c.n_heads, c.d_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
             a = fl.record(self.ops.attention(q, k, v, causal=True), counts["attn"])  # (B, H, T, Dh)
             a = a.transpose(1, 2).reshape(B, T, c.d_attn)
             r = fl.record(F.linear(a, blk.proj.weight, blk.proj.bias), counts["proj"])
             h, x = self._norm(x, r, blk.ln2_w, blk.ln2_b, counts)
-            r = fl.record(self.ops.feedforward(h, blk.fc_in.weight, blk.fc_in.bias, blk.fc_out.weight, blk.fc_out.bias),
-                          counts["ffn"])
+            ffn_in = _amp(h, blk.fc_in.weight, blk.fc_in.bias, blk.fc_out.weight, blk.fc_out.bias)
+            r = fl.record(self.ops.feedforward(*ffn_in), counts["ffn"])
         h, _ = self._norm(x, r, self.lnf_w, self.lnf_b, counts)
         logits = fl.record(F.linear(h, self.wte.weight), counts["deembed"])  # (B, T, V), tied weights
         if targets is None:
-            return logits, None
+            return fl.record_backward(logits), None
         loss = F.cross_entropy(logits.float().view(-1, c.n_vocab), targets.reshape(-1))
-        return logits, fl.record(loss, counts["loss"])
+        return logits, fl.record_backward(fl.record(loss, counts["loss"]))
