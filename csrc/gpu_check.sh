@@ -49,46 +49,13 @@ for src in csrc/dev/*.cu; do
 done
 
 # ---- 4. compute-sanitizer --------------------------------------------------------------------------
-cat > /tmp/fs_sanitize_cases.py <<'PY'
-# One small case of each cuda-backend op, forward and backward; ragged sizes on purpose.
-import sys
-import torch
-from flopscale.kernels import get_backend
-
-ops = get_backend("cuda")
-which = sys.argv[1] if len(sys.argv) > 1 else "all"
-dev, bf = "cuda", torch.bfloat16
-torch.manual_seed(0)
-if which in ("all", "attention"):
-    for D in (64, 128):
-        for causal in (True, False):
-            q, k, v = (torch.randn(1, 2, 45, D, device=dev, dtype=bf, requires_grad=True) for _ in range(3))
-            ops.attention(q, k, v, causal).backward(torch.randn(1, 2, 45, D, device=dev, dtype=bf))
-if which == "all":
-    x = torch.randn(37, 200, device=dev, dtype=bf, requires_grad=True)
-    r = torch.randn(37, 200, device=dev, dtype=bf, requires_grad=True)
-    w = torch.randn(200, device=dev, dtype=bf, requires_grad=True)
-    b = torch.randn(200, device=dev, dtype=bf, requires_grad=True)
-    ops.layer_norm(x, w, b, 1e-5).sum().backward()
-    y, s = ops.add_layer_norm(x, r, w, b, 1e-5)
-    (y.float().sum() + s.float().sum()).backward()
-    x3 = torch.randn(3, 5, 431, device=dev, dtype=torch.float32, requires_grad=True)  # scalar path
-    w3 = torch.randn(431, device=dev, requires_grad=True)
-    b3 = torch.randn(431, device=dev, requires_grad=True)
-    ops.layer_norm(x3, w3, b3, 1e-5).sum().backward()
-    xf = torch.randn(37, 64, device=dev, dtype=bf, requires_grad=True)
-    params = [torch.randn(*s, device=dev, dtype=bf, requires_grad=True) for s in ((256, 64), (256,), (64, 256), (64,))]
-    ops.feedforward(xf, *params).float().sum().backward()
-torch.cuda.synchronize()
-print("sanitizer cases done:", which)
-PY
 # One cudaMalloc per tensor, so memcheck sees each tensor's true bounds (not a cached pool block).
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 stamp "compute-sanitizer memcheck (all ops)"
-timeout 240 compute-sanitizer --tool memcheck --print-limit 20 $PY /tmp/fs_sanitize_cases.py all \
+timeout 240 compute-sanitizer --tool memcheck --print-limit 20 $PY csrc/sanitize_cases.py all \
   > "$OUT/sanitizer_memcheck.log" 2>&1 || true
 stamp "compute-sanitizer racecheck (attention)"
-timeout 180 compute-sanitizer --tool racecheck --print-limit 20 $PY /tmp/fs_sanitize_cases.py attention \
+timeout 180 compute-sanitizer --tool racecheck --print-limit 20 $PY csrc/sanitize_cases.py attention \
   > "$OUT/sanitizer_racecheck.log" 2>&1 || true
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 
