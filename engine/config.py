@@ -32,8 +32,22 @@ def _check_types(obj) -> None:
             raise ConfigError(f"{f.name} must be of type {t}, got {v!r}")
 
 
+class _DictConfig:
+    """to_dict / from_dict for the config dataclasses; unknown fields are rejected."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_DictConfig):
     """Shape of a GPT-2-style decoder (Kaplan et al. notation)."""
 
     n_layer: int = 2          # Transformer blocks
@@ -64,17 +78,9 @@ class ModelConfig:
     @property
     def N(self) -> int:
         """Non-embedding parameters, the paper's N = 2 d_model n_layer (2 d_attn + d_ff)."""
-        return 2 * self.d_model * self.n_layer * (2 * self.d_attn + self.d_ff)
+        from .flops import non_embedding_params
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return non_embedding_params(self)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ModelConfig":
@@ -98,7 +104,7 @@ MODEL_PRESETS = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_DictConfig):
     """One training run: data, schedule, optimizer, backend, logging."""
 
     data: str = "stdlib"          # "stdlib" (the embedded default corpus) or a path
@@ -148,13 +154,3 @@ class TrainConfig:
             v = self.tokenizer[4:]
             if not v.isdigit() or not 257 <= int(v) <= 65535:
                 raise ConfigError(f"tokenizer {self.tokenizer!r}: want bpe-V with 257 <= V <= 65535 (byte alphabet, uint16 ids)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown train config field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
