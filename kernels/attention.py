@@ -59,10 +59,13 @@ def _fwd_configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
     # H100 evidence from the Triton tutorial and FA2: 128-row query tiles, 64/128-key tiles,
-    # 4-8 warps, 2-4 stages.  Causal needs BLOCK_M % BLOCK_N == 0 (the diagonal split).
+    # 4-8 warps, 2-4 stages.  Causal needs BLOCK_M % BLOCK_N == 0 (the diagonal split).  The
+    # tutorial drops 8 warps on Hopper below a 128x128 tile (128x64 at 8 warps left out); at
+    # D=128 a 128x128 tile's K and V stages take 64 KB each, so 2 stages is the safe depth
+    # (3 may not fit: the autotuner skips a config that runs out of shared memory).
     return [
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
     ]
@@ -72,7 +75,9 @@ def _dkdv_configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
     # Keys are the stationary operand: wide key tiles, narrow query tiles (BLOCK_N % BLOCK_M == 0).
+    # 32x128 at 4 warps, 5 stages is the Triton tutorial's Hopper choice.
     return [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4, num_stages=5),
         triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=4),
@@ -83,7 +88,9 @@ def _dq_configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
     # Queries are stationary: wide query tiles, narrow key tiles (BLOCK_M % BLOCK_N == 0).
+    # 128x32 at 4 warps, 5 stages is the Triton tutorial's Hopper choice.
     return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=5),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=4),
@@ -103,15 +110,20 @@ def _attention_fwd_inner(acc, l_i, m_i, q, K, V, offs_m, start, stop, T, qk_scal
             kv_mask = kv_mask & (offs_n[:, None] < T)
         k = tl.load(K + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)  # (BN, BD)
         v = tl.load(V + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)  # (BN, BD)
-        s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), F32_DOT) * qk_scale
+        s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), F32_DOT)  # (BM, BN) raw
         if MASK:
             valid = offs_n[None, :] < T
             if CAUSAL:
                 valid = valid & (offs_m[:, None] >= offs_n[None, :])
-            s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+            s = tl.where(valid, s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])  # (BM, BN)
+        else:
+            # Off the diagonal: take the max of the raw scores (qk_scale > 0 commutes with max)
+            # and fold the scale into one FMA per element, s * qk_scale - m.
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            p = tl.math.exp2(s * qk_scale - m_new[:, None])  # (BM, BN)
         alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])  # (BM, BN)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], F32_DOT)
         m_i = m_new
@@ -126,7 +138,10 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, CNT, T, qk_scale,
                           D: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                           F32_DOT: tl.constexpr, COUNT_FLOPS: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
+    pid_m = tl.program_id(0)
+    if CAUSAL:  # the last query blocks see the most keys: launch them first, light ones fill the tail
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    start_m = pid_m * BLOCK_M
     bh = tl.program_id(1).to(tl.int64)
     Q += bh * T * D  # (T, D) slices of contiguous (B, H, T, D)
     K += bh * T * D
@@ -276,7 +291,10 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CNT, T, qk_scale, sm_s
                              D: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                              F32_DOT: tl.constexpr, COUNT_FLOPS: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
+    pid_m = tl.program_id(0)
+    if CAUSAL:  # heaviest query blocks first, as in the forward
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    start_m = pid_m * BLOCK_M
     bh = tl.program_id(1).to(tl.int64)
     Q += bh * T * D
     K += bh * T * D
