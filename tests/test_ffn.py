@@ -58,16 +58,31 @@ def test_feedforward_matches_reference(lead, d_model, d_ff, dtype):
     run_and_compare(lead, d_model, d_ff, dtype)
 
 
-def test_feedforward_counted_flops_equal_executed():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)  # pointer / TMA loads
+def test_feedforward_counted_flops_equal_executed(dtype):
     rows, d_model, d_ff = 37, 40, 72
-    x, w_in, b_in, w_out, b_out = params((rows,), d_model, d_ff, torch.float32, DEVICE)
+    x, w_in, b_in, w_out, b_out = params((rows,), d_model, d_ff, dtype, DEVICE)
     x.requires_grad_()
     counts = count_flops(lambda c: feedforward(x, w_in, b_in, w_out, b_out, counter=c), DEVICE,
-                         grad=torch.randn(rows, d_model, device=DEVICE), inputs=[x])
+                         grad=torch.randn(rows, d_model, device=DEVICE, dtype=dtype), inputs=[x])
     fwd, bwd = feedforward_executed(rows, d_model, d_ff)["feedforward"]
     print(f"counted {counts}, executed ({fwd}, {bwd}), model {feedforward_op_model(rows, d_model, d_ff)['feedforward']}")
     assert (counts["fwd"], counts["bwd"]) == (fwd, bwd)
     assert fwd >= feedforward_op_model(rows, d_model, d_ff)["feedforward"][0]
+
+
+def test_feedforward_tma_operand_choice():
+    """16-bit row-major A takes the tensor-descriptor loop with either weight layout; the weight
+    gradients' M-contiguous A (dY^T) and fp32 take pointer loads."""
+    from flopscale.kernels.ffn import _tma_operands
+
+    x, w_in, _, w_out, _ = params((37,), 40, 72, torch.bfloat16, DEVICE)
+    assert _tma_operands(x, w_in.t())[2] is True       # x W_in^T: W_in is (N, K) row-major
+    assert _tma_operands(x, w_out)[2] is False         # dY W_out: W_out is (K, N) row-major
+    assert _tma_operands(x.t(), x) is None             # dY^T h: A is M-contiguous
+    assert _tma_operands(x[:, 1:], w_in[:, 1:].t()) is None  # misaligned base
+    xf, wf = x.float(), w_in.float()
+    assert _tma_operands(xf, wf.t()) is None
 
 
 def test_feedforward_bad_input():
