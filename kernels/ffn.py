@@ -26,13 +26,14 @@ def feedforward_ref(x, w_in, b_in, w_out, b_out, upcast=False):
 # Operands are addressed through strides, so x W^T, dY^T H and friends need no transposed copy.
 # Weights are in nn.Linear layout (out_features, in_features).
 #
-# Two main loops share the epilogues.  Where A is K-contiguous (row-major (M, K)) and B is
-# either K- or N-contiguous, 16-bit, 16-byte aligned, on Hopper or newer: the tiles stream in
-# through tensor descriptors (the bulk tensor copy engine, TMA, zero-filling past the edges, no
-# address arithmetic or masks in the loop).  That covers x W_in^T, h W_out^T, dY W_out, dPre W_in.
-# Otherwise (the weight gradients, whose A = dY^T or dPre^T is M-contiguous; fp32; old GPUs):
-# pointer loads.  H200 evidence for the change (first GPU run): the pointer-load kernel reached
-# 420-580 TFLOP/s against cuBLAS' ~700 on these shapes.
+# Two main loops share the epilogues.  16-bit operands with a unit stride in either dimension,
+# 16-byte aligned, on Hopper or newer: the tiles stream in through tensor descriptors (the bulk
+# tensor copy engine, TMA, zero-filling past the edges, no address arithmetic or masks in the
+# loop); a tile stored the other way round is loaded as it lies and transposed in shared memory.
+# That covers all six matmuls (x W_in^T and h W_out^T forward; dY W_out, dY^T h, dPre W_in,
+# dPre^T x backward).  Otherwise (fp32, odd strides, older GPUs, or a layout whose TMA kernel
+# failed to compile): pointer loads.  H200 evidence for the change (first GPU run): the
+# pointer-load kernel reached 420-580 TFLOP/s against cuBLAS' ~700 on these shapes.
 # =============================================================================================
 import math
 import sys
@@ -59,7 +60,7 @@ def _mm_configs():
 def _set_tma_blocks(nargs):
     """Autotune pre-hook: a descriptor's block shape must be the tile the config loads."""
     BM, BN, BK = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
-    nargs["A_desc"].block_shape = [BM, BK]
+    nargs["A_desc"].block_shape = [BM, BK] if nargs["A_KMAJOR"] else [BK, BM]
     nargs["B_desc"].block_shape = [BN, BK] if nargs["B_KMAJOR"] else [BK, BN]
 
 
@@ -155,15 +156,17 @@ def _ffn_matmul_kernel(A, B, C, BIAS, PRE, CNT, M, N, K,
     _epilogue(acc, C, BIAS, PRE, offs_m, offs_n, M, N, stride_cm, stride_cn, EPILOGUE)
 
 
-@triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "EPILOGUE", "B_KMAJOR"],
+@triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "EPILOGUE", "A_KMAJOR", "B_KMAJOR"],
                  reset_to_zero=["CNT"])
 @triton.jit
 def _ffn_matmul_tma_kernel(A_desc, B_desc, C, BIAS, PRE, CNT, M, N, K, stride_cm, stride_cn,
-                           EPILOGUE: tl.constexpr, B_KMAJOR: tl.constexpr, F32_DOT: tl.constexpr,
-                           COUNT_FLOPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # A_desc: (M, K) row-major.  B_desc: (N, K) row-major (B_KMAJOR, nn.Linear weights as they
-    # are) or (K, N) row-major.  Tiles past M, N or K load as zeros.
+                           EPILOGUE: tl.constexpr, A_KMAJOR: tl.constexpr, B_KMAJOR: tl.constexpr,
+                           F32_DOT: tl.constexpr, COUNT_FLOPS: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           GROUP_M: tl.constexpr):
+    # A_desc: (M, K) row-major (A_KMAJOR) or (K, M) row-major (dY or dPre seen as A = dY^T).
+    # B_desc: (N, K) row-major (B_KMAJOR: nn.Linear weights as they are) or (K, N) row-major.
+    # Tiles past M, N or K load as zeros.
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -176,7 +179,10 @@ def _ffn_matmul_tma_kernel(A_desc, B_desc, C, BIAS, PRE, CNT, M, N, K, stride_cm
     off_n = pid_n * BLOCK_N
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in tl.range(0, K, BLOCK_K):
-        a = A_desc.load([off_m, k0])  # (BM, BK)
+        if A_KMAJOR:
+            a = A_desc.load([off_m, k0])  # (BM, BK)
+        else:
+            a = A_desc.load([k0, off_m]).T  # (BK, BM) in memory -> (BM, BK)
         if B_KMAJOR:
             b = B_desc.load([off_n, k0]).T  # (BN, BK) in memory -> (BK, BN)
         else:
@@ -193,7 +199,7 @@ def _ffn_matmul_tma_kernel(A_desc, B_desc, C, BIAS, PRE, CNT, M, N, K, stride_cm
 _TILES: dict = {}  # (role, M, N, K) -> (BLOCK_M, BLOCK_N, BLOCK_K) the last launch ran with
 
 
-_TMA = {"ok": None}  # None: not decided yet; False after a failed compile (then pointer loads)
+_TMA = {"ok": None, "failed": set()}  # ok: None until decided; failed: (A_KMAJOR, B_KMAJOR)
 
 
 def _tma_ok(device):
@@ -216,24 +222,30 @@ def _descriptor_view(t):
     return None
 
 
+def _row_major(t, first):
+    """(t or t^T as a row-major matrix, whether it is t itself), trying t first if ``first``."""
+    for own in ((True, False) if first else (False, True)):
+        v = t if own else t.t()
+        if _descriptor_view(v) is not None:
+            return v, own
+    return None, None
+
+
 def _tma_operands(a, b):
-    """(A_desc, B_desc, B_KMAJOR) for the TMA kernel, or None where it does not apply."""
+    """(A_desc, B_desc, A_KMAJOR, B_KMAJOR) for the TMA kernel, or None where it does not apply."""
     if a.dtype not in (torch.float16, torch.bfloat16) or not _tma_ok(a.device):
         return None
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    av = _descriptor_view(a)
-    if av is None:
+    av, a_kmajor = _row_major(a, first=True)  # (M, K) as it lies, else (K, M)
+    bt, b_kmajor = _row_major(b.t(), first=True)  # (N, K) as it lies, else (K, N)
+    if av is None or bt is None:
         return None
-    if b.stride(0) == 1 and b.shape[0] > 1 and _descriptor_view(b.t()) is not None:
-        bv, kmajor = b.t(), True  # (N, K) row-major: nn.Linear's weight as stored
-    elif _descriptor_view(b) is not None:
-        bv, kmajor = b, False     # (K, N) row-major
-    else:
+    if (a_kmajor, b_kmajor) in _TMA["failed"]:
         return None
     dummy = [16, 16]  # the autotune pre-hook sets each config's real block shape
     return (TensorDescriptor(av, list(av.shape), list(av.stride()), list(dummy)),
-            TensorDescriptor(bv, list(bv.shape), list(bv.stride()), list(dummy)), kmajor)
+            TensorDescriptor(bt, list(bt.shape), list(bt.stride()), list(dummy)), a_kmajor, b_kmajor)
 
 
 def _matmul(role, a, b, epilogue=0, bias=None, pre=None, counter=None):
@@ -251,11 +263,13 @@ def _matmul(role, a, b, epilogue=0, bias=None, pre=None, counter=None):
         cnt = launch_counter(a.device, counter is not None)
         try:
             _ffn_matmul_tma_kernel[grid](tma[0], tma[1], c, bias_arg, pre_arg, cnt, M, N, K,
-                                         c.stride(0), c.stride(1), B_KMAJOR=tma[2], **meta)
-        except Exception as e:  # a compiler without this path: say so once, use pointer loads
-            print(f"flopscale ffn: TMA matmul unavailable ({type(e).__name__}: "
-                  f"{str(e).splitlines()[0] if str(e) else ''}); using pointer loads", file=sys.stderr)
-            _TMA["ok"] = False
+                                         c.stride(0), c.stride(1), A_KMAJOR=tma[2],
+                                         B_KMAJOR=tma[3], **meta)
+        except Exception as e:  # this layout does not compile here: say so once, pointer loads
+            print(f"flopscale ffn: TMA matmul (A_KMAJOR={tma[2]}, B_KMAJOR={tma[3]}) unavailable "
+                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); using "
+                  f"pointer loads", file=sys.stderr)
+            _TMA["failed"].add((tma[2], tma[3]))
             tma = None
         else:
             kernel = _ffn_matmul_tma_kernel

@@ -72,17 +72,17 @@ def test_feedforward_counted_flops_equal_executed(dtype):
 
 
 def test_feedforward_tma_operand_choice():
-    """16-bit row-major A takes the tensor-descriptor loop with either weight layout; the weight
-    gradients' M-contiguous A (dY^T) and fp32 take pointer loads."""
+    """16-bit operands with a unit stride take the tensor-descriptor loop, tiles loaded as they
+    lie (K-major or not); fp32 and misaligned views take pointer loads."""
     from flopscale.kernels.ffn import _tma_operands
 
     x, w_in, _, w_out, _ = params((37,), 40, 72, torch.bfloat16, DEVICE)
-    assert _tma_operands(x, w_in.t())[2] is True       # x W_in^T: W_in is (N, K) row-major
-    assert _tma_operands(x, w_out)[2] is False         # dY W_out: W_out is (K, N) row-major
-    assert _tma_operands(x.t(), x) is None             # dY^T h: A is M-contiguous
-    assert _tma_operands(x[:, 1:], w_in[:, 1:].t()) is None  # misaligned base
-    xf, wf = x.float(), w_in.float()
-    assert _tma_operands(xf, wf.t()) is None
+    h = torch.randn(37, 72, device=DEVICE, dtype=torch.bfloat16)
+    assert _tma_operands(x, w_in.t())[2:] == (True, True)    # x W_in^T: W_in is (N, K) row-major
+    assert _tma_operands(x, w_out)[2:] == (True, False)      # dY W_out: W_out is (K, N) row-major
+    assert _tma_operands(x.t(), h)[2:] == (False, False)     # dY^T h: dY is (K, M) row-major
+    assert _tma_operands(x[:, 1:], w_in[:, 1:].t()) is None  # base not 16-byte aligned
+    assert _tma_operands(x.float(), w_in.float().t()) is None
 
 
 def test_feedforward_bad_input():
