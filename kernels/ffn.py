@@ -70,7 +70,10 @@ def _tma_configs():
                               num_warps=4, num_stages=1, pre_hook=_set_tma_blocks)]
     # Hopper TMA + wgmma (Triton tutorial 09's space, cut to the likely winners): 128x256 at 8
     # warps (two warpgroups, 128 fp32 accumulators a thread), 3-4 stages of 48 KB; 128x128 for
-    # shapes with few output tiles.  A config that overflows shared memory is skipped.
+    # shapes with few output tiles.  128x128 at 3 stages (96 KB) lets two programs share an SM,
+    # so one's epilogue (bias, GELU, two stores) overlaps the other's main loop: at K = 1024
+    # the loop is only 16 steps and a lone program's epilogue is a real fraction of its time.
+    # A config that overflows shared memory is skipped by the autotuner.
     return [
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8,
                       num_stages=3, pre_hook=_set_tma_blocks),
@@ -78,8 +81,10 @@ def _tma_configs():
                       num_stages=4, pre_hook=_set_tma_blocks),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8,
                       num_stages=4, pre_hook=_set_tma_blocks),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8,
+                      num_stages=3, pre_hook=_set_tma_blocks),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4,
-                      num_stages=4, pre_hook=_set_tma_blocks),
+                      num_stages=3, pre_hook=_set_tma_blocks),
     ]
 
 
