@@ -28,6 +28,13 @@ if which == "all":
     w3 = torch.randn(431, device=dev, requires_grad=True)
     b3 = torch.randn(431, device=dev, requires_grad=True)
     ops.layer_norm(x3, w3, b3, 1e-5).sum().backward()
+    # several warps per row and two rows per CTA (the barrier paths), bf16 vectors and fp32 scalars
+    for shape, dt in (((6, 4096), bf), ((5, 1031), torch.float32)):
+        xw, rw = (torch.randn(*shape, device=dev, dtype=dt, requires_grad=True) for _ in range(2))
+        ww, bw = (torch.randn(shape[-1], device=dev, dtype=dt, requires_grad=True) for _ in range(2))
+        yw, sw = ops.add_layer_norm(xw, rw, ww, bw, 1e-5)
+        (yw.float().sum() + sw.float().sum()).backward()
+        ops.layer_norm(xw.detach(), ww, bw, 1e-5).float().sum().backward()
     xf = torch.randn(37, 64, device=dev, dtype=bf, requires_grad=True)
     params = [torch.randn(*s, device=dev, dtype=bf, requires_grad=True) for s in ((256, 64), (256,), (64, 256), (64,))]
     ops.feedforward(xf, *params).float().sum().backward()

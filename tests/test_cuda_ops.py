@@ -84,7 +84,12 @@ def run_three(fns, inputs, grads):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ALL, ids=str)
-@pytest.mark.parametrize("shape", [(37, 200), (3, 5, 431), (4, 1024)], ids=str)
+# Widths reach every launch shape of csrc/layernorm: one warp per row (200, 1024), several warps
+# per row on the vector path (4096) and the scalar path (431, 1031), several rows per CTA, CTAs
+# that stride over many row groups in the backward (20000 rows), and the warp-per-row fallback
+# for widths past the row-resident kernels (20000).
+@pytest.mark.parametrize("shape", [(37, 200), (3, 5, 431), (4, 1024), (6, 4096), (5, 1031), (20000, 64),
+                                   (2, 20000)], ids=str)
 def test_layer_norm(ops, shape, dtype):
     torch.manual_seed(shape[-1])
     C = shape[-1]
@@ -102,7 +107,7 @@ def test_layer_norm(ops, shape, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ALL, ids=str)
-@pytest.mark.parametrize("shape", [(37, 200), (2, 7, 431)], ids=str)
+@pytest.mark.parametrize("shape", [(37, 200), (2, 7, 431), (6, 4096), (5, 1031)], ids=str)
 def test_add_layer_norm(ops, shape, dtype):
     torch.manual_seed(7 + shape[-1])
     C = shape[-1]

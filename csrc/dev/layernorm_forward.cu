@@ -9,6 +9,11 @@
 //              from csrc/layernorm/ so the lab times exactly what the extension runs.
 //              (Variant 2 is the same kernel with VEC16=false: the extension's fallback for
 //              widths or pointers that are not 16-byte aligned.)
+//   variant 4  row-resident: one warp per row at this width with the row held in registers
+//              (4 16-byte loads per lane issued together, then two-pass statistics and the
+//              output from registers: no re-read), 8 rows per 256-thread CTA.  Promoted
+//              2026-11-26 as ln::_layernorm_fwd_rows_kernel (NV = 4, N = 32 here; wider rows
+//              get several warps per row); variant 3 stays as the fallback for C > 2048 vectors.
 //
 // Build and run (from the repository root):
 //   nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc \
@@ -59,6 +64,14 @@ void launch(int variant, const bf16* x, const bf16* w, const bf16* b, bf16* y, f
     case 1: _layernorm_fwd_naive_kernel<<<(rows + 127) / 128, 128>>>(x, w, b, y, mean, rstd, rows, C, eps); break;
     case 2: ln::_layernorm_fwd_kernel<bf16, false, false><<<grid, block>>>(x, nullptr, w, b, y, nullptr, mean, rstd, rows, C, eps); break;
     case 3: ln::_layernorm_fwd_kernel<bf16, true, false><<<grid, block>>>(x, nullptr, w, b, y, nullptr, mean, rstd, rows, C, eps); break;
+    case 4: {
+      // The extension's launch shape for this width (csrc/layernorm/layernorm.cu fwd_cfg):
+      // C / 8 = 128 vectors per row -> N = 32 threads per row, NV = 4, R = 8 rows per CTA.
+      if (C != 1024) { fprintf(stderr, "variant 4 is set up for C = 1024\n"); exit(1); }
+      ln::_layernorm_fwd_rows_kernel<bf16, true, false, 4>
+          <<<(rows + 7) / 8, 256>>>(x, nullptr, w, b, y, nullptr, mean, rstd, rows, C, eps, /*N=*/32);
+      break;
+    }
   }
   FS_CHECK_LAUNCH();
 }
@@ -98,7 +111,7 @@ int main(int argc, char** argv) {
   FS_CUDA_CHECK(cudaMemcpy(w, hw.data(), C * sizeof(bf16), cudaMemcpyHostToDevice));
   FS_CUDA_CHECK(cudaMemcpy(b, hb.data(), C * sizeof(bf16), cudaMemcpyHostToDevice));
 
-  int first = 1, last = 3;
+  int first = 1, last = 4;
   if (argc > 1) first = last = atoi(argv[1]);
   int failures = 0;
   std::vector<bf16> hy(hx.size());
