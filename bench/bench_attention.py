@@ -7,6 +7,11 @@ Work model (FLOPs, multiply-add = 2), as FlashAttention reports it: causal-halve
 T x T x D matmuls, one of them the recompute of S), 3.5x for forward+backward.  Bytes: Q, K, V
 read and O written once forward; Q, K, V, O, dO read and dQ, dK, dV written backward.
 B*T is fixed at 16k tokens; d_model = H*D = 2048; bf16.
+
+Reading the triton backward rows: our backward has no atomics, so its dK/dV kernel and its dQ
+kernel each recompute S and dP: 7 T x T x D matmuls where FlashAttention-2/3 and cuDNN do 5
+(dQ accumulated with atomics).  The TFLOP/s above use the 5-matmul convention for every
+provider, so our executed rate is 7/5 of the printed one (HFU; see attention_executed).
 """
 
 from __future__ import annotations
