@@ -36,6 +36,7 @@ def feedforward_ref(x, w_in, b_in, w_out, b_out, upcast=False):
 # pointer-load kernel reached 420-580 TFLOP/s against cuBLAS' ~700 on these shapes.
 # =============================================================================================
 import math
+import os
 import sys
 
 from .triton_backend import INTERPRET, add_count, best_kwargs, f32_dot, launch_counter, mma, tl, triton
@@ -209,6 +210,9 @@ _TMA = {"ok": None, "failed": set()}  # ok: None until decided; failed: (A_KMAJO
 
 def _tma_ok(device):
     if _TMA["ok"] is None:
+        if os.environ.get("FLOPSCALE_FFN_TMA", "1") == "0":  # escape hatch: pointer loads only
+            _TMA["ok"] = False
+            return False
         try:
             from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
 
