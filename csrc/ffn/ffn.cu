@@ -3,9 +3,18 @@
 //
 //   forward   h = gelu(x W_in^T + b_in)   GELU_AUX_BIAS   (aux := the pre-activation h_pre)
 //             y = h W_out^T + b_out       BIAS
-//   backward  dh_pre = (dy W_out) * gelu'(h_pre), db_in = colsum(dh_pre)   DGELU_BGRAD
-//             dW_out = dy^T h, db_out = colsum(dy)                          BGRADB
-//             dW_in = dh_pre^T x;  dx = dh_pre W_in                         DEFAULT
+//   backward  dh = dy W_out                                               DEFAULT
+//             dh_pre = dh * gelu'(h_pre) in place, db_in = colsum(dh_pre)   one pass of ours
+//             db_out = colsum(dy)                                           ours
+//             dW_out = dy^T h;  dW_in = dh_pre^T x;  dx = dh_pre W_in       DEFAULT
+//
+// The backward once used cuBLASLt's DGELU_BGRAD (dh GEMM) and BGRADB (dW_out GEMM) epilogues:
+// on an H200 (2026-11-26, bf16, 16384 rows, 1024 -> 4096) it took 1.309 ms against 0.769 ms for
+// the four bare GEMMs and 0.946 ms for eager PyTorch (GEMMs + a GELU-backward kernel + sums):
+// the bias-gradient epilogues reduce over the 16384-row dimension inside the GEMM.  Now the
+// GEMMs run plain and one bandwidth-bound pass (read dh and h_pre, write dh_pre: 3 x M x F
+// elements, ~0.1 ms at that shape) does the GELU backward and db_in; predicted ~0.88 ms.
+// FLOPSCALE_FFN_LT_EPILOGUES=1 restores the fused epilogues, to time both on a new GPU.
 //
 // cuBLASLt's GELU epilogues use the tanh approximation, the GPT-2 GELU of the reference
 // (kernels/ffn.py); tests/test_cuda_ops.py checks it against feedforward_ref.
@@ -22,6 +31,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 
@@ -105,6 +115,86 @@ __global__ void _ffn_sum_kernel(const T* X, int64_t n_out, int64_t n_red, int64_
   float acc = 0.f;
   for (int64_t r = 0; r < n_red; ++r) acc += to_float(X[r * stride_r + c * stride_c]);
   out[c] = from_float<T>(acc);
+}
+
+// gelu'(x) for the GELU backward pass of ours.  Not via tanhf: under --use_fast_math tanhf is
+// tanh.approx.f32 (~2^-11 relative), too coarse for the fp32 path; 1 - 2 / (1 + e^{2u}) with
+// __expf (ex2.approx) errs by ~1e-7 absolute, and gelu' only uses t next to 1 (1 + t, 1 - t^2).
+__device__ __forceinline__ float dgelu_tanh_precise(float x) {
+  const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+  const float u = k0 * (x + k1 * x * x * x);
+  const float t = 1.f - 2.f / (1.f + __expf(2.f * u));  // e^{2u} = inf for large u: t = 1
+  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * k0 * (1.f + 3.f * k1 * x * x);
+}
+
+// V elements of T moved as one access (16 bytes when V = 16 / sizeof(T)).
+template <typename T, int V> struct alignas(V * sizeof(T)) Pack {
+  T v[V];
+};
+
+// Column sums of a row-major (rows, cols) matrix X, with the GELU backward first when DGELU:
+// X[r][c] <- X[r][c] * gelu'(aux[r][c]) in place (dh -> dh_pre), and the sums are of the new
+// values (fp32, before rounding to T).  Block (32, 8): threadIdx.x owns V consecutive columns
+// (one 16-byte access when V > 1), threadIdx.y strides the rows; grid (ceil(cols / 32V),
+// ysplit).  partial: (ysplit, cols) fp32, one row per grid row, reduced by the next kernel.
+// Requires cols % V == 0 and 16-byte aligned X, aux when V > 1.
+template <typename T, int V, bool DGELU>
+__global__ void __launch_bounds__(256)
+_ffn_colsum_kernel(T* X, const T* __restrict__ aux, float* __restrict__ partial, int64_t rows, int cols) {
+  __shared__ float red[8][32 * V + 1];
+  const int c0 = (blockIdx.x * 32 + threadIdx.x) * V;
+  float acc[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) acc[k] = 0.f;
+  if (c0 < cols) {
+    for (int64_t r = (int64_t)blockIdx.y * 8 + threadIdx.y; r < rows; r += (int64_t)8 * gridDim.y) {
+      Pack<T, V>* p = reinterpret_cast<Pack<T, V>*>(X + r * cols + c0);
+      Pack<T, V> v = *p;
+      if constexpr (DGELU) {
+        const Pack<T, V> a = *reinterpret_cast<const Pack<T, V>*>(aux + r * cols + c0);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const float f = to_float(v.v[k]) * dgelu_tanh_precise(to_float(a.v[k]));
+          acc[k] += f;
+          v.v[k] = from_float<T>(f);
+        }
+        *p = v;
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc[k] += to_float(v.v[k]);
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < V; ++k) red[threadIdx.y][threadIdx.x * V + k] = acc[k];
+  __syncthreads();
+  if (threadIdx.y == 0 && c0 < cols) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      float sum = 0.f;
+      for (int y = 0; y < 8; ++y) sum += red[y][threadIdx.x * V + k];
+      partial[(size_t)blockIdx.y * cols + c0 + k] = sum;
+    }
+  }
+}
+
+// out[c] = sum over n of partial[n][c] (fp32), rounded to T.  Block (32, 32): x walks columns,
+// y strides the partial rows, then a shared-memory sum in a fixed order.  grid = ceil(cols / 32).
+template <typename T>
+__global__ void __launch_bounds__(1024)
+_ffn_reduce_partials_kernel(const float* __restrict__ partial, int n, int cols, T* __restrict__ out) {
+  __shared__ float red[32][33];
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  float sum = 0.f;
+  if (c < cols) {
+    for (int i = threadIdx.y; i < n; i += 32) sum += partial[(size_t)i * cols + c];
+  }
+  red[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    for (int i = 1; i < 32; ++i) sum += red[i][threadIdx.x];
+    out[c] = from_float<T>(sum);
+  }
 }
 
 struct Gemm {
@@ -263,6 +353,60 @@ void run_gemm(const Gemm& g, DType dtype, void* workspace, size_t workspace_byte
   }
 }
 
+bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % 16) == 0; }
+
+// Column sums of X (rows, cols) into out, after the in-place GELU backward when aux != nullptr
+// (see _ffn_colsum_kernel).  The fp32 partials (ysplit x cols, ~1 MB) live in the cuBLASLt
+// workspace: stream order keeps them apart from the GEMMs that use it before and after.
+template <typename T>
+void colsum(T* X, const T* aux, T* out, int64_t rows, int cols, void* workspace, size_t workspace_bytes,
+            cudaStream_t stream) {
+  constexpr int kV = 16 / sizeof(T);
+  const bool vec = cols % kV == 0 && aligned16(X) && aligned16(aux);
+  const int V = vec ? kV : 1;
+  int device = 0, sms = 0;
+  FS_CUDA_CHECK(cudaGetDevice(&device));
+  FS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int xblocks = (cols + 32 * V - 1) / (32 * V);
+  // ~8 CTAs of 256 threads per SM: one 16-byte load (two with aux) in flight per thread.
+  const int64_t ysplit = std::max<int64_t>(
+      1, std::min<int64_t>({(8 * (int64_t)sms + xblocks - 1) / xblocks, (rows + 7) / 8, 65535}));
+  FS_REQUIRE((size_t)ysplit * cols * sizeof(float) <= workspace_bytes, "ffn: workspace too small for the column sums");
+  float* partial = static_cast<float*>(workspace);
+  const dim3 grid(xblocks, (unsigned)ysplit), block(32, 8);
+  if (vec) {
+    if (aux) _ffn_colsum_kernel<T, kV, true><<<grid, block, 0, stream>>>(X, aux, partial, rows, cols);
+    else _ffn_colsum_kernel<T, kV, false><<<grid, block, 0, stream>>>(X, aux, partial, rows, cols);
+  } else {
+    if (aux) _ffn_colsum_kernel<T, 1, true><<<grid, block, 0, stream>>>(X, aux, partial, rows, cols);
+    else _ffn_colsum_kernel<T, 1, false><<<grid, block, 0, stream>>>(X, aux, partial, rows, cols);
+  }
+  FS_CHECK_LAUNCH();
+  _ffn_reduce_partials_kernel<T><<<(cols + 31) / 32, dim3(32, 32), 0, stream>>>(partial, (int)ysplit, cols, out);
+  FS_CHECK_LAUNCH();
+}
+
+// dh_pre = dh * gelu'(h_pre) in place with db_in = its column sums; db_out = column sums of dy.
+template <typename T>
+void bwd_elementwise(void* dh_pre, const void* h_pre, void* db_in, const void* dy, void* db_out, int M, int d, int F,
+                     void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  colsum<T>(static_cast<T*>(dh_pre), static_cast<const T*>(h_pre), static_cast<T*>(db_in), M, F, workspace,
+            workspace_bytes, stream);
+  // dy is only read (aux == nullptr): the const_cast never writes through it.
+  colsum<T>(static_cast<T*>(const_cast<void*>(dy)), nullptr, static_cast<T*>(db_out), M, d, workspace,
+            workspace_bytes, stream);
+}
+
+// FLOPSCALE_FFN_LT_EPILOGUES=1: the backward with cuBLASLt's DGELU_BGRAD / BGRADB epilogues
+// (slower on an H200, see the top of this file); kept to re-time on other GPUs and libraries.
+bool use_lt_epilogues() {
+  static const bool on = [] {
+    const char* e = std::getenv("FLOPSCALE_FFN_LT_EPILOGUES");
+    return e != nullptr && e[0] == '1';
+  }();
+  return on;
+}
+
 void check(int M, int d, int F) {
   FS_REQUIRE(M > 0 && d > 0 && F > 0, "ffn: rows, d_model and d_ff must be positive");
   FS_REQUIRE(F % 8 == 0, "ffn: cuBLASLt's GELU epilogue needs d_ff % 8 == 0, got " + std::to_string(F));
@@ -292,18 +436,33 @@ void ffn_bwd(const void* dy, const void* x, const void* w_in, const void* w_out,
              void* dx, void* dw_in, void* db_in, void* dw_out, void* db_out, void* dh_pre, int M, int d, int F,
              DType dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   check(M, d, F);
-  // dh_pre^T (F, M) = W_out^T (F, d) dy^T (d, M), times gelu'(h_pre); db_in = row sums of it.
-  Gemm g1{CUBLAS_OP_N, CUBLAS_OP_N, F, M, d, w_out, F, dy, d, dh_pre, F};
-  g1.epilogue = CUBLASLT_EPILOGUE_DGELU_BGRAD;
-  g1.bias = db_in;
-  g1.aux = h_pre;
-  g1.ld_aux = F;
-  run_gemm(g1, dtype, workspace, workspace_bytes, stream);
-  // dW_out^T (F, d) = h^T (F, M) dy (M, d); db_out = sums of op(B) over k = M.
-  Gemm g2{CUBLAS_OP_N, CUBLAS_OP_T, F, d, M, h, F, dy, d, dw_out, F};
-  g2.epilogue = CUBLASLT_EPILOGUE_BGRADB;
-  g2.bias = db_out;
-  run_gemm(g2, dtype, workspace, workspace_bytes, stream);
+  if (use_lt_epilogues()) {
+    // dh_pre^T (F, M) = W_out^T (F, d) dy^T (d, M), times gelu'(h_pre); db_in = row sums of it.
+    Gemm g1{CUBLAS_OP_N, CUBLAS_OP_N, F, M, d, w_out, F, dy, d, dh_pre, F};
+    g1.epilogue = CUBLASLT_EPILOGUE_DGELU_BGRAD;
+    g1.bias = db_in;
+    g1.aux = h_pre;
+    g1.ld_aux = F;
+    run_gemm(g1, dtype, workspace, workspace_bytes, stream);
+    // dW_out^T (F, d) = h^T (F, M) dy (M, d); db_out = sums of op(B) over k = M.
+    Gemm g2{CUBLAS_OP_N, CUBLAS_OP_T, F, d, M, h, F, dy, d, dw_out, F};
+    g2.epilogue = CUBLASLT_EPILOGUE_BGRADB;
+    g2.bias = db_out;
+    run_gemm(g2, dtype, workspace, workspace_bytes, stream);
+  } else {
+    // dh^T (F, M) = W_out^T (F, d) dy^T (d, M), written into dh_pre's buffer.
+    Gemm g1{CUBLAS_OP_N, CUBLAS_OP_N, F, M, d, w_out, F, dy, d, dh_pre, F};
+    run_gemm(g1, dtype, workspace, workspace_bytes, stream);
+    // dh_pre = dh * gelu'(h_pre) in place, db_in; db_out from dy.  Row-major (M, F) / (M, d).
+    switch (dtype) {
+      case DType::kFloat32: bwd_elementwise<float>(dh_pre, h_pre, db_in, dy, db_out, M, d, F, workspace, workspace_bytes, stream); break;
+      case DType::kFloat16: bwd_elementwise<__half>(dh_pre, h_pre, db_in, dy, db_out, M, d, F, workspace, workspace_bytes, stream); break;
+      case DType::kBFloat16: bwd_elementwise<__nv_bfloat16>(dh_pre, h_pre, db_in, dy, db_out, M, d, F, workspace, workspace_bytes, stream); break;
+    }
+    // dW_out^T (F, d) = h^T (F, M) dy (M, d).
+    Gemm g2{CUBLAS_OP_N, CUBLAS_OP_T, F, d, M, h, F, dy, d, dw_out, F};
+    run_gemm(g2, dtype, workspace, workspace_bytes, stream);
+  }
   // dW_in^T (d, F) = x^T (d, M) dh_pre (M, F).
   Gemm g3{CUBLAS_OP_N, CUBLAS_OP_T, d, F, M, x, d, dh_pre, F, dw_in, d};
   run_gemm(g3, dtype, workspace, workspace_bytes, stream);
