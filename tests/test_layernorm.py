@@ -6,6 +6,7 @@
 
 import pytest
 import torch
+import tolerance
 
 from flopscale.kernels.layernorm import (add_layer_norm, add_layer_norm_ref, layer_norm,
                                          layer_norm_executed, layer_norm_ref)
@@ -15,17 +16,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def _err(a, ref):
-    return (a.double() - ref.double()).abs().max().item()
-
-
 def check(name, tri, eager, ref, factor):
-    """Assert the kernel's max error <= factor x eager's (same dtype) + one ulp of |ref|max."""
-    e_tri, e_torch = _err(tri, ref), _err(eager, ref)
-    atol = torch.finfo(tri.dtype).eps * ref.abs().max().item()
-    print(f"{name}: triton {e_tri:.3e}  torch {e_torch:.3e}  atol {atol:.1e}")
-    assert e_tri == e_tri, f"{name} is NaN"
-    assert e_tri <= factor * e_torch + atol, f"{name}: {e_tri:.3e} > {factor} x {e_torch:.3e} + {atol:.1e}"
+    tolerance.check(name, tri, eager, ref, factor, tag="triton")
 
 
 def inputs(shape, dtype, device, seed):
