@@ -115,9 +115,18 @@ int bwd_rows_launch(const T* dy, const T* x, const T* w, const float* mean, cons
   const int threads = k.n * k.r;
   const int smem = k.r > 1 ? 2 * C * (int)sizeof(float) : 0;  // r > 1 implies N <= 256, C <= 256 * NV * V
   if (smem > 48 * 1024) FS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  int resident = 0;
-  FS_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, smem));
-  resident = std::min(std::max(resident, 1), ln::kBwdBlocksPerSM);
+  // The occupancy query costs microseconds of host time per call: remember the last answer
+  // (per instantiation and host thread; training calls one width at a time).
+  static thread_local int last_threads = -1, last_smem = -1, last_device = -1, last_resident = 1;
+  if (threads != last_threads || smem != last_smem || device != last_device) {
+    int resident = 0;
+    FS_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, smem));
+    last_threads = threads;
+    last_smem = smem;
+    last_device = device;
+    last_resident = std::min(std::max(resident, 1), ln::kBwdBlocksPerSM);
+  }
+  const int resident = last_resident;
   const int blocks = std::max(1, std::min(cdiv(rows, k.r), resident * sm_count(device)));
   kernel<<<blocks, threads, smem, stream>>>(dy, x, w, mean, rstd, dres, dx, partial, rows, C, k.n);
   FS_CHECK_LAUNCH();
