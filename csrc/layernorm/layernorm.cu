@@ -41,7 +41,7 @@ RowsCfg fwd_cfg(int nvec) {
 }
 
 // Backward: NV at most nv_max (the register budget: 2 * NV * V fp32 accumulators per thread),
-// no larger than one warp per row needs; N up to kBwdRowsThreads.
+// no larger than one warp per row needs; N up to kBwdRowsThreads; R fills kBwdRowsCta threads.
 RowsCfg bwd_cfg(int nvec, int nv_max) {
   RowsCfg k;
   int nv = 1;
@@ -49,7 +49,7 @@ RowsCfg bwd_cfg(int nvec, int nv_max) {
   k.nv = nv;
   k.n = round_up32(cdiv(nvec, nv));
   if (k.n > ln::kBwdRowsThreads) return RowsCfg{};
-  k.r = std::max(1, ln::kBwdRowsThreads / k.n);
+  k.r = std::max(1, ln::kBwdRowsCta / k.n);
   return k;
 }
 
@@ -113,7 +113,7 @@ int bwd_rows_launch(const T* dy, const T* x, const T* w, const float* mean, cons
                     float* partial, int rows, int C, const RowsCfg& k, int device, cudaStream_t stream) {
   auto kernel = ln::_layernorm_bwd_rows_kernel<T, VEC, DRES, NV>;
   const int threads = k.n * k.r;
-  const int smem = k.r > 1 ? 2 * C * (int)sizeof(float) : 0;  // r > 1 implies N <= 256, C <= 256 * NV * V
+  const int smem = k.r > 1 ? 2 * C * (int)sizeof(float) : 0;  // r > 1 implies N <= 128: C <= 128 * NV * V <= 2048, 16 KB
   if (smem > 48 * 1024) FS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   // The occupancy query costs microseconds of host time per call: remember the last answer
   // (per instantiation and host thread; training calls one width at a time).

@@ -181,7 +181,11 @@ _layernorm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T
 // ------------------------------------------------------------------------------------------
 constexpr int kFwdRowsThreads = 256;   // CTA size target of the forward (R = 256 / N slots)
 constexpr int kFwdRowsMaxThreads = 512;  // most threads per row in the forward (the register cap: 128)
-constexpr int kBwdRowsThreads = 512;   // CTA size target (and bound) of the backward
+constexpr int kBwdRowsThreads = 512;   // most threads per row (and per CTA) in the backward
+// CTA size target of the backward (R = 256 / N slots): at ~100 registers a thread this gives 2
+// CTAs per SM where N <= 256, whose load / reduce / store phases interleave (each CTA's row
+// barrier stalls only its own warps), rather than one 512-thread CTA in lock step.
+constexpr int kBwdRowsCta = 256;
 constexpr int kBwdBlocksPerSM = 4;     // at most this many backward CTAs (partial rows) per SM
 
 template <typename T> struct Scalar1 { T v[1]; };
