@@ -77,14 +77,24 @@ uint32_t alignment(const void* p) {
 // (column-major (m, n), leading dim ldd; bias indexed by the row m).
 enum class Epi { kBias, kGeluAuxBias, kDGelu };
 
+// GELU (tanh form) and its derivative.  Not via tanhf: under --use_fast_math tanhf compiles to
+// tanh.approx.f32 (~2^-11 relative), too coarse for the fp32 path.  With e = exp(2u) (__expf,
+// ex2.approx: ~1e-7 relative here), 1 + t = 2e / (1 + e) and 1 - t = 2 / (1 + e) for t = tanh(u),
+// free of the cancellation that 1 + t has near t = -1; 2u is clamped to +-80 so that e and
+// 1 / (1 + e) stay finite (t is +-1 to fp32 precision well before that).
+__device__ __forceinline__ float2 one_plus_minus_tanh(float u) {
+  const float e = __expf(fminf(fmaxf(2.f * u, -80.f), 80.f));
+  const float inv = 1.f / (1.f + e);
+  return make_float2(2.f * e * inv, 2.f * inv);
+}
 __device__ __forceinline__ float gelu_tanh(float x) {
   const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.f + tanhf(u));
+  return 0.5f * x * one_plus_minus_tanh(u).x;
 }
 __device__ __forceinline__ float dgelu_tanh(float x) {
-  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  const float t = tanhf(u);
-  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * 0.7978845608028654f * (1.f + 3.f * 0.044715f * x * x);
+  const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+  const float2 pm = one_plus_minus_tanh(k0 * (x + k1 * x * x * x));  // (1 + t, 1 - t)
+  return 0.5f * pm.x + 0.5f * x * (pm.x * pm.y) * k0 * (1.f + 3.f * k1 * x * x);
 }
 
 template <typename T>
@@ -117,16 +127,6 @@ __global__ void _ffn_sum_kernel(const T* X, int64_t n_out, int64_t n_red, int64_
   out[c] = from_float<T>(acc);
 }
 
-// gelu'(x) for the GELU backward pass of ours.  Not via tanhf: under --use_fast_math tanhf is
-// tanh.approx.f32 (~2^-11 relative), too coarse for the fp32 path; 1 - 2 / (1 + e^{2u}) with
-// __expf (ex2.approx) errs by ~1e-7 absolute, and gelu' only uses t next to 1 (1 + t, 1 - t^2).
-__device__ __forceinline__ float dgelu_tanh_precise(float x) {
-  const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-  const float u = k0 * (x + k1 * x * x * x);
-  const float t = 1.f - 2.f / (1.f + __expf(2.f * u));  // e^{2u} = inf for large u: t = 1
-  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * k0 * (1.f + 3.f * k1 * x * x);
-}
-
 // V elements of T moved as one access (16 bytes when V = 16 / sizeof(T)).
 template <typename T, int V> struct alignas(V * sizeof(T)) Pack {
   T v[V];
@@ -154,7 +154,7 @@ _ffn_colsum_kernel(T* X, const T* __restrict__ aux, float* __restrict__ partial,
         const Pack<T, V> a = *reinterpret_cast<const Pack<T, V>*>(aux + r * cols + c0);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-          const float f = to_float(v.v[k]) * dgelu_tanh_precise(to_float(a.v[k]));
+          const float f = to_float(v.v[k]) * dgelu_tanh(to_float(a.v[k]));
           acc[k] += f;
           v.v[k] = from_float<T>(f);
         }
