@@ -10,7 +10,8 @@
 // recomputes S^T = K Q^T and P^T from the saved LSE, dV += P^T dO, dP^T = V dO^T,
 // dS^T = P^T (dP^T - delta), dK += dS^T Q, and dQ += dS K goes to an fp32 accumulator with
 // atomics (every key tile adds into the same dQ rows; 8-byte red.v2.f32 on sm_90).  delta = rowsum(dO * O) comes from a
-// preprocess kernel, the fp32 dQ is scaled and cast by a postprocess kernel.
+// preprocess kernel, the fp32 dQ is scaled and cast by a postprocess kernel.  At D = 128 the
+// next query tile's Q and dO are prefetched (cp.async, two stages) while the current one computes.
 //
 // Shapes: (B, H, T, D) contiguous, D in {64, 128}; any T >= 1 (ragged tails are zero-filled
 // in shared memory and masked).  Scores use scale = 1/sqrt(D).
@@ -33,14 +34,20 @@ constexpr int kFwdBlockN = 64;  // keys per K/V tile
 // Backward: 64 keys per CTA.  Queries per tile: 64 for D = 64; 32 for D = 128, where the
 // register-resident dK and dV (2 x 16 x 128 fp32 per warp = 128 registers a thread) leave no
 // room for 64-wide S^T and dP^T tiles without spilling.
+// Q / dO stages: D = 128 prefetches the next query tile into a second stage while this one
+// computes (239 -> 244 registers, still 2 CTAs per SM); at D = 64 the prefetch took the kernel
+// from 168 to 206 registers (3 -> 2 CTAs per SM) or spilled when capped, so it loads in place.
 template <int D> struct BwdTiles {
   static constexpr int kBlockM = D <= 64 ? 64 : 32;
   static constexpr int kBlockN = 64;
+  static constexpr int kStages = D <= 64 ? 1 : 2;
 };
 
 template <int D> constexpr int fwd_smem_bytes() { return 3 * kFwdBlockM * (D + kPad) * 2; }
+// Backward smem: K, V (BN rows each), Q and dO (kStages of BM rows each), dS^T (BN x BM), and
+// LSE / delta of the tile.
 template <int D> constexpr int bwd_smem_bytes() {
-  return (2 * BwdTiles<D>::kBlockN * (D + kPad) + 2 * BwdTiles<D>::kBlockM * (D + kPad) +
+  return (2 * BwdTiles<D>::kBlockN * (D + kPad) + 2 * BwdTiles<D>::kStages * BwdTiles<D>::kBlockM * (D + kPad) +
           BwdTiles<D>::kBlockN * (BwdTiles<D>::kBlockM + kPad)) * 2 +
          2 * BwdTiles<D>::kBlockM * 4;
 }
@@ -294,9 +301,10 @@ _attention_bwd_kernel(const T* __restrict__ Q, const T* __restrict__ K, const T*
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);  // (BN, LD)
   T* sV = sK + BN * LD;                    // (BN, LD)
-  T* sQ = sV + BN * LD;                    // (BM, LD)
-  T* sdO = sQ + BM * LD;                   // (BM, LD)
-  T* sdS = sdO + BM * LD;                  // (BN, LDS): dS^T, keys x queries
+  constexpr int kStages = BwdTiles<D>::kStages;
+  T* sQbuf = sV + BN * LD;                 // kStages x (BM, LD)
+  T* sdObuf = sQbuf + kStages * BM * LD;   // kStages x (BM, LD)
+  T* sdS = sdObuf + kStages * BM * LD;     // (BN, LDS): dS^T, keys x queries
   float* sLse = reinterpret_cast<float*>(sdS + BN * LDS);  // (BM,) lse * log2 e
   float* sDelta = sLse + BM;                                // (BM,)
 
@@ -307,9 +315,18 @@ _attention_bwd_kernel(const T* __restrict__ Q, const T* __restrict__ K, const T*
   const int g = lane / 4, t = lane % 4;
   const float scale_log2 = scale * kLog2e;
 
+  const int m_first = causal ? n0 / BM : 0;  // query tiles wholly above the diagonal see none of these keys
+  const int m_blocks = (T_len + BM - 1) / BM;  // m_first < m_blocks: n0 < T_len
+
+  // cp.async groups, completed in order: {K, V}, then one {Q, dO} group per query tile.
   load_tile_async<T, BN, D>(sK, K + base, n0, T_len, tid);
   load_tile_async<T, BN, D>(sV, V + base, n0, T_len, tid);
   cp_async_commit();
+  if constexpr (kStages == 2) {
+    load_tile_async<T, BM, D>(sQbuf, Q + base, m_first * BM, T_len, tid);
+    load_tile_async<T, BM, D>(sdObuf, dO + base, m_first * BM, T_len, tid);
+    cp_async_commit();
+  }
 
   float acc_dk[D / 8][4], acc_dv[D / 8][4];  // this warp's 16 keys x D
 #pragma unroll
@@ -319,20 +336,34 @@ _attention_bwd_kernel(const T* __restrict__ Q, const T* __restrict__ K, const T*
   }
   const int key_base = n0 + warp * 16 + g;  // + 8 for the C fragment's second row
 
-  const int m_first = causal ? n0 / BM : 0;  // query tiles wholly above the diagonal see none of these keys
-  const int m_blocks = (T_len + BM - 1) / BM;
   for (int mb = m_first; mb < m_blocks; ++mb) {
     const int m0 = mb * BM;
-    __syncthreads();  // the previous tile is done with sQ, sdO, sdS, sLse, sDelta
-    load_tile_async<T, BM, D>(sQ, Q + base, m0, T_len, tid);
-    load_tile_async<T, BM, D>(sdO, dO + base, m0, T_len, tid);
-    cp_async_commit();
+    const int stage = kStages == 2 ? (mb - m_first) & 1 : 0;
+    T* sQ = sQbuf + stage * BM * LD;
+    T* sdO = sdObuf + stage * BM * LD;
+    // The previous tile is done with sQ / sdO (every stage), sdS, sLse, sDelta.
+    __syncthreads();
+    const bool prefetch = kStages == 2 && mb + 1 < m_blocks;
+    if constexpr (kStages == 2) {
+      if (prefetch) {  // the next query tile into the other stage, in flight during this one
+        load_tile_async<T, BM, D>(sQbuf + (stage ^ 1) * BM * LD, Q + base, m0 + BM, T_len, tid);
+        load_tile_async<T, BM, D>(sdObuf + (stage ^ 1) * BM * LD, dO + base, m0 + BM, T_len, tid);
+        cp_async_commit();
+      }
+    } else {
+      load_tile_async<T, BM, D>(sQ, Q + base, m0, T_len, tid);
+      load_tile_async<T, BM, D>(sdO, dO + base, m0, T_len, tid);
+      cp_async_commit();
+    }
     if (tid < BM) {
       const int row = m0 + tid;
       sLse[tid] = row < T_len ? LSE[(size_t)bh * T_len + row] * kLog2e : 0.f;
       sDelta[tid] = row < T_len ? Delta[(size_t)bh * T_len + row] : 0.f;
     }
-    cp_async_wait<0>();
+    // This tile's group (and K, V) complete: all but the newest group while a prefetch is in
+    // flight, else all.
+    if (prefetch) cp_async_wait<1>();
+    else cp_async_wait<0>();
     __syncthreads();
 
     // ---- S^T = K Q^T: 16 keys x BM queries per warp ---------------------------------------
