@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one call on a lent H100/H200 (about 8 minutes), ordered so
+# Every GPU check of the project in one call on a lent H100/H200 (about 5-7 minutes), ordered so
 # the most important results land first; the CUDA extension builds on the CPU cores while the
 # Triton tests use the GPU.
 #
 #   OUT=/tmp/out bash bench/gpu_all.sh          # from the repository root
 #
 # $OUT receives: gpu.log (everything, with stamps), bench.json (DESIGN.md's results document),
-# train_backends.json, ledger.json.  bench/results/<gpu>.json gets a copy of bench.json.
+# train_backends.json, ledger.json, build.log.  bench/results/<gpu>.json gets a copy of bench.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/flopscale-gpu}
@@ -33,7 +33,7 @@ stamp "building flopscale._C in the background (sm_90a)"
 BUILD_PID=$!
 
 stamp "Triton GPU tests"
-run 180 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_attention.py tests/test_layernorm.py tests/test_ffn.py
+run 150 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_attention.py tests/test_layernorm.py tests/test_ffn.py
 
 stamp "waiting for the CUDA build"
 wait $BUILD_PID
@@ -42,28 +42,27 @@ grep -E "error" "$OUT/build.log" | head -20 >> "$LOG"
 $PY -c "from flopscale import _C; print('extension ok:', _C.__file__)" >> "$LOG" 2>&1
 
 stamp "CUDA GPU tests"
-run 150 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_cuda_ops.py
+run 90 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_cuda_ops.py
 
 stamp "kernel benchmarks"
 NAME=$($PY -c "import torch,re; print(re.sub(r'[^a-z0-9]+','_',torch.cuda.get_device_name().lower()).strip('_'))" 2>/dev/null || echo gpu)
-run 240 $PY -m flopscale.bench.cli --op all --json "$OUT/bench.json"
+run 180 $PY -m flopscale.bench.cli --op all --json "$OUT/bench.json"
 mkdir -p bench/results && cp "$OUT/bench.json" "bench/results/${NAME}.json" 2>/dev/null
 
 stamp "training on each backend (bf16, 40 steps)"
-run 120 $PY -m flopscale.bench.train_backends --device cuda --dtype bfloat16 --backends torch,triton,cuda --json "$OUT/train_backends.json"
-
-stamp "ledger overhead on the GPU"
-run 60 $PY -m flopscale.bench.bench_ledger --device cuda --reps 20 --json "$OUT/ledger.json"
+run 60 $PY -m flopscale.bench.train_backends --device cuda --dtype bfloat16 --backends torch,triton,cuda --json "$OUT/train_backends.json"
 
 stamp "compute-sanitizer"
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 90 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py all
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 60 compute-sanitizer --tool racecheck --print-limit 10 $PY csrc/sanitize_cases.py attention
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py all
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool racecheck --print-limit 10 $PY csrc/sanitize_cases.py attention
 
 stamp "kernel-variant lab"
 for src in csrc/dev/*.cu; do
   n=$(basename "$src" .cu)
-  run 60 nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc "$src" -o "/tmp/fs_dev_$n"
-  run 60 "/tmp/fs_dev_$n"
+  run 40 nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc "$src" -o "/tmp/fs_dev_$n"
+  run 30 "/tmp/fs_dev_$n"
 done
+stamp "ledger overhead on the GPU"
+run 40 $PY -m flopscale.bench.bench_ledger --device cuda --reps 20 --json "$OUT/ledger.json"
 stamp "done"
 grep -E "passed|failed|error|ERROR SUMMARY|RACECHECK SUMMARY|exit [1-9]" "$LOG" | tail -40
