@@ -30,90 +30,74 @@ def add_layer_norm_ref(x, residual, weight, bias, eps=1e-5, upcast=False):
 # =============================================================================================
 # Triton: fused LayerNorm (and residual add + LayerNorm) forward and backward.
 #
-# Forward: one program per block of ROWS rows, the (ROWS, BLOCK_C) tile in registers
-# (BLOCK_C = next_power_of_2(C)); mean and rstd (fp32) are saved.  With a residual,
-# s = x + residual is rounded to the input dtype, stored (the block's second output) and
-# normalised, all in one pass over memory.
-# Backward: G programs, each over a contiguous run of rows taken ROWS at a time, write dx and
-# keep (ROWS, BLOCK_C) dW, dB partial sums in fp32 registers; a second small kernel reduces the
-# (G, C) partials.  No atomics.
-# ROWS: several rows per program at small C.  H200 evidence (first GPU run, bf16, 16384 rows,
-# one row per program): the forward reached 0.88 of copy bandwidth at C=4096 (16 elements per
-# thread, 8 warps) but 0.69 at C=1024 and 0.72 at C=2048 (8 elements per thread: too few bytes
-# in flight per thread, and per-program overhead on 16k tiny programs).  So every program
-# gets a tile of about 4096 elements (16 per thread at 8 warps), whatever C is.
+# Forward: one program per row, the whole row in registers (BLOCK_C = next_power_of_2(C));
+# mean and rstd (fp32) are saved.  With a residual, s = x + residual is rounded to the input
+# dtype, stored (the block's second output) and normalised, all in one pass over memory.
+# Backward: G programs, each over a contiguous run of rows, write dx and keep dW, dB partial
+# sums in fp32 registers; a second small kernel reduces the (G, C) partials.  No atomics.
 # =============================================================================================
 from .triton_backend import INTERPRET, add_count, launch_counter, tl, triton
 
 
 @triton.jit
-def _layer_norm_fwd_kernel(X, R, W, B, Y, S, MEAN, RSTD, CNT, M, C, eps,
-                           BLOCK_C: tl.constexpr, ROWS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+def _layer_norm_fwd_kernel(X, R, W, B, Y, S, MEAN, RSTD, CNT, C, eps,
+                           BLOCK_C: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                            COUNT_FLOPS: tl.constexpr, FLOPS_PER_ROW: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (ROWS,) int64: M*C may pass 2**31
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
-    col_ok = cols < C
-    row_ok = rows < M
-    mask = row_ok[:, None] & col_ok[None, :]  # (ROWS, BLOCK_C)
-    off = rows[:, None] * C + cols[None, :]
-    x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
+    mask = cols < C
+    x = tl.load(X + row * C + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         # Add in fp32 and round once to the input dtype, exactly as eager's x + residual does;
         # the rounded s is what gets stored and normalised.
-        x += tl.load(R + off, mask=mask, other=0.0).to(tl.float32)
+        x += tl.load(R + row * C + cols, mask=mask, other=0.0).to(tl.float32)
         s = x.to(S.dtype.element_ty)
-        tl.store(S + off, s, mask=mask)
+        tl.store(S + row * C + cols, s, mask=mask)
         x = s.to(tl.float32)
-    mean = tl.sum(x, 1) / C  # (ROWS,)
-    xc = tl.where(col_ok[None, :], x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / C + eps)  # biased variance, as F.layer_norm
-    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-    b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
-    y = xc * rstd[:, None] * w[None, :] + b[None, :]
-    tl.store(Y + off, y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(MEAN + rows, mean, mask=row_ok)
-    tl.store(RSTD + rows, rstd, mask=row_ok)
-    if COUNT_FLOPS:  # every row of the tile computes, padded rows past M too (as padded columns)
-        tl.atomic_add(CNT, FLOPS_PER_ROW * ROWS)
+    mean = tl.sum(x, 0) / C
+    xc = tl.where(mask, x - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 0) / C + eps)  # biased variance, as F.layer_norm
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * C + cols, (xc * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
+    tl.store(MEAN + row, mean)
+    tl.store(RSTD + row, rstd)
+    if COUNT_FLOPS:
+        tl.atomic_add(CNT, FLOPS_PER_ROW)
 
 
 @triton.jit
 def _layer_norm_bwd_kernel(X, W, DY, DX, DRES, DW_PART, DB_PART, MEAN, RSTD, CNT, M, C,
-                           rows_per_program, BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
-                           HAS_DRES: tl.constexpr, COUNT_FLOPS: tl.constexpr,
-                           FLOPS_PER_ROW: tl.constexpr):
+                           rows_per_program, BLOCK_C: tl.constexpr, HAS_DRES: tl.constexpr,
+                           COUNT_FLOPS: tl.constexpr, FLOPS_PER_ROW: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
-    col_ok = cols < C
-    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-    dw = tl.zeros([ROWS, BLOCK_C], tl.float32)  # reduced over rows once, after the loop
-    db = tl.zeros([ROWS, BLOCK_C], tl.float32)
+    mask = cols < C
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_C], tl.float32)
+    db = tl.zeros([BLOCK_C], tl.float32)
     row_start = pid.to(tl.int64) * rows_per_program  # int64: M * C may pass 2**31
-    n_rows = tl.minimum(rows_per_program, M - row_start)
-    for i in tl.range(0, n_rows, ROWS):
-        local = i + tl.arange(0, ROWS)
-        row_ok = local < n_rows
-        rows = row_start + local
-        mask = row_ok[:, None] & col_ok[None, :]
-        off = rows[:, None] * C + cols[None, :]
+    for i in tl.range(0, tl.minimum(rows_per_program, M - row_start)):
+        row = row_start + i
+        off = row * C + cols
         x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)  # 0 on padded rows: no dW, dB
-        mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
-        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-        wdy = w[None, :] * dy
-        c1 = tl.sum(xhat * wdy, 1) / C
-        c2 = tl.sum(wdy, 1) / C
-        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        dy = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + row)
+        rstd = tl.load(RSTD + row)
+        xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+        wdy = w * dy
+        c1 = tl.sum(xhat * wdy, 0) / C
+        c2 = tl.sum(wdy, 0) / C
+        dx = (wdy - (xhat * c1 + c2)) * rstd
         if HAS_DRES:  # the skip path's gradient meets the normalised path's here
             dx += tl.load(DRES + off, mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
-        if COUNT_FLOPS:  # whole (ROWS, BLOCK_C) tiles, as the forward
-            tl.atomic_add(CNT, FLOPS_PER_ROW * ROWS)
-    tl.store(DW_PART + pid * C + cols, tl.sum(dw, 0), mask=col_ok)
-    tl.store(DB_PART + pid * C + cols, tl.sum(db, 0), mask=col_ok)
+        if COUNT_FLOPS:
+            tl.atomic_add(CNT, FLOPS_PER_ROW)
+    tl.store(DW_PART + pid * C + cols, dw, mask=mask)
+    tl.store(DB_PART + pid * C + cols, db, mask=mask)
 
 
 @triton.jit
@@ -136,10 +120,7 @@ def _layer_norm_bwd_dwdb_kernel(DW_PART, DB_PART, DW, DB, CNT, G, C, BLOCK_G: tl
 
 # --- launchers ---------------------------------------------------------------------------------
 _DWDB_BLOCK_G, _DWDB_BLOCK_N = 32, 64
-_TILE_ELEMENTS = 4096  # elements per program's tile: 16 per thread at 8 warps (see above)
-_MAX_ROWS = 64
-# (rows, C) -> (G, rows_per_program, ROWS) the last backward used: what ``executed`` counts
-_GROUPS: dict = {}
+_GROUPS: dict = {}  # (rows, C) -> the number of partial rows G the last backward used
 
 
 def _block_c(C):
@@ -149,23 +130,18 @@ def _block_c(C):
     return BLOCK_C
 
 
-def _rows(BLOCK_C):
-    """Rows per tile: about _TILE_ELEMENTS elements in all, one row when a row is that big."""
-    return max(1, min(_MAX_ROWS, _TILE_ELEMENTS // BLOCK_C))
+def _num_warps(BLOCK_C):
+    return min(max(BLOCK_C // 256, 1), 8)  # ~8 elements per thread, up to 8 warps
 
 
-def _num_warps(elements):
-    return min(max(elements // 512, 1), 8)  # ~16 elements per thread, up to 8 warps
-
-
-def _groups(M, ROWS, device):
-    """Partial-sum rows G and rows per program (a multiple of ROWS): enough programs to fill
-    the GPU (4 per SM), few under the interpreter (4, so a program still loops)."""
+def _groups(M, device):
+    """Partial-sum rows G: enough programs to fill the GPU (4 per SM), few under the
+    interpreter (4, so a program still loops over several rows)."""
     if device.type == "cuda" and not INTERPRET:
         target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         target = 4
-    rows_per_program = triton.cdiv(triton.cdiv(M, min(M, target)), ROWS) * ROWS
+    rows_per_program = triton.cdiv(M, min(M, target))
     return triton.cdiv(M, rows_per_program), rows_per_program
 
 
@@ -180,18 +156,16 @@ def layer_norm_forward(x, residual, weight, bias, eps, counter=None):
     """x, residual (or None): (M, C) contiguous.  Returns (y, s or None, mean, rstd)."""
     M, C = x.shape
     BLOCK_C = _block_c(C)
-    ROWS = _rows(BLOCK_C)
     y = torch.empty_like(x)
     s = torch.empty_like(x) if residual is not None else None
     mean = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     cnt = launch_counter(x.device, counter is not None)
-    _layer_norm_fwd_kernel[(triton.cdiv(M, ROWS),)](
+    _layer_norm_fwd_kernel[(M,)](
         x, residual if residual is not None else x, weight, bias, y, s if s is not None else y,
-        mean, rstd, cnt, M, C, eps,
-        BLOCK_C=BLOCK_C, ROWS=ROWS, HAS_RESIDUAL=residual is not None,
-        COUNT_FLOPS=counter is not None, FLOPS_PER_ROW=_flops_per_row(C, False),
-        num_warps=_num_warps(ROWS * BLOCK_C))
+        mean, rstd, cnt, C, eps,
+        BLOCK_C=BLOCK_C, HAS_RESIDUAL=residual is not None, COUNT_FLOPS=counter is not None,
+        FLOPS_PER_ROW=_flops_per_row(C, False), num_warps=_num_warps(BLOCK_C))
     add_count(counter, cnt)
     return y, s, mean, rstd
 
@@ -201,18 +175,17 @@ def layer_norm_backward(dy, x, weight, mean, rstd, dres=None, counter=None):
     Returns (dx, dweight, dbias); dx includes dres (the residual path's gradient)."""
     M, C = x.shape
     BLOCK_C = _block_c(C)
-    ROWS = _rows(BLOCK_C)
-    G, rows_per_program = _groups(M, ROWS, x.device)
-    _GROUPS[(M, C)] = (G, rows_per_program, ROWS)
+    G, rows_per_program = _groups(M, x.device)
+    _GROUPS[(M, C)] = G
     dx = torch.empty_like(x)
     dw_part = torch.empty((G, C), dtype=torch.float32, device=x.device)
     db_part = torch.empty((G, C), dtype=torch.float32, device=x.device)
     cnt = launch_counter(x.device, counter is not None)
     _layer_norm_bwd_kernel[(G,)](
         x, weight, dy, dx, dres if dres is not None else dy, dw_part, db_part, mean, rstd, cnt,
-        M, C, rows_per_program, BLOCK_C=BLOCK_C, ROWS=ROWS, HAS_DRES=dres is not None,
+        M, C, rows_per_program, BLOCK_C=BLOCK_C, HAS_DRES=dres is not None,
         COUNT_FLOPS=counter is not None, FLOPS_PER_ROW=_flops_per_row(C, True),
-        num_warps=_num_warps(ROWS * BLOCK_C))
+        num_warps=_num_warps(BLOCK_C))
     dw = torch.empty_like(weight)
     db = torch.empty_like(weight)
     _layer_norm_bwd_dwdb_kernel[(triton.cdiv(C, _DWDB_BLOCK_N),)](
@@ -226,20 +199,15 @@ def layer_norm_executed(rows, C):
     """FLOPs the Triton kernels really compute for a LayerNorm over (rows, C).
 
     Convention: the per-element constants of engine/flops.py (LN_FWD, LN_BWD) applied to the
-    padded tiles the programs compute: rows rounded up to whole ROWS-row tiles (per program in
-    the backward), each row padded to BLOCK_C = next_power_of_2(C); plus the backward's second
-    stage: the column sums of the (G, C) dW, dB partials, 2 adds per element of whole (32, 64)
-    tiles.
+    padded row BLOCK_C = next_power_of_2(C) that each program computes, plus the backward's
+    second stage: the column sums of the (G, C) dW, dB partials, 2 adds per element of whole
+    (32, 64) tiles.
     """
-    ROWS = _rows(_block_c(C))
-    G, rows_per_program, _ = _GROUPS.get((rows, C)) or (
-        *_groups(rows, ROWS, torch.device("cuda" if torch.cuda.is_available() else "cpu")), ROWS)
-    fwd_rows = triton.cdiv(rows, ROWS) * ROWS
-    last = rows - (G - 1) * rows_per_program  # the last program's share
-    bwd_rows = (G - 1) * rows_per_program + triton.cdiv(last, ROWS) * ROWS
+    G = _GROUPS.get((rows, C))
+    if G is None:
+        G = _groups(rows, torch.device("cuda" if torch.cuda.is_available() else "cpu"))[0]
     second = 2 * triton.cdiv(G, _DWDB_BLOCK_G) * _DWDB_BLOCK_G * triton.cdiv(C, _DWDB_BLOCK_N) * _DWDB_BLOCK_N
-    return {"layernorm": (fwd_rows * _flops_per_row(C, False),
-                          bwd_rows * _flops_per_row(C, True) + second)}
+    return {"layernorm": (rows * _flops_per_row(C, False), rows * _flops_per_row(C, True) + second)}
 
 
 class LayerNormFunction(torch.autograd.Function):
