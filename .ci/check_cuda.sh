@@ -135,7 +135,7 @@ while read -r f a; do
   done < "$WORK/$tag.rows"
 done < "$WORK/jobs"
 echo "(smem: static shared memory per CTA; the attention kernels add dynamic shared memory at launch:"
-echo " fwd 27648 B (D 64) / 52224 B (D 128), bwd 46592 B (D 64) / 57600 B (D 128); LayerNorm bwd 8*C B.)"
+echo " fwd 27648 B (D 64) / 52224 B (D 128), bwd 46592 B (D 64) / 75008 B (D 128, two Q/dO stages); LayerNorm bwd up to 8*C B when a CTA holds several rows.)"
 
 elapsed=$(( $(date +%s) - start ))
 if [ "$fail" != 0 ]; then

@@ -33,35 +33,5 @@ timeout 240 $PY -m flopscale.bench.cli --op all --json "$OUT/bench_${NAME}.json"
   > "$OUT/triton_bench.log" 2>&1 || true
 mkdir -p bench/results && cp "$OUT/bench_${NAME}.json" "bench/results/${NAME}.json" 2>/dev/null || true
 
-# 4. Summary last: the targets of issue 4 as ratios measured in this run.
-$PY - "$OUT/bench_${NAME}.json" <<'PY' 2>&1 | tee "$OUT/triton_summary.txt" || true
-import json, sys
-try:
-    doc = json.load(open(sys.argv[1]))
-except Exception as e:
-    sys.exit(f"no bench results ({e}); see triton_bench.log")
-rows, peak = doc["rows"], doc["peak"]
-print(f"== triton summary: {doc['device']}  peak {peak['tflops_bf16']:.0f} TFLOP/s bf16, copy {peak['copy_gbps']:.0f} GB/s")
-def get(op, be, p, **shape):
-    for r in rows:
-        if r["op"] == op and r["backend"] == be and r["pass"] == p and all(r["shape"].get(k) == v for k, v in shape.items()):
-            return r
-def fmt(v, f=".2f"):
-    return format(v, f) if v is not None else "-"
-print(f"{'target':<52} {'measured':>10} {'goal':>6}")
-for T in (4096, 8192, 16384):
-    r = get("attention", "triton", "fwd+bwd", T=T, D=128)
-    print(f"{'attn fwd+bwd D=128 T=%d  x best SDPA' % T:<52} {fmt(r and r['speedup_vs_sdpa']):>10} {'>=1.0':>6}  ({fmt(r and r['tflops'], '.0f')} TFLOP/s)")
-for C in (1024, 4096, 8192):
-    r = get("layernorm", "triton", "fwd", C=C)
-    print(f"{'layernorm fwd C=%d  fraction of copy bandwidth' % C:<52} {fmt(r and r['fraction_of_bandwidth']):>10} {'>=0.85':>6}")
-    r = get("layernorm", "triton", "bwd", C=C)
-    print(f"{'layernorm bwd C=%d  x eager' % C:<52} {fmt(r and r['speedup_vs_eager']):>10} {'>=1.2':>6}")
-for dm, dff in ((1024, 4096), (2048, 8192)):
-    for p in ("fwd", "fwd+bwd"):
-        r = get("ffn", "triton", p, d_model=dm, d_ff=dff)
-        cb = get("ffn", "cublas", p, d_model=dm, d_ff=dff)
-        print(f"{'ffn %s %dx%d  x eager' % (p, dm, dff):<52} {fmt(r and r['speedup_vs_eager']):>10} {'>=1.2':>6}")
-        ratio = cb["ms"] / r["ms"] if r and cb else None
-        print(f"{'ffn %s %dx%d  x bare cuBLAS matmuls' % (p, dm, dff):<52} {fmt(ratio):>10} {'>=0.9':>6}")
-PY
+# 4. Summary last: the issue targets as ratios measured in this run.
+$PY -m flopscale.bench.summary "$OUT/bench_${NAME}.json" 2>&1 | tee "$OUT/triton_summary.txt" || true
