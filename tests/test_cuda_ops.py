@@ -13,6 +13,7 @@ poisoned with NaN bit patterns first, so an element a kernel forgets to write fa
 
 import pytest
 import torch
+import tolerance
 
 from flopscale.kernels import get_backend
 from flopscale.kernels.attention import attention_ref
@@ -49,20 +50,8 @@ def poison():
     del blocks
 
 
-def _err(a, ref):
-    return (a.double() - ref.double()).abs().max().item()
-
-
 def check(name, cuda, eager, ref, factor, atol_floor=0.0, atol_rel=None):
-    """atol = atol_rel * max(max|ref|, atol_floor), atol_rel defaulting to one ulp (eps) of the
-    dtype.  atol_floor is the scale of the inputs that produced the value, for outputs whose true
-    value can be exactly 0 while the kernel's arithmetic rounds at the inputs' scale."""
-    e_cuda, e_torch = _err(cuda, ref), _err(eager, ref)
-    rel = torch.finfo(cuda.dtype).eps if atol_rel is None else atol_rel
-    atol = rel * max(ref.double().abs().max().item(), atol_floor)
-    print(f"{name}: cuda {e_cuda:.3e}  torch {e_torch:.3e}  atol {atol:.1e}")
-    assert e_cuda == e_cuda, f"{name} is NaN (an unwritten or non-finite element)"
-    assert e_cuda <= factor * e_torch + atol, f"{name}: {e_cuda:.3e} > {factor} x {e_torch:.3e} + {atol:.1e}"
+    tolerance.check(name, cuda, eager, ref, factor, tag="cuda", atol_floor=atol_floor, atol_rel=atol_rel)
 
 
 def run_three(fns, inputs, grads):
