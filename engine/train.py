@@ -3,15 +3,37 @@
     flopscale train --n-layer 2 --d-model 64 --n-heads 4 --n-ctx 128 --steps 200 --out runs/nano
     flopscale train ... --out runs/nano      # the same command again resumes where it stopped
 
+    torchrun --nproc-per-node 2 -m flopscale.cli train ... --out runs/ddp    # DDP, CPU (gloo) or GPUs (nccl)
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        -m flopscale.cli train ... --device cuda --out runs/big               # multi-node
+
 RUN_DIR gets ``config.json`` (model and training config, N, data provenance, code version),
 ``metrics.jsonl`` (one object per logged step, DESIGN.md's keys), ``flops.json`` (the ledger's
 rows in three views, forward and backward) and ``ckpt.pt``.  Checkpoints are written atomically
 (temporary file, then rename) at every eval and at the end; the batches of a step depend only on
 (seed, step), so on CPU a resumed run continues bit for bit as if it had never stopped.
+
+Distributed (torch.distributed, launched by ``torchrun``): when ``WORLD_SIZE`` > 1 the process
+group is initialised from the environment (nccl on CUDA, gloo on CPU) and the model is wrapped in
+DDP.  ``batch_size`` stays the *global* batch: each step is world_size x grad_accum micro-batches
+of batch_size / (world_size x grad_accum) sequences, and the micro-batch that rank r draws as its
+m-th is global micro-batch k = r * grad_accum + m, drawn from (seed, step, k) alone; so a run on
+W ranks sees exactly the sequences a single process sees with grad_accum W x larger.  Each rank's
+FLOP counts for a step are all-reduced (summed) into the ledger, so ``flops`` in metrics.jsonl is
+the global exact count; the optimizer row is booked once in the model view (one update of the
+weights is the algorithm) and world_size times in the executed view (every rank applies it).
+Rank 0 alone writes config.json, metrics.jsonl, flops.json and the checkpoint; every rank reads
+the checkpoint on resume (a shared file system is assumed), and a run may resume on another
+world size.
+
+Gradient noise scale (``noise_scale``, engine/noise.py): single-process, the small batch is one
+micro-batch and the big batch the whole step (grad_accum >= 2); under DDP, the small batch is one
+rank's share and the big batch the all-reduced one.  Logged in **tokens** (sequences x n_ctx).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +48,7 @@ from . import flops as fl
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import load_corpus
 from .model import GPT
+from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm
 
 
 class TrainError(RuntimeError):
@@ -84,6 +107,61 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------------------------------------
+# torch.distributed
+# ---------------------------------------------------------------------------------------------
+def dist_env() -> tuple:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) without one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_distributed(device: str) -> tuple:
+    """Initialise the default process group once per process when WORLD_SIZE > 1 (nccl for a
+    CUDA device, gloo otherwise); returns (rank, world_size, local_rank)."""
+    rank, world, local = dist_env()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise TrainError("WORLD_SIZE > 1 but this build of torch has no torch.distributed")
+        if not dist.is_initialized():
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            if device.startswith("cuda"):
+                torch.cuda.set_device(local)
+            dist.init_process_group(backend=backend)
+            import atexit
+
+            atexit.register(_destroy_process_group)
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return rank, world, local
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj, world: int):
+    """Rank 0's ``obj`` on every rank (a no-op in one process)."""
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def make_optimizer(model: GPT, tc: TrainConfig):
     # Decay matmul weights and embeddings (dim >= 2); never biases or LayerNorm gains.
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -96,22 +174,56 @@ def make_optimizer(model: GPT, tc: TrainConfig):
 
 
 class Trainer:
-    """Holds a run's state; ``run()`` trains to ``steps`` and returns the last metrics row."""
+    """Holds a run's state; ``run()`` trains to ``steps`` and returns the last metrics row.
 
-    def __init__(self, mc: ModelConfig, tc: TrainConfig, out: str | Path, progress: bool = True, corpus=None):
-        self.tc, self.out, self.progress = tc, Path(out), progress
-        self.corpus = corpus if corpus is not None else load_corpus(tc.data, tc.tokenizer, tc.max_tokens)
+    Under torchrun (WORLD_SIZE > 1) every rank builds a Trainer with the same arguments; the
+    process group is initialised here if it is not already.
+    """
+
+    def __init__(self, mc: ModelConfig, tc: TrainConfig, out: str | Path, progress: bool = True, corpus=None,
+                 progress_position: int = 0):
+        self.tc, self.out, self.progress, self.progress_position = tc, Path(out), progress, progress_position
+        self.rank, self.world, local = init_distributed(tc.device)
+        if tc.batch_size % (tc.grad_accum * self.world):
+            raise ConfigError(f"batch_size ({tc.batch_size}) must be divisible by grad_accum x world size "
+                              f"({tc.grad_accum} x {self.world})")
+        if tc.noise_scale and tc.grad_accum * self.world < 2:
+            raise ConfigError("noise_scale needs two batch sizes: grad_accum >= 2 or a DDP world size >= 2")
+        if corpus is None:
+            # Rank 0 trains the tokenizer and writes the token cache; the others then read it.
+            if self.rank == 0:
+                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens)
+            barrier(self.world)
+            if self.rank != 0:
+                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens)
+        self.corpus = corpus
         if mc.n_vocab != self.corpus.vocab_size:
             mc = ModelConfig.from_dict({**mc.to_dict(), "n_vocab": self.corpus.vocab_size})
         self.mc = mc
         torch.manual_seed(tc.seed)
-        self.device = torch.device(tc.device)
-        self.model = GPT(mc, backend=tc.backend).to(self.device)
+        dev = tc.device
+        if self.world > 1 and dev == "cuda":
+            dev = f"cuda:{local}"
+        self.device = torch.device(dev)
+        self.model = GPT(mc, backend=tc.backend).to(self.device)  # the bare module (checkpoints, eval)
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(self.model, device_ids=ids)
         self.opt, self.opt_flops = make_optimizer(self.model, tc)
         self.ledger = fl.FlopLedger()
+        self.noise = NoiseScaleEstimator() if tc.noise_scale else None
         self.step, self.tokens = 0, 0
-        self.peak = peak_flops(tc.device, tc.dtype)
+        peak = peak_flops(dev, tc.dtype)
+        self.peak = peak * self.world if peak else None
         self.autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(tc.dtype)
+
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per micro-batch on one rank."""
+        return self.tc.batch_size // (self.tc.grad_accum * self.world)
 
     # -- run directory ---------------------------------------------------------------------
     def config_record(self) -> dict:
@@ -120,11 +232,24 @@ class Trainer:
             "n_params_total": self.model.num_params(non_embedding=False),
             "data": self.corpus.provenance, "code_version": code_version(),
             "tokens_per_step": self.tc.batch_size * self.mc.n_ctx,
+            "world_size": self.world,
         }
 
     def _check_or_write_config(self) -> bool:
         """Write config.json for a new run; for an existing one, refuse a different config.
-        Returns True when there is a checkpoint to resume from."""
+        Returns True when there is a checkpoint to resume from.  Rank 0 decides, all ranks agree."""
+        res = None
+        if self.rank == 0:
+            try:
+                res = self._check_or_write_config_local()
+            except TrainError as e:
+                res = e
+        res = broadcast_object(res if not isinstance(res, TrainError) else ("error", str(res)), self.world)
+        if isinstance(res, tuple):
+            raise TrainError(res[1])
+        return res
+
+    def _check_or_write_config_local(self) -> bool:
         self.out.mkdir(parents=True, exist_ok=True)
         cpath = self.out / "config.json"
         rec = self.config_record()
@@ -143,12 +268,16 @@ class Trainer:
         return False
 
     def save_checkpoint(self) -> None:
-        atomic_torch_save({
-            "step": self.step, "tokens": self.tokens, "model": self.model.state_dict(),
-            "opt": self.opt.state_dict(), "ledger": self.ledger.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }, self.out / "ckpt.pt")
-        self._write_flops_json()
+        if self.rank == 0:
+            atomic_torch_save({
+                "step": self.step, "tokens": self.tokens, "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(), "ledger": self.ledger.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "noise": self.noise.state_dict() if self.noise else None,
+                "world_size": self.world,
+            }, self.out / "ckpt.pt")
+            self._write_flops_json()
+        barrier(self.world)  # nobody runs ahead of a checkpoint that may be resumed from
 
     def load_checkpoint(self) -> None:
         try:
@@ -160,18 +289,21 @@ class Trainer:
         self.opt.load_state_dict(ck["opt"])
         self.ledger.load_state_dict(ck["ledger"])
         torch.set_rng_state(ck["torch_rng"])
+        if self.noise is not None and ck.get("noise"):
+            self.noise.load_state_dict(ck["noise"])
         self.step, self.tokens = ck["step"], ck["tokens"]
         # Rows logged after the checkpoint were lost work; the resumed run writes them again.
         mpath = self.out / "metrics.jsonl"
-        if mpath.exists():
+        if self.rank == 0 and mpath.exists():
             keep = [ln for ln in mpath.read_text().splitlines() if ln.strip() and _row_step(ln) <= self.step]
             atomic_write_text(mpath, "".join(ln + "\n" for ln in keep))
+        barrier(self.world)
 
     def _write_flops_json(self) -> None:
         led = self.ledger
         rec = {
             "convention": "FLOPs (multiply-add = 2); backward includes the optimizer row",
-            "steps": self.step, "tokens": self.tokens, "N": self.mc.N,
+            "steps": self.step, "tokens": self.tokens, "N": self.mc.N, "world_size": self.world,
             "views": led.to_dict(),
             "totals": {v: {"nonembedding": led.total(v), "all": led.total(v, rows="all")} for v in fl.VIEWS},
             "paper_6ND": 6 * self.mc.N * self.tokens,
@@ -184,39 +316,110 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _all_reduce_sum(self, values: list) -> list:
+        """Sum a few float64 scalars over ranks (one collective)."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
     @torch.no_grad()
     def evaluate(self) -> float:
+        """Mean validation loss over eval_batches fixed batches (the same at every eval); under
+        DDP, batch i is evaluated by rank i % world_size and the sum all-reduced."""
         self.model.eval()
-        tc, losses = self.tc, []
-        for i in range(tc.eval_batches):
-            x, y = self.corpus.batch("val", i, 0, tc.batch_size // tc.grad_accum, self.mc.n_ctx, tc.seed)
+        tc, total = self.tc, 0.0
+        for i in range(self.rank, tc.eval_batches, self.world):
+            x, y = self.corpus.batch("val", i, 0, self.micro_batch, self.mc.n_ctx, tc.seed)
             with self._autocast():
                 _, loss = self.model(x.to(self.device), y.to(self.device))
-            losses.append(loss.item())
+            total += loss.item()
         self.model.train()
-        return sum(losses) / len(losses)
+        return self._all_reduce_sum([total])[0] / tc.eval_batches
+
+    def _book_step_flops(self, step_ledger: fl.FlopLedger) -> None:
+        """Sum this step's per-rank counts over ranks into the run's ledger, then the optimizer."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            state = step_ledger.state_dict()
+            keys = [(v, r) for v in fl.VIEWS for r in fl.ROWS]
+            # int64 holds any one step's count (2^63 ~ 9e18; GPT-3 175B x 3.2M tokens is 3.4e18)
+            t = torch.tensor([c for v, r in keys for c in state[v][r]], dtype=torch.int64)
+            if self.device.type == "cuda":
+                t = t.to(self.device)
+            dist.all_reduce(t)
+            vals = t.tolist()
+            step_ledger.load_state_dict({v: {r: vals[2 * i:2 * i + 2] for i, (vv, r) in enumerate(keys) if vv == v}
+                                         for v in fl.VIEWS})
+        self.ledger.merge(step_ledger)
+        self.ledger.add("model", "optimizer", 0, self.opt_flops)
+        self.ledger.add("executed", "optimizer", 0, self.opt_flops * self.world)
 
     def train_step(self) -> float:
-        tc, mb = self.tc, self.tc.batch_size // self.tc.grad_accum
+        tc, mb, A = self.tc, self.micro_batch, self.tc.grad_accum
         lr = lr_at(self.step, tc)
         for g in self.opt.param_groups:
             g["lr"] = lr
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        fwd = self.ddp if self.ddp is not None else self.model
+        # Noise scale under DDP: accumulate every micro-batch locally (no_sync), read the rank's
+        # own gradient, then all-reduce by hand; otherwise DDP reduces in the last backward.
+        manual_reduce = self.ddp is not None and self.noise is not None
         total = 0.0
-        with self.ledger:
-            for micro in range(tc.grad_accum):
-                x, y = self.corpus.batch("train", self.step, micro, mb, self.mc.n_ctx, tc.seed)
-                with self._autocast():
-                    _, loss = self.model(x.to(self.device), y.to(self.device))
-                (loss / tc.grad_accum).backward()
+        micro_norms = MicroBatchNorms(params, A) if self.noise is not None and self.world == 1 else None
+        step_ledger = fl.FlopLedger()
+        with step_ledger:
+            for micro in range(A):
+                k = self.rank * A + micro  # global micro-batch index (module docstring)
+                x, y = self.corpus.batch("train", self.step, k, mb, self.mc.n_ctx, tc.seed)
+                sync = self.ddp is None or (micro == A - 1 and not manual_reduce)
+                ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
+                with ctx:
+                    with self._autocast():
+                        _, loss = fwd(x.to(self.device), y.to(self.device))
+                    (loss / A).backward()
                 total += loss.item()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.opt.step()
-            fl.record_step({"model": {"optimizer": (0, self.opt_flops)}, "executed": {"optimizer": (0, self.opt_flops)}})
+                if micro_norms is not None:
+                    micro_norms.after_backward()
+        self._book_step_flops(step_ledger)
+        if self.noise is not None:
+            grads = [p.grad for p in params]
+            if self.world == 1:
+                self.noise.update(micro_norms.mean_sq, mb, sq_norm(grads), tc.batch_size)
+            else:
+                local_sq = sq_norm(grads)  # this rank's gradient over batch_size / world sequences
+                self._manual_all_reduce_grads(grads)
+                mean_local = self._all_reduce_sum([local_sq])[0] / self.world
+                self.noise.update(mean_local, tc.batch_size // self.world, sq_norm(grads), tc.batch_size)
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens += tc.batch_size * self.mc.n_ctx
-        return total / tc.grad_accum
+        return self._all_reduce_sum([total / A])[0] / self.world
+
+    def _manual_all_reduce_grads(self, grads: list) -> None:
+        """Average gradients over ranks in one flat collective (what DDP's reducer would do)."""
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        flat = _flatten_dense_tensors(grads)
+        flat.div_(self.world)
+        dist.all_reduce(flat)
+        for g, r in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(r)
+
+    def noise_scale_tokens(self):
+        """The smoothed B_simple in tokens, or None (off, or |G|^2 not yet positive)."""
+        if self.noise is None:
+            return None
+        b = self.noise.b_simple
+        return b * self.mc.n_ctx if b is not None else None
 
     def run(self) -> dict:
         tc = self.tc
@@ -224,10 +427,12 @@ class Trainer:
             self.load_checkpoint()
         if self.step >= tc.steps:
             return {"step": self.step, "complete": True}
+        lead = self.rank == 0
         mpath = self.out / "metrics.jsonl"
-        bar = _progress(total=tc.steps, initial=self.step, enabled=self.progress, desc=self.out.name)
+        bar = _progress(total=tc.steps, initial=self.step, enabled=self.progress and lead, desc=self.out.name,
+                        position=self.progress_position)
         row = {}
-        with open(mpath, "a") as mf:
+        with open(mpath, "a") if lead else contextlib.nullcontext() as mf:
             # Throughput counts training steps only (evals and checkpoints excluded).
             t_train, tok_last, flops_last = 0.0, self.tokens, self.ledger.total("model", rows="all")
             while self.step < tc.steps:
@@ -255,10 +460,11 @@ class Trainer:
                         "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(self.step - 1, tc),
                         "tokens_per_s": tps,
                         "mfu": mfu,
-                        "grad_noise_scale": None,
+                        "grad_noise_scale": self.noise_scale_tokens(),
                     }
-                    mf.write(json.dumps(row) + "\n")
-                    mf.flush()
+                    if lead:
+                        mf.write(json.dumps(row) + "\n")
+                        mf.flush()
                 if do_eval:
                     self.save_checkpoint()
                 bar.update(1)
@@ -274,8 +480,9 @@ def _row_step(line: str) -> int:
         return 1 << 62  # a torn last line is dropped
 
 
-def _progress(total: int, initial: int, enabled: bool, desc: str):
+def _progress(total: int, initial: int, enabled: bool, desc: str, position: int = 0):
     from tqdm import tqdm
 
+    # position > 0: a run's bar under a sweep's overall bar, cleared when the run ends
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
-                dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+                dynamic_ncols=True, mininterval=1.0, file=sys.stderr, position=position, leave=position == 0)
