@@ -153,7 +153,7 @@ PRESETS: Dict[str, SweepPreset] = {
         name="h100-bcrit",
         description="B_crit(L): two sizes x six batch sizes (steps/tokens trade-off) plus the noise scale",
         models=[(4, 256, 4), (8, 512, 8)], n_ctx=1024, tokens=100 * 2 ** 20,
-        train=dict(_GPU_TRAIN, grad_accum=1), batch_sizes=[8, 16, 32, 64, 128, 256], evals=40,
+        train=_GPU_TRAIN, batch_sizes=[8, 16, 32, 64, 128, 256], evals=40,
         lr_by_size=True, assumed_flops_per_s=0.30 * 989e12,
         note="Batch sizes 8k .. 262k tokens at a fixed 100M-token budget; B_crit from (S, E) to reach "
              "each loss (Kaplan eq. 5.4/5.5) beside B_noise. Assumes 30% MFU (small batches run less efficiently).",
@@ -287,6 +287,17 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
     # validate every config before any work (types, divisibility, unknown fields)
     cfgs = [(s, ModelConfig(**s["model"], n_vocab=257), TrainConfig.from_dict(s["train"])) for s in specs]
     rank, world, _ = init_distributed(cfgs[0][2].device)
+    if world > 1:
+        # Under DDP the ranks split each batch; where batch_size / (grad_accum x world) is not
+        # whole, accumulate nothing (the ranks' own and the all-reduced gradients still give the
+        # noise scale its two batch sizes).
+        for i, (s, mc, tc) in enumerate(cfgs):
+            if tc.batch_size % (tc.grad_accum * world):
+                s["train"]["grad_accum"] = 1
+                cfgs[i] = (s, mc, TrainConfig.from_dict(s["train"]))
+            if cfgs[i][2].batch_size % world:
+                raise ConfigError(f"run {s['name']}: batch_size {tc.batch_size} is not divisible by the "
+                                  f"world size {world}")
     threads = threads or preset.cpu_threads
     if threads and cfgs[0][2].device == "cpu":
         import torch

@@ -134,6 +134,8 @@ def test_preset_grids():
             m = r["model"]
             assert 16 <= m["d_model"] / m["n_layer"] <= 64 and 16 <= m["d_model"] // m["n_heads"] <= 64, (name, m)
             TrainConfig.from_dict(r["train"])  # every run's config is valid
+            # on one device the noise scale needs two batch sizes from gradient accumulation
+            assert not r["train"]["noise_scale"] or r["train"]["grad_accum"] >= 2, (name, r["name"])
     assert len({r["train"]["max_tokens"] for r in PRESETS["h100-nd"].runs()}) == 4
     assert len({r["train"]["batch_size"] for r in PRESETS["h100-bcrit"].runs()}) == 6
     assert PRESETS["h100"].models[-1] == (12, 768, 12)  # GPT-2 small's shape
