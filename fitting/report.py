@@ -224,7 +224,10 @@ def _fit_section(e: FitEntry, png: Optional[str]) -> List[str]:
                 f"(seed {r['seed']})."]
     h = r.get("holdout")
     if h and "skipped" not in h:
-        out += ["", f"Leave-largest-out: fitted without {h['held_out']} in {[_fmt(v) for v in h['values']]} "
+        vals = h["values"]
+        held = ([_fmt(v) for v in vals] if len(vals) <= 6
+                else f"[{_fmt(min(vals))}, {_fmt(max(vals))}] ({len(vals)} values)")
+        out += ["", f"Leave-largest-out: fitted without {h['held_out']} in {held} "
                     f"({h['n_held_out']} points), predicting them has mean relative error "
                     f"{100 * h['rel_err_mean']:.2f}% (max {100 * h['rel_err_max']:.2f}%)."]
     elif h:
