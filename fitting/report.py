@@ -226,7 +226,7 @@ def _fit_section(e: FitEntry, png: Optional[str]) -> List[str]:
     if h and "skipped" not in h:
         vals = h["values"]
         held = ([_fmt(v) for v in vals] if len(vals) <= 6
-                else f"[{_fmt(min(vals))}, {_fmt(max(vals))}] ({len(vals)} values)")
+                else f"[{_fmt(min(vals))} .. {_fmt(max(vals))}]")
         out += ["", f"Leave-largest-out: fitted without {h['held_out']} in {held} "
                     f"({h['n_held_out']} points), predicting them has mean relative error "
                     f"{100 * h['rel_err_mean']:.2f}% (max {100 * h['rel_err_max']:.2f}%)."]
