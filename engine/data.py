@@ -217,9 +217,12 @@ def _load_tokenizer(spec: str, texts_for_training, key: str):
 def _text_corpus(files: list, root: Optional[Path], spec: str, name: str) -> tuple:
     train_f, val_f = _split_by_file(files, root)
     key = _hash_files(files)
-    cdir = cache_dir()
-    tpath, vpath = cdir / f"tokens-{key}-{spec.replace('/', '_')}-train.bin", cdir / f"tokens-{key}-{spec.replace('/', '_')}-val.bin"
     tok, tok_desc = _load_tokenizer(spec, lambda: (_read_text(f) for f in train_f), key)
+    # Token caches are keyed by the corpus content and the tokenizer itself (a user's
+    # tokenizer.json may change in place), never by a path alone.
+    tok_key = spec if spec.startswith("bpe-") else hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+    cdir = cache_dir()
+    tpath, vpath = cdir / f"tokens-{key}-{tok_key}-train.bin", cdir / f"tokens-{key}-{tok_key}-val.bin"
     vocab = tok.get_vocab_size()
     try:
         train, _ = read_shard(tpath)
