@@ -11,6 +11,7 @@ machine other processes only ever add time, so the minimum is the least disturbe
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -63,21 +64,22 @@ def measure(cfg_kw: dict, batch: int, device: str, reps: int = 30) -> dict:
         off.append(step(False))
     t_on, t_off = min(on), min(off)
     # The isolated cost: the same bookings on a 1-element tensor (every op's record, then the
-    # one backward tap), so the number does not depend on the step's arithmetic or on the
-    # machine's other load.
+    # one backward tap) minus the same tiny forward/backward with no ledger open, so the number
+    # does not depend on the step's arithmetic or on the machine's other load.
     mult = fl.op_multiplicity(cfg)
     calls = [b for op, b in model._counts(batch, cfg.n_ctx).items() for _ in range(mult[op])]
     tiny = torch.ones(1, requires_grad=True)
-    per_step = []
-    for _ in range(reps):
+
+    def books(with_ledger: bool) -> float:
         t0 = time.perf_counter()
-        with led:
+        with led if with_ledger else contextlib.nullcontext():
             y = tiny * 1.0
             for b in calls:
                 y = fl.record(y, b)
             fl.record_backward(y).backward()
-        per_step.append(time.perf_counter() - t0)
-    t_books = min(per_step)
+        return time.perf_counter() - t0
+
+    t_books = max(0.0, min(books(True) for _ in range(reps)) - min(books(False) for _ in range(reps)))
     return {"shape": cfg_kw, "batch": batch, "device": device, "ms_with_ledger": 1e3 * t_on,
             "ms_without": 1e3 * t_off, "overhead_fraction": (t_on - t_off) / t_off,
             "isolated_ms_per_step": 1e3 * t_books, "isolated_fraction": t_books / t_off,

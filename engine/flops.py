@@ -265,6 +265,11 @@ def active_ledgers() -> tuple:
     return getattr(_local, "stack", ())
 
 
+# Every (view, row) cell has a slot in two flat lists (forward, backward): ``record`` runs once
+# per op per pass, and a list index is the cheapest add Python has.
+_SLOT = {(v, r): i for i, (v, r) in enumerate((v, r) for v in VIEWS for r in ROWS)}
+
+
 class FlopLedger:
     """Counts the FLOPs of every op that runs inside ``with FlopLedger() as ledger:``.
 
@@ -273,7 +278,8 @@ class FlopLedger:
     """
 
     def __init__(self):
-        self._counts = {v: {r: [0, 0] for r in ROWS} for v in VIEWS}
+        self._fwd = [0] * len(_SLOT)
+        self._bwd = [0] * len(_SLOT)
 
     # -- context -------------------------------------------------------------------------
     # The stack is a tuple, replaced on enter and exit, so ``record`` reads it without a copy.
@@ -287,20 +293,20 @@ class FlopLedger:
 
     # -- recording -----------------------------------------------------------------------
     def add(self, view: str, row: str, fwd: int = 0, bwd: int = 0) -> None:
-        c = self._counts[view][row]
-        c[0] += int(fwd)
-        c[1] += int(bwd)
+        i = _SLOT[(view, row)]
+        self._fwd[i] += int(fwd)
+        self._bwd[i] += int(bwd)
 
     def merge(self, other: "FlopLedger", scale: int = 1) -> None:
-        for v in VIEWS:
-            for r in ROWS:
-                self.add(v, r, other._counts[v][r][0] * scale, other._counts[v][r][1] * scale)
+        for i in range(len(_SLOT)):
+            self._fwd[i] += other._fwd[i] * scale
+            self._bwd[i] += other._bwd[i] * scale
 
     # -- reading -------------------------------------------------------------------------
     def rows(self, view: str = "model") -> dict:
         if view not in VIEWS:
             raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
-        return {r: {"fwd": c[0], "bwd": c[1]} for r, c in self._counts[view].items()}
+        return {r: {"fwd": self._fwd[_SLOT[(view, r)]], "bwd": self._bwd[_SLOT[(view, r)]]} for r in ROWS}
 
     def total(self, view: str = "model", rows: str = "nonembedding", passes=("fwd", "bwd")) -> int:
         """Sum over rows: ``"nonembedding"`` (the paper's C), ``"table1"`` or ``"all"``."""
@@ -314,23 +320,23 @@ class FlopLedger:
         return {v: self.rows(v) for v in VIEWS}
 
     def state_dict(self) -> dict:
-        return {v: {r: list(c) for r, c in rows.items()} for v, rows in self._counts.items()}
+        return {v: {r: [self._fwd[_SLOT[(v, r)]], self._bwd[_SLOT[(v, r)]]] for r in ROWS} for v in VIEWS}
 
     def load_state_dict(self, state: dict) -> None:
-        for v in VIEWS:
-            for r in ROWS:
-                self._counts[v][r] = [int(x) for x in state[v][r]]
+        for (v, r), i in _SLOT.items():
+            self._fwd[i], self._bwd[i] = (int(x) for x in state[v][r])
 
 
 def compile_counts(counts: dict) -> tuple:
-    """``{view: {row: (fwd, bwd)}}`` -> a flat tuple of (view, row, fwd, bwd) bookings, the
-    form ``record`` books fastest (it runs once per op per step).  ``executed`` defaults to
-    ``model``."""
+    """``{view: {row: (fwd, bwd)}}`` -> a flat tuple of (slot, fwd, bwd) bookings, the form
+    ``record`` books fastest (it runs once per op per pass).  ``executed`` defaults to
+    ``model``; all-zero cells are left out."""
     if isinstance(counts, tuple):
         return counts
     if "executed" not in counts and "model" in counts:
         counts = dict(counts, executed=counts["model"])
-    return tuple((view, row, int(f), int(b)) for view, rows in counts.items() for row, (f, b) in rows.items())
+    return tuple((_SLOT[(view, row)], int(f), int(b)) for view, rows in counts.items()
+                 for row, (f, b) in rows.items() if f or b)
 
 
 class _BackwardTap(torch.autograd.Function):
@@ -345,9 +351,9 @@ class _BackwardTap(torch.autograd.Function):
     def backward(ctx, g):
         for ledgers, bookings in ctx.pending:
             for led in ledgers:
-                c = led._counts
-                for view, row, _, b in bookings:
-                    c[view][row][1] += b
+                c = led._bwd
+                for i, _, b in bookings:
+                    c[i] += b
         return g, None
 
 
@@ -371,9 +377,9 @@ def record(out: torch.Tensor, counts) -> torch.Tensor:
         return out
     bookings = counts if type(counts) is tuple else compile_counts(counts)
     for led in ledgers:
-        c = led._counts
-        for view, row, f, _ in bookings:
-            c[view][row][0] += f
+        c = led._fwd
+        for i, f, _ in bookings:
+            c[i] += f
     if out.requires_grad and torch.is_grad_enabled():
         _pending().append((ledgers, bookings))
     return out
@@ -394,5 +400,6 @@ def record_backward(out: torch.Tensor) -> torch.Tensor:
 def record_step(counts) -> None:
     """Book work that has no output tensor (the optimizer step), ``counts[view][row] = (f, b)``."""
     for led in active_ledgers():
-        for view, row, f, b in compile_counts(counts):
-            led.add(view, row, f, b)
+        for i, f, b in compile_counts(counts):
+            led._fwd[i] += f
+            led._bwd[i] += b
