@@ -17,6 +17,7 @@
 // of 20 runs, in TFLOP/s with the causal-halved count 4 * B * H * T^2 * D / 2 (as
 // FlashAttention reports).
 #include "../attention/attention_kernels.cuh"
+#include "timing.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -151,23 +152,9 @@ int run(int first, int last) {
     FS_CUDA_CHECK(cudaMalloc(&v, n * 2)); FS_CUDA_CHECK(cudaMalloc(&o, n * 2));
     FS_CUDA_CHECK(cudaMalloc(&lse, BH * T * sizeof(float)));
     for (bf16* p : {q, k, v}) FS_CUDA_CHECK(cudaMemcpy(p, h.data(), n * 2, cudaMemcpyHostToDevice));
-    cudaEvent_t e0, e1;
-    FS_CUDA_CHECK(cudaEventCreate(&e0));
-    FS_CUDA_CHECK(cudaEventCreate(&e1));
     for (int var = first; var <= last; ++var) {
       launch<D>(var, q, k, v, o, lse, BH, T);  // warm-up
-      std::vector<float> ms;
-      for (int it = 0; it < (var == 1 ? 3 : 20); ++it) {
-        FS_CUDA_CHECK(cudaEventRecord(e0));
-        launch<D>(var, q, k, v, o, lse, BH, T);
-        FS_CUDA_CHECK(cudaEventRecord(e1));
-        FS_CUDA_CHECK(cudaEventSynchronize(e1));
-        float t;
-        FS_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-        ms.push_back(t);
-      }
-      std::sort(ms.begin(), ms.end());
-      const double med = ms[ms.size() / 2];
+      const double med = median_ms([&] { launch<D>(var, q, k, v, o, lse, BH, T); }, var == 1 ? 3 : 20);
       const double flops = 4.0 * B * H * (double)T * T * D / 2;  // causal-halved
       printf("D=%3d variant %d: (B,H,T)=(%d,%d,%d) causal  %.3f ms  %.1f TFLOP/s\n", D, var, B, H, T, med,
              flops / med / 1e9);

@@ -23,6 +23,7 @@
 // x read, y written, mean and rstd written (weights are negligible).
 #include "../common.cuh"
 #include "../layernorm/layernorm_kernels.cuh"
+#include "timing.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -130,21 +131,7 @@ int main(int argc, char** argv) {
     const bool ok = max_err <= 2 * 0x1p-8 * max_ref;
     failures += !ok;
 
-    cudaEvent_t e0, e1;
-    FS_CUDA_CHECK(cudaEventCreate(&e0));
-    FS_CUDA_CHECK(cudaEventCreate(&e1));
-    std::vector<float> ms;
-    for (int it = 0; it < 50; ++it) {
-      FS_CUDA_CHECK(cudaEventRecord(e0));
-      launch(v, x, w, b, y, mean, rstd, rows, C, eps);
-      FS_CUDA_CHECK(cudaEventRecord(e1));
-      FS_CUDA_CHECK(cudaEventSynchronize(e1));
-      float t;
-      FS_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    const double med = ms[ms.size() / 2];
+    const double med = median_ms([&] { launch(v, x, w, b, y, mean, rstd, rows, C, eps); }, 50);
     const double bytes = 2.0 * rows * C * sizeof(bf16) + 2.0 * rows * sizeof(float);
     printf("variant %d: %s  max_err %.3e (max |ref| %.2f)  %.4f ms  %.0f GB/s\n", v, ok ? "OK  " : "FAIL", max_err,
            max_ref, med, bytes / med / 1e6);
