@@ -10,25 +10,12 @@ The corpus is a dozen standard-library modules (tokenized in seconds, no downloa
 
 import argparse
 import json
-import shutil
-import sysconfig
 import tempfile
 from pathlib import Path
 
 from flopscale.engine import ModelConfig, TrainConfig
+from flopscale.engine.data import stdlib_sample
 from flopscale.engine.train import Trainer
-
-MODULES = ("argparse.py", "textwrap.py", "shlex.py", "fractions.py", "heapq.py", "bisect.py",
-           "colorsys.py", "base64.py", "calendar.py", "difflib.py", "json/decoder.py", "json/encoder.py")
-
-
-def small_corpus(folder: Path) -> str:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in MODULES:
-        shutil.copy(root / name, folder / name.replace("/", "_"))
-    return str(folder)
-
 
 def track_one(backend: str, mc: ModelConfig, data: str, workdir: Path, **train) -> dict:
     """Train one backend; return its per-step losses and FLOP totals."""
@@ -66,7 +53,7 @@ def main(argv=None):
                  lr=a.lr, device=a.device, dtype=a.dtype)
     res = {}
     with tempfile.TemporaryDirectory() as d:
-        data = small_corpus(Path(d) / "corpus")
+        data = stdlib_sample(Path(d) / "corpus")
         for be in a.backends.split(","):
             try:
                 res[be] = track_one(be, mc, data, Path(d), **train)

@@ -17,7 +17,6 @@ uint32 vocab size, uint64 token count, little-endian) followed by the uint16 tok
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 import sysconfig
@@ -105,6 +104,23 @@ def _is_utf8(path: Path) -> bool:
         return True
     except UnicodeDecodeError:
         return False
+
+
+# A dozen standard-library modules: a corpus that tokenizes in seconds, for tests, benchmarks
+# and quick looks (every machine has it; nothing is downloaded).
+SAMPLE_MODULES = ("argparse.py", "textwrap.py", "shlex.py", "fractions.py", "heapq.py", "bisect.py",
+                  "colorsys.py", "base64.py", "calendar.py", "difflib.py", "json/decoder.py", "json/encoder.py")
+
+
+def stdlib_sample(folder, n_files: Optional[int] = None) -> str:
+    """Copy the first ``n_files`` of SAMPLE_MODULES (all by default) into ``folder``; returns it
+    as a str for ``--data``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for name in SAMPLE_MODULES[:n_files]:
+        (folder / name.replace("/", "_")).write_bytes((root / name).read_bytes())
+    return str(folder)
 
 
 def _read_text(path: Path) -> str:

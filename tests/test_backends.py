@@ -3,7 +3,8 @@ backend step for step and books identical model-view FLOPs."""
 
 import pytest
 
-from flopscale.bench.train_backends import compare, small_corpus, track_one
+from flopscale.bench.train_backends import compare, track_one
+from flopscale.engine.data import stdlib_sample
 from flopscale.engine import ModelConfig
 
 pytest.importorskip("triton")
@@ -11,7 +12,7 @@ pytest.importorskip("triton")
 
 def test_triton_training_tracks_torch(tmp_path):
     mc = ModelConfig(n_layer=2, d_model=32, n_heads=2, d_ff=64, n_ctx=16)
-    data = small_corpus(tmp_path / "corpus")
+    data = stdlib_sample(tmp_path / "corpus")
     # A small lr keeps Adam's sign-like first updates from amplifying float rounding noise.
     train = dict(batch_size=2, steps=4, eval_every=4, warmup=1, lr=1e-4, device="cpu", dtype="float32")
     res = compare({be: track_one(be, mc, data, tmp_path, **train) for be in ("torch", "triton")})

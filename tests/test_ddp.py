@@ -3,31 +3,24 @@ same global batch (losses within float tolerance, FLOPs exactly), and a killed D
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 
 from flopscale.engine import ModelConfig, TrainConfig
+from flopscale.engine.data import stdlib_sample
 from flopscale.engine.train import Trainer
 
-FILES = ("argparse.py", "textwrap.py", "shlex.py", "fractions.py", "heapq.py", "bisect.py", "colorsys.py",
-         "base64.py", "calendar.py", "difflib.py")
 SHAPE = dict(n_layer=2, d_model=32, n_heads=2, n_ctx=32)
 
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for name in FILES:
-        shutil.copy(root / name, d / name)
-    return str(d)
+    return stdlib_sample(tmp_path_factory.mktemp("corpus"), n_files=10)
 
 
 def _torchrun(out, corpus, steps, eval_every, **popen):

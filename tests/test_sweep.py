@@ -3,11 +3,9 @@ one resumed from its checkpoint), the fit and report at the end, and one-line er
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -15,19 +13,14 @@ import math
 import pytest
 
 from flopscale.engine import ModelConfig, TrainConfig
+from flopscale.engine.data import stdlib_sample
 from flopscale.engine.sweep import PRESETS, get_preset, run_flops
-
-FILES = ("argparse.py", "textwrap.py", "shlex.py", "fractions.py", "heapq.py", "bisect.py", "colorsys.py",
-         "base64.py", "calendar.py", "difflib.py")
-
 
 @pytest.fixture(scope="module")
 def tiny_preset(tmp_path_factory):
     """A test-only preset file: three sizes, 40 steps each, on a few stdlib files (seconds)."""
     d = tmp_path_factory.mktemp("sweepdata")
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for name in FILES:
-        shutil.copy(root / name, d / name)
+    stdlib_sample(d, n_files=10)
     p = d / "test-tiny.json"
     p.write_text(json.dumps({
         "name": "test-tiny", "description": "three tiny sizes for the tests", "n_ctx": 16, "tokens": 40 * 4 * 16,
@@ -146,12 +139,7 @@ def test_run_flops_matches_the_ledger_of_a_real_run(tmp_path):
     """The cost model used for the ETA and --dry-run equals what a run's ledger books."""
     from flopscale.engine.train import Trainer
 
-    corpus_files = tmp_path / "c"
-    corpus_files.mkdir()
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for name in FILES[:6]:
-        shutil.copy(root / name, corpus_files / name)
-    tc = TrainConfig(data=str(corpus_files), tokenizer="bpe-300", batch_size=4, grad_accum=2, steps=3, eval_every=3)
+    tc = TrainConfig(data=stdlib_sample(tmp_path / "c", n_files=6), tokenizer="bpe-300", batch_size=4, grad_accum=2, steps=3, eval_every=3)
     tr = Trainer(ModelConfig(n_layer=1, d_model=16, n_heads=2, n_ctx=16), tc, tmp_path / "r", progress=False)
     tr.run()
     c = run_flops(tr.mc, tc)

@@ -2,12 +2,9 @@
 bit-identical resume after SIGKILL, refusal of a changed config, NaN detection."""
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import torch
 
 from flopscale.engine import ModelConfig, TrainConfig
 from flopscale.engine import flops as fl
+from flopscale.engine.data import stdlib_sample
 from flopscale.engine.train import Trainer, TrainError
 
 SHAPE = ["--n-layer", "2", "--d-model", "32", "--n-heads", "2", "--n-ctx", "32"]
@@ -24,12 +22,7 @@ SHAPE = ["--n-layer", "2", "--d-model", "32", "--n-heads", "2", "--n-ctx", "32"]
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     """A few real text files (standard-library modules) so tokenization stays fast."""
-    d = tmp_path_factory.mktemp("corpus")
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for name in ("argparse.py", "textwrap.py", "shlex.py", "fractions.py", "json/decoder.py", "json/encoder.py",
-                 "heapq.py", "bisect.py", "colorsys.py", "base64.py", "calendar.py", "difflib.py"):
-        shutil.copy(root / name, d / name.replace("/", "_"))
-    return str(d)
+    return stdlib_sample(tmp_path_factory.mktemp("corpus"))
 
 
 def _train_cmd(out, corpus, *extra):
