@@ -27,7 +27,6 @@ paper's C (attention_qkv, attention_mask, attention_project, feedforward).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import torch
 

@@ -29,7 +29,6 @@ rank 0 alone writes the manifest and the report.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os

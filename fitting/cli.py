@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 
@@ -117,7 +117,6 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
     src = f"{len(runs)} runs, {point} val_loss per run"
 
     def add(law, cols, source, name=""):
-        L = LAWS[law]
         try:
             check_points(law, cols)
             if laws is None:
@@ -137,7 +136,6 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
         add("nd", pts, src)
     if "chinchilla" in want:
         add("chinchilla", pts, src)
-    bcrit_fit = None
     if "bcrit" in want or "ns" in want:
         g = B.gns_points(runs)
         se = B.se_points(runs)
