@@ -118,8 +118,13 @@ def test_add_layer_norm(ops, shape, dtype):
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("B,H,T,D", [(2, 3, 45, 64), (1, 2, 77, 128), (2, 2, 130, 64), (1, 1, 1, 128),
-                                     (1, 2, 256, 128)])
-def test_attention(ops, B, H, T, D, causal, dtype):
+                                     (1, 2, 256, 128), (1, 2, 333, 128), (1, 1, 520, 64)])
+# "default": what the extension picks (the wgmma kernels on an H100 / H200, else mma.sync);
+# "mma_sync": FLOPSCALE_ATTN_SM90=0, the mma.sync kernels on any GPU.
+@pytest.mark.parametrize("path", ["default", "mma_sync"])
+def test_attention(ops, B, H, T, D, causal, dtype, path, monkeypatch):
+    if path == "mma_sync":
+        monkeypatch.setenv("FLOPSCALE_ATTN_SM90", "0")
     torch.manual_seed(T * D + causal)
     q, k, v, do = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for _ in range(4))
     fns = {"cuda": lambda q, k, v: ops.attention(q, k, v, causal),

@@ -1,8 +1,11 @@
 // Host launchers for the flash-style attention kernels (attention_kernels.cuh).
 #include "../flopscale.h"
 #include "attention_kernels.cuh"
+#include "attention_sm90.cuh"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 namespace flopscale {
 namespace {
@@ -13,9 +16,50 @@ void set_smem(Kernel kernel, int bytes) {
   FS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
+// The wgmma kernels (attention_sm90.cuh) run when the device is a Hopper (sm_90) and this
+// build carries their sm_90a code, which a one-element probe launch answers once per device.
+// FLOPSCALE_ATTN_SM90=0 keeps the mma.sync kernels (for A/B runs and as the fallback).
+bool use_sm90() {
+  const char* env = std::getenv("FLOPSCALE_ATTN_SM90");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  constexpr int kMaxDevices = 64;
+  static int cached[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  FS_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kMaxDevices && cached[dev] != 0) return cached[dev] == 1;
+  int major = 0;
+  FS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  int found = 0;
+  if (major == 9) {
+    int* flag = nullptr;
+    FS_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+    attn::sm90::_attention_sm90_probe_kernel<<<1, 1>>>(flag);
+    const cudaError_t launched = cudaGetLastError();
+    if (launched == cudaSuccess) FS_CUDA_CHECK(cudaMemcpy(&found, flag, sizeof(int), cudaMemcpyDeviceToHost));
+    FS_CUDA_CHECK(cudaFree(flag));
+  }
+  if (dev < kMaxDevices) cached[dev] = found == 1 ? 1 : 2;
+  return found == 1;
+}
+
+template <typename T, int D>
+void fwd_sm90(const void* q, const void* k, const void* v, void* o, float* lse, int BH, int seqlen, bool causal,
+              cudaStream_t stream) {
+  constexpr int smem = attn::sm90::fwd_smem_bytes<D>();
+  auto kernel = attn::sm90::_attention_fwd_sm90_kernel<T, D>;
+  set_smem(kernel, smem);
+  const dim3 grid(BH, (seqlen + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
+  const float scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(D));
+  kernel<<<grid, attn::sm90::kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k),
+                                                        static_cast<const T*>(v), static_cast<T*>(o), lse, seqlen,
+                                                        scale_log2, causal);
+  FS_CHECK_LAUNCH();
+}
+
 template <typename T, int D>
 void fwd_impl(const void* q, const void* k, const void* v, void* o, float* lse, int BH, int seqlen, bool causal,
               cudaStream_t stream) {
+  if (use_sm90()) return fwd_sm90<T, D>(q, k, v, o, lse, BH, seqlen, causal, stream);
   constexpr int smem = attn::fwd_smem_bytes<D>();
   auto kernel = attn::_attention_fwd_kernel<T, D>;
   set_smem(kernel, smem);
@@ -42,7 +86,17 @@ void bwd_impl(const void* dout, const void* q, const void* k, const void* v, con
         static_cast<const T*>(dout), static_cast<const T*>(o), delta, rows);
     FS_CHECK_LAUNCH();
   }
-  {
+  if (use_sm90()) {
+    constexpr int smem = attn::sm90::bwd_smem_bytes<D>();
+    auto kernel = attn::sm90::_attention_bwd_sm90_kernel<T, D>;
+    set_smem(kernel, smem);
+    const dim3 grid(BH, (seqlen + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
+    kernel<<<grid, attn::sm90::kThreads, smem, stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+        static_cast<const T*>(dout), lse, delta, dq_accum, static_cast<T*>(dk), static_cast<T*>(dv), seqlen, scale,
+        causal);
+    FS_CHECK_LAUNCH();
+  } else {
     constexpr int smem = attn::bwd_smem_bytes<D>();
     auto kernel = attn::_attention_bwd_kernel<T, D>;
     set_smem(kernel, smem);
@@ -98,6 +152,13 @@ void attention_bwd(const void* dout, const void* q, const void* k, const void* v
 }
 
 void attention_tiles(int D, int tiles[4]) {
+  if (use_sm90()) {
+    tiles[0] = attn::sm90::kFwdBlockM;
+    tiles[1] = attn::sm90::kFwdBlockN;
+    tiles[2] = 8192 / (D <= 64 ? 64 : 128);
+    tiles[3] = attn::sm90::kBwdBlockN;
+    return;
+  }
   tiles[0] = attn::kFwdBlockM;
   tiles[1] = attn::kFwdBlockN;
   tiles[2] = D <= 64 ? attn::BwdTiles<64>::kBlockM : attn::BwdTiles<128>::kBlockM;
