@@ -4,6 +4,7 @@
 # Triton tests use the GPU.
 #
 #   OUT=/tmp/out bash bench/gpu_all.sh          # from the repository root
+#   OUT=/tmp/out SKIP_TRITON=1 BENCH_OP=attention bash bench/gpu_all.sh   # a CUDA-kernel change only
 #
 # $OUT receives: gpu.log (everything, with stamps), bench.json (DESIGN.md's results document),
 # train_backends.json, ledger.json, build.log.  bench/results/<gpu>.json gets a copy of bench.json.
@@ -32,8 +33,17 @@ stamp "building flopscale._C in the background (sm_90a)"
   timeout 400 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; echo "build exit $?" >> "$OUT/build.log" ) &
 BUILD_PID=$!
 
-stamp "Triton GPU tests"
-run 150 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_attention.py tests/test_layernorm.py tests/test_ffn.py
+stamp "kernel-variant lab (plain nvcc, while the extension builds)"
+for src in csrc/dev/*.cu; do
+  n=$(basename "$src" .cu)
+  run 60 nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc "$src" -o "/tmp/fs_dev_$n"
+  run 60 "/tmp/fs_dev_$n"
+done
+
+if [ "${SKIP_TRITON:-0}" != 1 ]; then
+  stamp "Triton GPU tests"
+  run 150 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_attention.py tests/test_layernorm.py tests/test_ffn.py
+fi
 
 stamp "waiting for the CUDA build"
 wait $BUILD_PID
@@ -46,22 +56,18 @@ run 90 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_cuda_ops.py
 
 stamp "kernel benchmarks"
 NAME=$($PY -c "import torch,re; print(re.sub(r'[^a-z0-9]+','_',torch.cuda.get_device_name().lower()).strip('_'))" 2>/dev/null || echo gpu)
-run 180 $PY -m flopscale.bench.cli --op all --json "$OUT/bench.json"
-mkdir -p bench/results && cp "$OUT/bench.json" "bench/results/${NAME}.json" 2>/dev/null
+OP=${BENCH_OP:-all}
+run 180 $PY -m flopscale.bench.cli --op "$OP" --json "$OUT/bench.json"
+if [ "$OP" = all ]; then mkdir -p bench/results && cp "$OUT/bench.json" "bench/results/${NAME}.json" 2>/dev/null; fi
 
 stamp "training on each backend (bf16, 40 steps)"
-run 60 $PY -m flopscale.bench.train_backends --device cuda --dtype bfloat16 --backends torch,triton,cuda --json "$OUT/train_backends.json"
+BACKENDS=torch,triton,cuda; [ "${SKIP_TRITON:-0}" = 1 ] && BACKENDS=torch,cuda
+run 60 $PY -m flopscale.bench.train_backends --device cuda --dtype bfloat16 --backends "$BACKENDS" --json "$OUT/train_backends.json"
 
 stamp "compute-sanitizer"
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py all
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool racecheck --print-limit 10 $PY csrc/sanitize_cases.py attention
 
-stamp "kernel-variant lab"
-for src in csrc/dev/*.cu; do
-  n=$(basename "$src" .cu)
-  run 40 nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc "$src" -o "/tmp/fs_dev_$n"
-  run 30 "/tmp/fs_dev_$n"
-done
 stamp "ledger overhead on the GPU"
 run 40 $PY -m flopscale.bench.bench_ledger --device cuda --reps 20 --json "$OUT/ledger.json"
 stamp "done"
