@@ -49,7 +49,7 @@ stamp "waiting for the CUDA build"
 wait $BUILD_PID
 tail -n 30 "$OUT/build.log" >> "$LOG"
 grep -E "error" "$OUT/build.log" | head -20 >> "$LOG"
-$PY -c "from flopscale import _C; print('extension ok:', _C.__file__)" >> "$LOG" 2>&1
+$PY -c "import torch; from flopscale import _C; print('extension ok:', _C.__file__)" >> "$LOG" 2>&1
 
 stamp "CUDA GPU tests"
 run 90 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_cuda_ops.py

@@ -119,12 +119,13 @@ def test_add_layer_norm(ops, shape, dtype):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("B,H,T,D", [(2, 3, 45, 64), (1, 2, 77, 128), (2, 2, 130, 64), (1, 1, 1, 128),
                                      (1, 2, 256, 128), (1, 2, 333, 128), (1, 1, 520, 64)])
-# "default": what the extension picks (the wgmma kernels on an H100 / H200, else mma.sync);
-# "mma_sync": FLOPSCALE_ATTN_SM90=0, the mma.sync kernels on any GPU.
-@pytest.mark.parametrize("path", ["default", "mma_sync"])
+# FLOPSCALE_ATTN_SM90 (csrc/attention/attention.cu): "default" is what the extension picks
+# (the wgmma kernels on an H100 / H200, else mma.sync); "0" the mma.sync kernels on any GPU;
+# "1" and "3" the other wgmma variant sets (the same as "default" off Hopper).
+@pytest.mark.parametrize("path", ["default", "0", "1", "3"])
 def test_attention(ops, B, H, T, D, causal, dtype, path, monkeypatch):
-    if path == "mma_sync":
-        monkeypatch.setenv("FLOPSCALE_ATTN_SM90", "0")
+    if path != "default":
+        monkeypatch.setenv("FLOPSCALE_ATTN_SM90", path)
     torch.manual_seed(T * D + causal)
     q, k, v, do = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for _ in range(4))
     fns = {"cuda": lambda q, k, v: ops.attention(q, k, v, causal),
@@ -139,6 +140,14 @@ def test_attention(ops, B, H, T, D, causal, dtype, path, monkeypatch):
     # (H200, 2026-11-26: dq 1.788e-06 against an atol of 0).
     for i, name in enumerate(("o", "dq", "dk", "dv")):
         check(name, out["cuda"][i], out["torch"][i], out["ref"][i], 2 if i == 0 else 3, atol_floor=1.0)
+
+
+@pytest.mark.gpu
+def test_attention_rejects_bad_kernel_choice(ops, monkeypatch):
+    monkeypatch.setenv("FLOPSCALE_ATTN_SM90", "7")
+    q = torch.randn(1, 1, 8, 64, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="FLOPSCALE_ATTN_SM90 must be"):
+        ops.attention(q, q, q, True)
 
 
 @pytest.mark.gpu

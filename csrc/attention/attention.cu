@@ -18,10 +18,20 @@ void set_smem(Kernel kernel, int bytes) {
 
 // The wgmma kernels (attention_sm90.cuh) run when the device is a Hopper (sm_90) and this
 // build carries their sm_90a code, which a one-element probe launch answers once per device.
-// FLOPSCALE_ATTN_SM90=0 keeps the mma.sync kernels (for A/B runs and as the fallback).
-bool use_sm90() {
-  const char* env = std::getenv("FLOPSCALE_ATTN_SM90");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+// FLOPSCALE_ATTN_SM90 picks the kernels, for A/B runs:
+//   0  the mma.sync kernels (what every other GPU runs)
+//   1  wgmma forward variant 1, backward variant 1
+//   2  wgmma forward variant 2, backward variant 2
+//   3  wgmma forward variant 2, backward variant 3
+// Unset, Hopper runs set kSm90Default, the fastest measured (H200, 2026-11-26, csrc/dev lab at
+// (B, H, T) = (2, 16, 4096): backward variant 2 ran 321 / 262 TFLOP/s at D = 128 / 64 against
+// 299 / 253 for variant 3's bulk reduce and 288 / 245 for variant 1).
+constexpr int kSm90Default = 2;
+struct Sm90Pick {
+  int fwd = 0, bwd = 0;  // 0: mma.sync
+};
+
+bool sm90_built_for_this_device() {
   constexpr int kMaxDevices = 64;
   static int cached[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
   int dev = 0;
@@ -42,11 +52,25 @@ bool use_sm90() {
   return found == 1;
 }
 
-template <typename T, int D>
+Sm90Pick sm90_pick() {
+  int set = kSm90Default;
+  if (const char* env = std::getenv("FLOPSCALE_ATTN_SM90")) {
+    FS_REQUIRE(std::strlen(env) == 1 && env[0] >= '0' && env[0] <= '3',
+               std::string("FLOPSCALE_ATTN_SM90 must be 0, 1, 2 or 3, got '") + env + "'");
+    set = env[0] - '0';
+  }
+  Sm90Pick pick;
+  if (set == 0 || !sm90_built_for_this_device()) return pick;
+  pick.fwd = set == 1 ? 1 : 2;
+  pick.bwd = set;
+  return pick;
+}
+
+template <typename T, int D, int kVariant>
 void fwd_sm90(const void* q, const void* k, const void* v, void* o, float* lse, int BH, int seqlen, bool causal,
               cudaStream_t stream) {
-  constexpr int smem = attn::sm90::fwd_smem_bytes<D>();
-  auto kernel = attn::sm90::_attention_fwd_sm90_kernel<T, D>;
+  constexpr int smem = attn::sm90::fwd_smem_bytes<D, kVariant>();
+  auto kernel = attn::sm90::_attention_fwd_sm90_kernel<T, D, kVariant>;
   set_smem(kernel, smem);
   const dim3 grid(BH, (seqlen + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
   const float scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(D));
@@ -56,10 +80,26 @@ void fwd_sm90(const void* q, const void* k, const void* v, void* o, float* lse, 
   FS_CHECK_LAUNCH();
 }
 
+template <typename T, int D, int kVariant>
+void bwd_sm90(const void* dout, const void* q, const void* k, const void* v, const float* lse, void* dk, void* dv,
+              const float* delta, float* dq_accum, int BH, int seqlen, bool causal, cudaStream_t stream) {
+  constexpr int smem = attn::sm90::bwd_smem_bytes<D, kVariant>();
+  auto kernel = attn::sm90::_attention_bwd_sm90_kernel<T, D, kVariant>;
+  set_smem(kernel, smem);
+  const dim3 grid(BH, (seqlen + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
+  kernel<<<grid, attn::sm90::kThreads, smem, stream>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dout), lse,
+      delta, dq_accum, static_cast<T*>(dk), static_cast<T*>(dv), seqlen, 1.f / std::sqrt(static_cast<float>(D)),
+      causal);
+  FS_CHECK_LAUNCH();
+}
+
 template <typename T, int D>
 void fwd_impl(const void* q, const void* k, const void* v, void* o, float* lse, int BH, int seqlen, bool causal,
               cudaStream_t stream) {
-  if (use_sm90()) return fwd_sm90<T, D>(q, k, v, o, lse, BH, seqlen, causal, stream);
+  const Sm90Pick pick = sm90_pick();
+  if (pick.fwd == 1) return fwd_sm90<T, D, 1>(q, k, v, o, lse, BH, seqlen, causal, stream);
+  if (pick.fwd == 2) return fwd_sm90<T, D, 2>(q, k, v, o, lse, BH, seqlen, causal, stream);
   constexpr int smem = attn::fwd_smem_bytes<D>();
   auto kernel = attn::_attention_fwd_kernel<T, D>;
   set_smem(kernel, smem);
@@ -86,16 +126,13 @@ void bwd_impl(const void* dout, const void* q, const void* k, const void* v, con
         static_cast<const T*>(dout), static_cast<const T*>(o), delta, rows);
     FS_CHECK_LAUNCH();
   }
-  if (use_sm90()) {
-    constexpr int smem = attn::sm90::bwd_smem_bytes<D>();
-    auto kernel = attn::sm90::_attention_bwd_sm90_kernel<T, D>;
-    set_smem(kernel, smem);
-    const dim3 grid(BH, (seqlen + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
-    kernel<<<grid, attn::sm90::kThreads, smem, stream>>>(
-        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-        static_cast<const T*>(dout), lse, delta, dq_accum, static_cast<T*>(dk), static_cast<T*>(dv), seqlen, scale,
-        causal);
-    FS_CHECK_LAUNCH();
+  const Sm90Pick pick = sm90_pick();
+  if (pick.bwd == 1) {
+    bwd_sm90<T, D, 1>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
+  } else if (pick.bwd == 2) {
+    bwd_sm90<T, D, 2>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
+  } else if (pick.bwd == 3) {
+    bwd_sm90<T, D, 3>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
   } else {
     constexpr int smem = attn::bwd_smem_bytes<D>();
     auto kernel = attn::_attention_bwd_kernel<T, D>;
@@ -152,7 +189,7 @@ void attention_bwd(const void* dout, const void* q, const void* k, const void* v
 }
 
 void attention_tiles(int D, int tiles[4]) {
-  if (use_sm90()) {
+  if (sm90_pick().fwd != 0) {
     tiles[0] = attn::sm90::kFwdBlockM;
     tiles[1] = attn::sm90::kFwdBlockN;
     tiles[2] = 8192 / (D <= 64 ? 64 : 128);

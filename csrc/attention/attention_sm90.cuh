@@ -43,13 +43,10 @@ constexpr int kFwdBlockM = 128, kFwdBlockN = 128;
 constexpr int kBwdBlockN = 128;
 template <int D> struct Bwd { static constexpr int kBlockM = 8192 / D; };
 
-template <int D> constexpr int fwd_smem_bytes() {
-  return kFwdBlockM * D * 2 + 4 * kFwdBlockN * D * 2 + 1024;  // Q, 2 stages of K and V, alignment slack
-}
-template <int D> constexpr int bwd_smem_bytes() {
-  constexpr int BM = Bwd<D>::kBlockM;
-  // K, V; 2 stages of Q and dO; dS^T; lse and delta of the tile; alignment slack
-  return 2 * kBwdBlockN * D * 2 + 4 * BM * D * 2 + kBwdBlockN * BM * 2 + 2 * BM * 4 + 1024;
+template <int kVariant> __host__ __device__ constexpr int fwd_stages() { return kVariant == 1 ? 2 : 3; }
+template <int D, int kVariant> constexpr int fwd_smem_bytes() {
+  // Q, the K and V stages, alignment slack
+  return kFwdBlockM * D * 2 + 2 * fwd_stages<kVariant>() * kFwdBlockN * D * 2 + 1024;
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -128,21 +125,95 @@ __global__ void _attention_sm90_probe_kernel(int* out) {
 }
 
 // ==========================================================================================
-// Forward.  grid (B * H, ceil(T / 128)); block 256; dynamic smem fwd_smem_bytes<D>().
+// Forward.  grid (B * H, ceil(T / 128)); block 256; dynamic smem fwd_smem_bytes<D, kVariant>().
 // Accumulator element i of a thread (m64nN layout): row 16 * warp + lane / 4 + 8 * ((i / 2) % 2),
 // column 8 * (i / 4) + 2 * (lane % 4) + i % 2, within the warpgroup's 64 rows.
+//   kVariant 1: per key tile, S = Q K^T, wait, softmax, O += P V, wait; K/V two stages deep.
+//   kVariant 2: the next tile's S = Q K^T is issued together with the last tile's O += P V,
+//               so the softmax of tile j runs while the tensor cores do P_{j-1} V_{j-1}
+//               (FlashAttention-3's intra-warpgroup overlap); K/V three stages deep, one
+//               barrier per tile.
 // ==========================================================================================
-template <typename T, int D>
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// S (64 x BN of this warpgroup) = Q K^T; the caller commits.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void issue_qk(float* s, uint32_t q_rows, uint32_t kbuf) {
+  constexpr int BM = kFwdBlockM;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint64_t da = desc_sw128(q_rows + (kk / 4) * (BM * 128) + (kk % 4) * 32, 16);
+    const uint64_t db = desc_sw128(kbuf + (kk / 4) * (BN * 128) + (kk % 4) * 32, 16);
+    WgmmaSS<T, BN>::template run<0, 0>(s, da, db, kk > 0);
+  }
+}
+// O += P V with P as A fragments and V read MN-major; the caller commits.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void issue_pv(float* o, const uint32_t (*p)[4], uint32_t vbuf) {
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) WgmmaRS<T, D>::template run<1>(o, p[kk], desc_sw128(vbuf + kk * 2048, BN * 128), 1);
+}
+
+// Mask one tile's scores and turn them into probabilities against the updated running max;
+// returns, per row pair, the factor by which O and the running sum must be rescaled.
+template <int BN>
+__device__ __forceinline__ void softmax_tile(float* s, float* row_max, float* row_sum, float* corr, int n0,
+                                             int row_base, int t, int T_len, bool need_mask, bool causal,
+                                             float scale_log2) {
+  if (need_mask) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const int col = n0 + 8 * (i / 4) + 2 * t + (i % 2);
+      const int row = row_base + 8 * ((i / 2) % 2);
+      if (col >= T_len || (causal && col > row)) s[i] = -CUDART_INF_F;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = row_max[r];
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]) * scale_log2);
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // a row lives in the 4 lanes of a quad
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mx_use = mx == -CUDART_INF_F ? 0.f : mx;  // a row with no key yet: exp2 gives 0, not NaN
+    corr[r] = exp2f(row_max[r] - mx_use);
+    row_max[r] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float pv = exp2f(s[4 * j + 2 * r + e] * scale_log2 - mx_use);
+        s[4 * j + 2 * r + e] = pv;
+        sum += pv;
+      }
+    }
+    row_sum[r] = row_sum[r] * corr[r] + sum;
+  }
+}
+
+template <int D> __device__ __forceinline__ void rescale_rows(float* o, const float* corr) {
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    o[4 * j] *= corr[0];
+    o[4 * j + 1] *= corr[0];
+    o[4 * j + 2] *= corr[1];
+    o[4 * j + 3] *= corr[1];
+  }
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <typename T, int D, int kVariant>
 __global__ void __launch_bounds__(kThreads, 1)
 _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, const T* __restrict__ V,
                            T* __restrict__ O, float* __restrict__ LSE, int T_len, float scale_log2, bool causal) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = kFwdBlockM, BN = kFwdBlockN;
+  constexpr int kStages = fwd_stages<kVariant>();
   constexpr int kKVBytes = BN * D * 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sK = sQ + BM * D * 2;  // 2 stages
-  const uint32_t sV = sK + 2 * kKVBytes;  // 2 stages
+  const uint32_t sK = sQ + BM * D * 2;          // kStages stages
+  const uint32_t sV = sK + kStages * kKVBytes;  // kStages stages
 
   const int bh = blockIdx.x;
   const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;  // the longest rows first
@@ -154,6 +225,8 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
 
   const int n_end = causal ? min(T_len, m0 + BM) : T_len;
   const int n_blocks = (n_end + BN - 1) / BN;
+  // keys past T, or (causal) keys after some row of this warpgroup
+  auto need_mask = [&](int n0) { return (n0 + BN > T_len) || (causal && n0 + BN - 1 > wg_m0); };
 
   load_tile<T, BM, D>(sQ, Q + base, m0, T_len, tid);
   load_tile<T, BN, D>(sK, K + base, 0, T_len, tid);
@@ -165,89 +238,96 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
   float row_sum[2] = {0.f, 0.f};
+  float corr[2];
+  float s[BN / 2];
+  uint32_t p[BN / 16][4];
 
-  for (int nb = 0; nb < n_blocks; ++nb) {
-    const int n0 = nb * BN;
-    const int stage = nb & 1;
-    if (nb + 1 < n_blocks) {  // stage ^ 1 was released by the barrier that ended the last tile
-      load_tile<T, BN, D>(sK + (stage ^ 1) * kKVBytes, K + base, n0 + BN, T_len, tid);
-      load_tile<T, BN, D>(sV + (stage ^ 1) * kKVBytes, V + base, n0 + BN, T_len, tid);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+  if constexpr (kVariant == 1) {
+    for (int nb = 0; nb < n_blocks; ++nb) {
+      const int n0 = nb * BN;
+      const int stage = nb & 1;
+      if (nb + 1 < n_blocks) {  // stage ^ 1 was released by the barrier that ended the last tile
+        load_tile<T, BN, D>(sK + (stage ^ 1) * kKVBytes, K + base, n0 + BN, T_len, tid);
+        load_tile<T, BN, D>(sV + (stage ^ 1) * kKVBytes, V + base, n0 + BN, T_len, tid);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      fence_proxy_async();
+      __syncthreads();
+      wgmma_fence();
+      issue_qk<T, D, BN>(s, opaque(sQ) + wg * 64 * 128, sK + stage * kKVBytes);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs<BN / 2>(s);
+      softmax_tile<BN>(s, row_max, row_sum, corr, n0, row_base, t, T_len, need_mask(n0), causal, scale_log2);
+      rescale_rows<D>(o, corr);
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
+      fence_regs<D / 2>(o);
+      wgmma_fence();
+      issue_pv<T, D, BN>(o, p, sV + stage * kKVBytes);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs<D / 2>(o);
+      __syncthreads();  // both warpgroups are done with this stage's K and V
     }
+  } else {
+    // Tile j lives in stage j % 3.  At the top of step j, tile j has landed (waited for, then
+    // the barrier); tile j + 1 is issued right after the barrier into the stage of tile j - 2,
+    // which every thread finished reading in step j - 1 (its P V was waited for there).
+    cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    const uint32_t kbuf = sK + stage * kKVBytes, vbuf = sV + stage * kKVBytes, qbase = opaque(sQ);
-
-    // ---- S = Q K^T (64 x BN per warpgroup) ---------------------------------------------------
-    float s[BN / 2];
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint64_t da = desc_sw128(qbase + (kk / 4) * (BM * 128) + wg * 64 * 128 + (kk % 4) * 32, 16);
-      const uint64_t db = desc_sw128(kbuf + (kk / 4) * (BN * 128) + (kk % 4) * 32, 16);
-      WgmmaSS<T, BN>::template run<0, 0>(s, da, db, kk > 0);
+    if (n_blocks > 1) {
+      load_tile<T, BN, D>(sK + kKVBytes, K + base, BN, T_len, tid);
+      load_tile<T, BN, D>(sV + kKVBytes, V + base, BN, T_len, tid);
+      cp_async_commit();
     }
+    wgmma_fence();
+    issue_qk<T, D, BN>(s, sQ + wg * 64 * 128, sK);
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs<BN / 2>(s);
-
-    // ---- mask: keys past T, and keys after the query under the causal mask ------------------
-    const bool need_mask = (n0 + BN > T_len) || (causal && n0 + BN - 1 > wg_m0);
-    if (need_mask) {
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) {
-        const int col = n0 + 8 * (i / 4) + 2 * t + (i % 2);
-        const int row = row_base + 8 * ((i / 2) % 2);
-        if (col >= T_len || (causal && col > row)) s[i] = -CUDART_INF_F;
-      }
-    }
-
-    // ---- online softmax ------------------------------------------------------------------------
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
-#pragma unroll
-      for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]) * scale_log2);
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // a row lives in the 4 lanes of a quad
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mx_use = mx == -CUDART_INF_F ? 0.f : mx;  // a row with no key yet: exp2 gives 0, not NaN
-      const float corr = exp2f(row_max[r] - mx_use);
-      row_max[r] = mx;
-      row_sum[r] *= corr;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        o[4 * j + 2 * r] *= corr;
-        o[4 * j + 2 * r + 1] *= corr;
-      }
-#pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float p = exp2f(s[4 * j + 2 * r + e] * scale_log2 - mx_use);
-          s[4 * j + 2 * r + e] = p;
-          row_sum[r] += p;
-        }
-      }
-    }
-
-    // ---- O += P V -------------------------------------------------------------------------------
-    uint32_t p[BN / 16][4];
+    softmax_tile<BN>(s, row_max, row_sum, corr, 0, row_base, t, T_len, need_mask(0), causal, scale_log2);
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
+    int stage = 0;  // stage of tile nb - 1
+    for (int nb = 1; nb < n_blocks; ++nb) {
+      const int n0 = nb * BN;
+      const int cur = stage == 2 ? 0 : stage + 1;  // stage of tile nb
+      const int nxt = cur == 2 ? 0 : cur + 1;      // stage of tile nb + 1
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();
+      if (nb + 1 < n_blocks) {
+        load_tile<T, BN, D>(sK + nxt * kKVBytes, K + base, n0 + BN, T_len, tid);
+        load_tile<T, BN, D>(sV + nxt * kKVBytes, V + base, n0 + BN, T_len, tid);
+        cp_async_commit();
+      }
+      fence_regs<D / 2>(o);
+      wgmma_fence();
+      issue_qk<T, D, BN>(s, opaque(sQ) + wg * 64 * 128, sK + cur * kKVBytes);
+      wgmma_commit();
+      issue_pv<T, D, BN>(o, p, sV + stage * kKVBytes);
+      wgmma_commit();
+      wgmma_wait<1>();  // S of tile nb; P V of tile nb - 1 may still run
+      fence_regs<BN / 2>(s);
+      softmax_tile<BN>(s, row_max, row_sum, corr, n0, row_base, t, T_len, need_mask(n0), causal, scale_log2);
+      wgmma_wait<0>();  // P V done: O is whole again, and p may be overwritten
+      fence_regs<D / 2>(o);
+      rescale_rows<D>(o, corr);
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
+      stage = cur;
+    }
     fence_regs<D / 2>(o);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint64_t db = desc_sw128(vbuf + kk * 2048, BN * 128);
-      WgmmaRS<T, D>::template run<1>(o, p[kk], db, 1);
-    }
+    issue_pv<T, D, BN>(o, p, sV + stage * kKVBytes);
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs<D / 2>(o);
-    __syncthreads();  // both warpgroups are done with this stage's K and V
   }
 
   // ---- epilogue: O / l, lse = ln(sum_j exp(scale * s_j)) ----------------------------------------
@@ -273,11 +353,33 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
 }
 
 // ==========================================================================================
-// Backward.  grid (B * H, ceil(T / 128)); block 256; dynamic smem bwd_smem_bytes<D>().
+// Backward.  grid (B * H, ceil(T / 128)); block 256; dynamic smem bwd_smem_bytes<D, kVariant>().
 // lse in natural-log units (as the forward saves it), delta = rowsum(dO * O), scale = 1/sqrt(D);
 // dQacc (fp32, zeroed) receives the unscaled dS K.
+//   kVariant 1: lse / delta read with plain loads each query tile (their latency sits before a
+//               barrier), three CTA barriers per tile, dQ added with red.global.add.v2.f32.
+//   kVariant 2: lse / delta come with the tile's cp.async group, prefetched a tile ahead; the
+//               top-of-tile barrier doubles as the one that publishes the landed tile (loads of
+//               the next tile are issued after it), two CTA barriers per tile; dQ as in 1.
+//   kVariant 3: as 2, but the CTA's (BM, D) dQ tile is staged in shared memory (fp32) and added
+//               to dQacc with one bulk reduce (cp.reduce.async.bulk .add.f32) instead of
+//               BM * D / 2 8-byte atomics: one more barrier, 32 KB more shared memory.
 // ==========================================================================================
-template <typename T, int D>
+template <int D, int kVariant> constexpr int bwd_smem_bytes() {
+  constexpr int BM = Bwd<D>::kBlockM;
+  // K, V; 2 stages of Q and dO; dS^T; lse and delta (1 stage for variant 1, 2 otherwise);
+  // the fp32 dQ tile (variant 3); alignment slack
+  return 2 * kBwdBlockN * D * 2 + 4 * BM * D * 2 + kBwdBlockN * BM * 2 + (kVariant == 1 ? 2 : 4) * BM * 4 +
+         (kVariant == 3 ? BM * D * 4 : 0) + 1024;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void cp_async_4_to(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
+}
+#endif
+
+template <typename T, int D, int kVariant>
 __global__ void __launch_bounds__(kThreads, 1)
 _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, const T* __restrict__ V,
                            const T* __restrict__ dO, const float* __restrict__ LSE, const float* __restrict__ Delta,
@@ -286,19 +388,23 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = Bwd<D>::kBlockM, BN = kBwdBlockN;
   constexpr int kQBytes = BM * D * 2;
+  constexpr int kRowStages = kVariant == 1 ? 1 : 2;  // stages of lse / delta
   constexpr float kLog2e = 1.4426950408889634f;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t smem0 = smem_u32(smem_raw);
+  const uint32_t sK = (smem0 + 1023u) & ~1023u;
   const uint32_t sV = sK + BN * D * 2;
   const uint32_t sQ = sV + BN * D * 2;     // 2 stages
   const uint32_t sdO = sQ + 2 * kQBytes;   // 2 stages
   const uint32_t sdS = sdO + 2 * kQBytes;  // dS^T: BN keys x BM queries, swizzled like the rest
-  float* sLse = reinterpret_cast<float*>(smem_raw + (sdS + BN * BM * 2 - smem_u32(smem_raw)));
-  float* sDelta = sLse + BM;
+  const uint32_t sRows = sdS + BN * BM * 2;             // kRowStages x {lse[BM], delta[BM]}
+  const uint32_t sdQ = sRows + kRowStages * 2 * BM * 4;  // variant 3: (BM, D) fp32, row-major
+  auto smem_ptr = [&](uint32_t addr) { return smem_raw + (addr - smem0); };
 
   const int bh = blockIdx.x;
   const int n0 = blockIdx.y * BN;  // the low key tiles see the most queries: they go first
   const size_t base = (size_t)bh * T_len * D;
+  const size_t row0 = (size_t)bh * T_len;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int t = lane % 4;
   const int key_base = n0 + wg * 64 + warp * 16 + lane / 4;  // and + 8
@@ -307,10 +413,20 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
   const int m_first = causal ? n0 / BM : 0;
   const int m_blocks = (T_len + BM - 1) / BM;
 
+  // lse / delta of query tile m0 into row stage st (variants 2 and 3)
+  auto load_rows = [&](int st, int m0) {
+    if (tid < 2 * BM) {
+      const int r = tid % BM, row = m0 + r;
+      const float* src = (tid < BM ? LSE : Delta) + row0 + (row < T_len ? row : 0);
+      cp_async_4_to(sRows + (st * 2 * BM + tid) * 4, src, row < T_len);
+    }
+  };
+
   load_tile<T, BN, D>(sK, K + base, n0, T_len, tid);
   load_tile<T, BN, D>(sV, V + base, n0, T_len, tid);
   load_tile<T, BM, D>(sQ, Q + base, m_first * BM, T_len, tid);
   load_tile<T, BM, D>(sdO, dO + base, m_first * BM, T_len, tid);
+  if constexpr (kVariant != 1) load_rows(0, m_first * BM);
   cp_async_commit();
 
   float dk[D / 2], dv[D / 2];
@@ -322,21 +438,38 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
     const int stage = (mb - m_first) & 1;
     const uint32_t qbuf = sQ + stage * kQBytes, dobuf = sdO + stage * kQBytes;
     const uint32_t kbase = opaque(sK), vbase = opaque(sV), dsbase = opaque(sdS);
-    __syncthreads();  // the last tile is done with sdS, sLse, sDelta and the other stage
-    if (mb + 1 < m_blocks) {
-      load_tile<T, BM, D>(sQ + (stage ^ 1) * kQBytes, Q + base, m0 + BM, T_len, tid);
-      load_tile<T, BM, D>(sdO + (stage ^ 1) * kQBytes, dO + base, m0 + BM, T_len, tid);
-      cp_async_commit();
+    const float* sLse = reinterpret_cast<const float*>(smem_ptr(sRows + (kVariant == 1 ? 0 : stage) * 2 * BM * 4));
+    const float* sDelta = sLse + BM;
+    if constexpr (kVariant == 1) {
+      __syncthreads();  // the last tile is done with sdS, the row values and the other stage
+      if (mb + 1 < m_blocks) {
+        load_tile<T, BM, D>(sQ + (stage ^ 1) * kQBytes, Q + base, m0 + BM, T_len, tid);
+        load_tile<T, BM, D>(sdO + (stage ^ 1) * kQBytes, dO + base, m0 + BM, T_len, tid);
+        cp_async_commit();
+      }
+      if (tid < BM) {
+        const int row = m0 + tid;
+        float* rows = reinterpret_cast<float*>(smem_ptr(sRows));
+        rows[tid] = row < T_len ? LSE[row0 + row] : 0.f;
+        rows[BM + tid] = row < T_len ? Delta[row0 + row] : 0.f;
+      }
+      if (mb + 1 < m_blocks) cp_async_wait<1>();
+      else cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();
+    } else {
+      // This tile landed (its group was the only one in flight); after the barrier every thread
+      // is done with the last tile, so the next one may go into the other stage.
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();
+      if (mb + 1 < m_blocks) {
+        load_tile<T, BM, D>(sQ + (stage ^ 1) * kQBytes, Q + base, m0 + BM, T_len, tid);
+        load_tile<T, BM, D>(sdO + (stage ^ 1) * kQBytes, dO + base, m0 + BM, T_len, tid);
+        load_rows(stage ^ 1, m0 + BM);
+        cp_async_commit();
+      }
     }
-    if (tid < BM) {
-      const int row = m0 + tid;
-      sLse[tid] = row < T_len ? LSE[(size_t)bh * T_len + row] * kLog2e : 0.f;
-      sDelta[tid] = row < T_len ? Delta[(size_t)bh * T_len + row] : 0.f;
-    }
-    if (mb + 1 < m_blocks) cp_async_wait<1>();
-    else cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
 
     // ---- S^T = K Q^T and dP^T = V dO^T (64 keys x BM queries per warpgroup) ------------------
     float s[BM / 2], dp[BM / 2];
@@ -368,7 +501,7 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
 #pragma unroll
       for (int i = 8 * kk; i < 8 * kk + 8; ++i) {
         const int qi = 8 * (i / 4) + 2 * t + (i % 2);  // query within the tile
-        float pv = exp2f(s[i] * scale_log2 - sLse[qi]);
+        float pv = exp2f(s[i] * scale_log2 - sLse[qi] * kLog2e);
         if (need_mask) {
           const int q = m0 + qi;
           const int key = key_base + 8 * ((i / 2) % 2);
@@ -383,7 +516,7 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
 
     // ---- stash dS^T (keys x queries): the A operand of dK here and of dQ below ------------------
     {
-      unsigned char* s_raw = smem_raw + (sdS - smem_u32(smem_raw));
+      unsigned char* s_raw = smem_ptr(sdS);
       const int kr = wg * 64 + warp * 16 + lane / 4;  // key row within the CTA tile
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) {
@@ -416,35 +549,59 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
     wgmma_wait<0>();  // dV has read pa
     fence_regs<D / 2>(dv);
     fence_regs<D / 2>(dk);
+    if constexpr (kVariant == 3) {
+      // the last tile's bulk reduce has finished reading sdQ (issued a whole tile ago)
+      if (tid == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    }
     __syncthreads();  // all of dS^T is in shared memory
 
     // ---- dQ += dS K: one 64 x 64 tile per warpgroup (D = 128: all BM = 64 queries, columns
     //      64 wg..; D = 64: queries 64 wg.., all 64 columns), k = the CTA's 128 keys -------------
-    {
-      const int q_off = D == 128 ? 0 : 64 * wg;
-      const int d_off = D == 128 ? 64 * wg : 0;
-      float dq[32];
-      wgmma_fence();
+    const int q_off = D == 128 ? 0 : 64 * wg;
+    const int d_off = D == 128 ? 64 * wg : 0;
+    float dq[32];
+    wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-        const uint64_t da = desc_sw128(dsbase + (q_off / 64) * (BN * 128) + kk * 2048, BN * 128);
-        const uint64_t db = desc_sw128(kbase + (d_off / 64) * (BN * 128) + kk * 2048, BN * 128);
-        WgmmaSS<T, 64>::template run<1, 1>(dq, da, db, kk > 0);
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const uint64_t da = desc_sw128(dsbase + (q_off / 64) * (BN * 128) + kk * 2048, BN * 128);
+      const uint64_t db = desc_sw128(kbase + (d_off / 64) * (BN * 128) + kk * 2048, BN * 128);
+      WgmmaSS<T, 64>::template run<1, 1>(dq, da, db, kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs<32>(dq);
+    if constexpr (kVariant == 3) {
+      float* tile = reinterpret_cast<float*>(smem_ptr(sdQ));
+#pragma unroll
+      for (int i = 0; i < 32; i += 2) {
+        const int r = q_off + warp * 16 + lane / 4 + 8 * ((i / 2) % 2);
+        const int col = d_off + 8 * (i / 4) + 2 * t;
+        *reinterpret_cast<float2*>(tile + r * D + col) = make_float2(dq[i], dq[i + 1]);
       }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs<32>(dq);
-      float* dq_rows = dQacc + base;
+      fence_proxy_async();
+      __syncthreads();
+      if (tid == 0) {
+        const uint32_t bytes = (uint32_t)(min(BM, T_len - m0) * D * 4);
+        asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(
+                         dQacc + base + (size_t)m0 * D),
+                     "r"(sdQ), "r"(bytes)
+                     : "memory");
+        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+      }
+    } else {
 #pragma unroll
       for (int i = 0; i < 32; i += 2) {
         const int q = m0 + q_off + warp * 16 + lane / 4 + 8 * ((i / 2) % 2);
         const int col = d_off + 8 * (i / 4) + 2 * t;
         if (q < T_len) {
-          float* dst = dq_rows + (size_t)q * D + col;
+          float* dst = dQacc + base + (size_t)q * D + col;
           asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(dq[i]), "f"(dq[i + 1]) : "memory");
         }
       }
     }
+  }
+  if constexpr (kVariant == 3) {
+    if (tid == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // sdQ stays valid until read
   }
 
   // ---- epilogue: dK (times the softmax scale), dV -------------------------------------------------

@@ -7,7 +7,12 @@
 //   variant 2  Hopper (sm_90a only): warpgroup MMAs (wgmma) from 128-byte-swizzled shared
 //              memory, 128 keys per CTA on two warpgroups, query tiles of 8192 / D two stages
 //              deep; P^T from registers into dV, dS^T through shared memory into dK and dQ.
-//              attn::sm90::_attention_bwd_sm90_kernel, what the extension runs on H100 / H200.
+//              attn::sm90::_attention_bwd_sm90_kernel<.., 1>, the first wgmma backward.
+//   variant 3  as 2, with lse / delta prefetched in the tile's cp.async group and one CTA
+//              barrier fewer per query tile (kVariant 2).
+//   variant 4  as 3, with the CTA's dQ tile staged in shared memory and added to the fp32
+//              buffer by one bulk reduce (cp.reduce.async.bulk) instead of 8-byte atomics
+//              (kVariant 3).
 // Both use the same delta preprocess and dQ cast kernels (attention_kernels.cuh).
 //
 // Build and run (from the repository root):
@@ -35,6 +40,16 @@ struct Buffers {
   float *lse, *delta, *dq_accum;
 };
 
+template <int D, int kVariant>
+void launch_sm90(const Buffers& b, int BH, int T, float scale) {
+  constexpr int smem = attn::sm90::bwd_smem_bytes<D, kVariant>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_bwd_sm90_kernel<bf16, D, kVariant>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid(BH, (T + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
+  attn::sm90::_attention_bwd_sm90_kernel<bf16, D, kVariant><<<grid, attn::sm90::kThreads, smem>>>(
+      b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dq_accum, b.dk, b.dv, T, scale, true);
+}
+
 template <int D>
 void launch(int variant, const Buffers& b, int BH, int T) {
   const int64_t rows = (int64_t)BH * T;
@@ -49,13 +64,12 @@ void launch(int variant, const Buffers& b, int BH, int T) {
     const dim3 grid(BH, (T + attn::BwdTiles<D>::kBlockN - 1) / attn::BwdTiles<D>::kBlockN);
     attn::_attention_bwd_kernel<bf16, D><<<grid, attn::kThreads, smem>>>(
         b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dq_accum, b.dk, b.dv, T, scale, true);
+  } else if (variant == 2) {
+    launch_sm90<D, 1>(b, BH, T, scale);
+  } else if (variant == 3) {
+    launch_sm90<D, 2>(b, BH, T, scale);
   } else {
-    constexpr int smem = attn::sm90::bwd_smem_bytes<D>();
-    FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_bwd_sm90_kernel<bf16, D>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const dim3 grid(BH, (T + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
-    attn::sm90::_attention_bwd_sm90_kernel<bf16, D><<<grid, attn::sm90::kThreads, smem>>>(
-        b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dq_accum, b.dk, b.dv, T, scale, true);
+    launch_sm90<D, 3>(b, BH, T, scale);
   }
   FS_CHECK_LAUNCH();
   const int64_t n = rows * D;
@@ -189,12 +203,12 @@ int run(int first, int last) {
 }
 
 int main(int argc, char** argv) {
-  int first = 1, last = 2;
+  int first = 1, last = 4;
   if (argc > 1) first = last = atoi(argv[1]);
   int major = 0;
   FS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
-  if (major != 9 && last == 2) {
-    printf("variant 2 needs an sm_90 GPU (this one is sm_%d0): skipped\n", major);
+  if (major != 9 && last >= 2) {
+    printf("variants 2-4 need an sm_90 GPU (this one is sm_%d0): skipped\n", major);
     last = 1;
     if (first > last) return 0;
   }
