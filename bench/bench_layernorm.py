@@ -6,6 +6,11 @@ Memory-bound, so the work model is bytes (bf16, 2 bytes an element): forward rea
 writes y (4*M*C) plus the fp32 mean and rstd (8*M); backward reads x, dy and writes dx
 (6*M*C) plus mean, rstd.  Weight and bias traffic (C elements) is negligible and left out.
 FLOPs from engine/flops.py (LN_FWD = 7, LN_BWD = 11 per element) are reported too.
+
+A "copy" row per width times y.copy_(x) on the same (ROWS, C) tensor, the bytes of the forward
+without its arithmetic: the forward's bandwidth target then reads against a copy of its own
+size as well as against the 1 GiB copy that sets the card's ceiling (a 32-64 MB pass is short
+enough that launch and ramp-up cost a visible share of the time).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 
 from flopscale.engine.flops import layernorm_flops
 
-from .common import backends_to_try, make_row, time_passes, try_run
+from .common import backends_to_try, bench_ms, make_row, time_passes, try_run
 
 ROWS = 16384
 WIDTHS = (1024, 2048, 4096, 8192)
@@ -53,6 +58,10 @@ def run(peak, device="cuda", widths=WIDTHS) -> list:
         b = torch.zeros(C, device=device, dtype=torch.bfloat16, requires_grad=True)
         dy = torch.randn_like(x)
         wk = work(ROWS, C)
+        src, dst = x.detach(), torch.empty_like(x, requires_grad=False)
+        try_run(rows, f"layernorm copy {shape}",
+                lambda: [make_row("layernorm", "copy", shape, torch.bfloat16, "fwd", bench_ms(lambda: dst.copy_(src)),
+                                  None, 4 * ROWS * C, peak)])
         for name, fn in providers.items():
             if name == "compile" and C != COMPILE_AT_C:
                 continue

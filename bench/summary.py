@@ -38,8 +38,11 @@ def summarize(doc: dict) -> str:
     for be in ("triton", "cuda"):
         for C in (1024, 2048, 4096, 8192):
             f, b = _row(rows, "layernorm", be, "fwd", C=C), _row(rows, "layernorm", be, "bwd", C=C)
+            cp = _row(rows, "layernorm", "copy", "fwd", C=C)
             if f:
                 out.append(f"| layernorm fwd C={C}: fraction of copy bandwidth | {be} | {_fmt(f['fraction_of_bandwidth'])} | >=0.85 |")
+            if f and cp:
+                out.append(f"| layernorm fwd C={C}: x a same-size copy's time | {be} | {_fmt(cp['ms'] / f['ms'])} | >=0.85 |")
             if b:
                 out.append(f"| layernorm bwd C={C}: x torch eager | {be} | {_fmt(b['speedup_vs_eager'])} | >=1.2 |")
     for be in ("triton", "cuda"):
