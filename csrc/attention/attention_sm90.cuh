@@ -3,7 +3,9 @@
 //
 // Both kernels run two warpgroups (256 threads) per CTA; every operand tile is copied with
 // cp.async straight into the layout wgmma reads (rows of 64 elements = 128 B, 16-byte chunks
-// XOR-swizzled by row % 8, 8-row atoms of 1024 B, one panel per 64 columns), two stages deep.
+// XOR-swizzled by row % 8, 8-row atoms of 1024 B, one panel per 64 columns), two or three
+// stages deep.  Each kernel has numbered variants (kVariant, described above each kernel);
+// attention.cu picks them (FLOPSCALE_ATTN_SM90) and csrc/dev/ times them against each other.
 //
 // Forward (CTA = 128 queries, warpgroup w owns rows 64w..64w+63; key tiles of 128):
 //   S = Q K^T            wgmma m64n128k16, A = Q and B = K from shared memory (both K-major)
@@ -14,10 +16,13 @@
 // i.e. 64 at D = 128 and 128 at D = 64; dK and dV stay in registers):
 //   S^T  = K Q^T, dP^T = V dO^T       wgmma m64nBMk16, shared x shared, K-major
 //   P^T  = exp2(S^T scale log2e - lse log2e), dS^T = P^T (dP^T - delta)
-//   dV  += P^T dO, dK += dS^T Q       wgmma m64nDk16, A from registers, B MN-major
-//   dS^T goes to shared memory; dQ += dS K as one m64n64 tile per warpgroup (A = dS read
+//   dS^T goes to shared memory (swizzled like the operand tiles)
+//   dV  += P^T dO, dK += dS^T Q       wgmma m64nDk16, B MN-major; A = P^T from registers,
+//                                     A = dS^T from shared memory (K-major)
+//   dQ += dS K as one m64n64 tile per warpgroup (A = dS read
 //   MN-major from the stored dS^T, B = K MN-major), added to an fp32 buffer with 8-byte
-//   red.global.add.v2.f32.  delta and the dQ cast come from attention_kernels.cuh's kernels.
+//   red.global.add.v2.f32 (variant 3: one bulk reduce per tile).  delta and the dQ cast come
+//   from attention_kernels.cuh's kernels.
 // Five matmuls of 2 * BM * BN * D per (query tile, key tile) pair, as in the mma.sync kernel.
 //
 // Descriptors follow PTX's canonical 128B-swizzle layouts: K-major, SBO = 1024 B (8 rows) and
