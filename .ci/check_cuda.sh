@@ -136,7 +136,7 @@ while read -r f a; do
 done < "$WORK/jobs"
 echo "(smem: static shared memory per CTA; the attention kernels add dynamic shared memory at launch:"
 echo " mma.sync fwd 27648 B (D 64) / 52224 B (D 128), bwd 46592 B (D 64) / 75008 B (D 128, two Q/dO stages);"
-echo " sm90 (wgmma) fwd 82944 B / 164864 B, bwd 133120 B / 148992 B (1 CTA per SM);"
+echo " sm90 (wgmma, default variants) fwd 115712 B / 230400 B, bwd 134144 B / 149504 B (1 CTA per SM);"
 echo " LayerNorm bwd up to 8*C B when a CTA holds several rows.)"
 
 elapsed=$(( $(date +%s) - start ))
