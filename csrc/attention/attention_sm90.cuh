@@ -118,6 +118,12 @@ template <typename T> __device__ __forceinline__ void acc_to_a(uint32_t* a, cons
   a[3] = TypeTraits<T>::pack2(acc[8 * kk + 6], acc[8 * kk + 7]);
 }
 
+// The two fp32 values of a pack2'd pair (the low half first).
+template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t v) {
+  const typename TypeTraits<T>::T2 h = *reinterpret_cast<const typename TypeTraits<T>::T2*>(&v);
+  return make_float2(to_float(h.x), to_float(h.y));
+}
+
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // Writes 1 when this build of the kernels carries the sm_90a code path (see attention.cu).
@@ -369,6 +375,11 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
 //   kVariant 3: as 2, but the CTA's (BM, D) dQ tile is staged in shared memory (fp32) and added
 //               to dQacc with one bulk reduce (cp.reduce.async.bulk .add.f32) instead of
 //               BM * D / 2 8-byte atomics: one more barrier, 32 KB more shared memory.
+//   kVariant 4: as 2, with fewer waits on the tensor cores: P^T is formed and dV issued as
+//               soon as S^T is done, while dP^T still runs; dS^T is computed (from the packed
+//               P^T) and stashed under dV; dK, then dQ, are issued back to back and waited for together (the
+//               barrier before dQ no longer waits for dK).  Written without a GPU: not yet
+//               run (csrc/dev/attention_backward.cu variant 5).
 // ==========================================================================================
 template <int D, int kVariant> constexpr int bwd_smem_bytes() {
   constexpr int BM = Bwd<D>::kBlockM;
@@ -493,67 +504,111 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
       WgmmaSS<T, BM>::template run<0, 0>(dp, da, db, kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs<BM / 2>(s);
-    fence_regs<BM / 2>(dp);
 
-    // ---- P^T (zero where masked: query past T, key past T, key after query), then
-    //      dS^T = P^T (dP^T - delta); both packed as A fragments ---------------------------------
+    // P^T (zero where masked: query past T, key past T, key after query) and
+    // dS^T = P^T (dP^T - delta), packed as A fragments; dS^T is also stashed in shared memory
+    // (keys x queries) as the A operand of dK and dQ.
     const bool need_mask = (m0 + BM > T_len) || (n0 + BN > T_len) || (causal && m0 < n0 + BN - 1);
-    uint32_t pa[BM / 16][4], dsa[BM / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) {  // 16 queries at a time, so s and dp die as they are packed
-#pragma unroll
-      for (int i = 8 * kk; i < 8 * kk + 8; ++i) {
-        const int qi = 8 * (i / 4) + 2 * t + (i % 2);  // query within the tile
-        float pv = exp2f(s[i] * scale_log2 - sLse[qi] * kLog2e);
-        if (need_mask) {
-          const int q = m0 + qi;
-          const int key = key_base + 8 * ((i / 2) % 2);
-          if (q >= T_len || key >= T_len || (causal && q < key)) pv = 0.f;
-        }
-        s[i] = pv;
-        dp[i] = pv * (dp[i] - sDelta[qi]);
+    auto prob = [&](int i) {
+      const int qi = 8 * (i / 4) + 2 * t + (i % 2);  // query within the tile
+      float pv = exp2f(s[i] * scale_log2 - sLse[qi] * kLog2e);
+      if (need_mask) {
+        const int q = m0 + qi;
+        const int key = key_base + 8 * ((i / 2) % 2);
+        if (q >= T_len || key >= T_len || (causal && q < key)) pv = 0.f;
       }
-      acc_to_a<T>(pa[kk], s, kk);
-      acc_to_a<T>(dsa[kk], dp, kk);
-    }
-
-    // ---- stash dS^T (keys x queries): the A operand of dK here and of dQ below ------------------
-    {
-      unsigned char* s_raw = smem_ptr(sdS);
-      const int kr = wg * 64 + warp * 16 + lane / 4;  // key row within the CTA tile
+      return pv;
+    };
+    auto grad_s = [&](int i) { return s[i] * (dp[i] - sDelta[8 * (i / 4) + 2 * t + (i % 2)]); };
+    unsigned char* const ds_raw = smem_ptr(sdS);
+    const int kr = wg * 64 + warp * 16 + lane / 4;  // this thread's first key row within the CTA tile
+    auto stash_ds = [&](const uint32_t* a, int kk) {
+      const int qc = 16 * kk + 2 * t;
+      *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr, qc)) = a[0];
+      *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr + 8, qc)) = a[1];
+      *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr, qc + 8)) = a[2];
+      *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr + 8, qc + 8)) = a[3];
+    };
+    // dV += P^T dO: A = P^T from registers, B = dO read MN-major (k = queries, n = D)
+    uint32_t pa[BM / 16][4];
+    auto issue_dv = [&]() {
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) {
-        const int qc = 16 * kk + 2 * t;
-        *reinterpret_cast<uint32_t*>(s_raw + sw128_offset<BN>(kr, qc)) = dsa[kk][0];
-        *reinterpret_cast<uint32_t*>(s_raw + sw128_offset<BN>(kr + 8, qc)) = dsa[kk][1];
-        *reinterpret_cast<uint32_t*>(s_raw + sw128_offset<BN>(kr, qc + 8)) = dsa[kk][2];
-        *reinterpret_cast<uint32_t*>(s_raw + sw128_offset<BN>(kr + 8, qc + 8)) = dsa[kk][3];
+        WgmmaRS<T, D>::template run<1>(dv, pa[kk], desc_sw128(dobuf + kk * 2048, BM * 128), 1);
       }
+    };
+
+    if constexpr (kVariant == 4) {
+      // S^T first: P^T and its dV product go while dP^T is still on the tensor cores.
+      wgmma_wait<1>();
+      fence_regs<BM / 2>(s);
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+#pragma unroll
+        for (int i = 8 * kk; i < 8 * kk + 8; ++i) s[i] = prob(i);
+        acc_to_a<T>(pa[kk], s, kk);
+      }
+      fence_regs<D / 2>(dv);
+      wgmma_fence();
+      issue_dv();
+      wgmma_commit();
+      wgmma_wait<1>();  // dP^T done; dV may still run
+      fence_regs<BM / 2>(dp);
+      // dS^T from the packed P^T (fp32 P^T is dead by now: at D = 64 keeping it spilled): P is
+      // rounded to T once more than in the other variants, as dS^T itself is before its GEMMs.
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        uint32_t a[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const float2 pv = unpack2<T>(pa[kk][r]);
+          const int i = 8 * kk + 2 * r;
+          const float d0 = sDelta[8 * (i / 4) + 2 * t], d1 = sDelta[8 * (i / 4) + 2 * t + 1];
+          dp[i] = pv.x * (dp[i] - d0);
+          dp[i + 1] = pv.y * (dp[i + 1] - d1);
+        }
+        acc_to_a<T>(a, dp, kk);
+        stash_ds(a, kk);
+      }
+    } else {
+      wgmma_wait<0>();
+      fence_regs<BM / 2>(s);
+      fence_regs<BM / 2>(dp);
+      uint32_t dsa[BM / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {  // 16 queries at a time, so s and dp die as they are packed
+#pragma unroll
+        for (int i = 8 * kk; i < 8 * kk + 8; ++i) {
+          s[i] = prob(i);
+          dp[i] = grad_s(i);
+        }
+        acc_to_a<T>(pa[kk], s, kk);
+        acc_to_a<T>(dsa[kk], dp, kk);
+      }
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) stash_ds(dsa[kk], kk);
     }
     fence_proxy_async();
     // this warpgroup's 64 rows of dS^T are written (named barrier 1 + wg, its 128 threads)
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
 
-    // ---- dV += P^T dO (A = P^T from registers), dK += dS^T Q (A = dS^T from shared memory,
-    //      K-major); B read MN-major: k = queries, n = D ----------------------------------------------
+    // ---- dV += P^T dO (variant 4 issued it above), dK += dS^T Q (A = dS^T from shared memory,
+    //      K-major; B = Q read MN-major) --------------------------------------------------------------
     fence_regs<D / 2>(dv);
     fence_regs<D / 2>(dk);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) {
-      WgmmaRS<T, D>::template run<1>(dv, pa[kk], desc_sw128(dobuf + kk * 2048, BM * 128), 1);
-    }
+    if constexpr (kVariant != 4) issue_dv();
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {
       const uint64_t da = desc_sw128(dsbase + (kk / 4) * (BN * 128) + wg * 64 * 128 + (kk % 4) * 32, 16);
       WgmmaSS<T, D>::template run<0, 1>(dk, da, desc_sw128(qbuf + kk * 2048, BM * 128), 1);
     }
     wgmma_commit();
-    wgmma_wait<0>();  // dV has read pa
-    fence_regs<D / 2>(dv);
-    fence_regs<D / 2>(dk);
+    if constexpr (kVariant != 4) {  // variant 4 waits for dV and dK together with dQ, below
+      wgmma_wait<0>();  // dV has read pa
+      fence_regs<D / 2>(dv);
+      fence_regs<D / 2>(dk);
+    }
     if constexpr (kVariant == 3) {
       // the last tile's bulk reduce has finished reading sdQ (issued a whole tile ago)
       if (tid == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
@@ -575,6 +630,10 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs<32>(dq);
+    if constexpr (kVariant == 4) {
+      fence_regs<D / 2>(dv);
+      fence_regs<D / 2>(dk);
+    }
     if constexpr (kVariant == 3) {
       float* tile = reinterpret_cast<float*>(smem_ptr(sdQ));
 #pragma unroll
