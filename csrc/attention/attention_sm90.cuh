@@ -144,6 +144,11 @@ __global__ void _attention_sm90_probe_kernel(int* out) {
 //               so the softmax of tile j runs while the tensor cores do P_{j-1} V_{j-1}
 //               (FlashAttention-3's intra-warpgroup overlap); K/V three stages deep, one
 //               barrier per tile.
+//   kVariant 3: as 2, and warpgroup 1 issues its GEMMs only after warpgroup 0 has issued its
+//               own (a named barrier), so that warpgroup 0's softmax runs under warpgroup 1's
+//               GEMMs: FlashAttention-3's ping-pong, within one tile (the per-tile CTA barrier
+//               still aligns them).  Written without a GPU: not yet run
+//               (csrc/dev/attention_forward.cu variant 5).
 // ==========================================================================================
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // S (64 x BN of this warpgroup) = Q K^T; the caller commits.
@@ -318,11 +323,18 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
         cp_async_commit();
       }
       fence_regs<D / 2>(o);
+      // variant 3: warpgroup 1 issues after warpgroup 0 (named barrier 3: 128 arrive, 128 sync)
+      if constexpr (kVariant == 3) {
+        if (wg == 1) asm volatile("bar.sync 3, 256;\n" ::: "memory");
+      }
       wgmma_fence();
       issue_qk<T, D, BN>(s, opaque(sQ) + wg * 64 * 128, sK + cur * kKVBytes);
       wgmma_commit();
       issue_pv<T, D, BN>(o, p, sV + stage * kKVBytes);
       wgmma_commit();
+      if constexpr (kVariant == 3) {
+        if (wg == 0) asm volatile("bar.arrive 3, 256;\n" ::: "memory");
+      }
       wgmma_wait<1>();  // S of tile nb; P V of tile nb - 1 may still run
       fence_regs<BN / 2>(s);
       softmax_tile<BN>(s, row_max, row_sum, corr, n0, row_base, t, T_len, need_mask(n0), causal, scale_log2);

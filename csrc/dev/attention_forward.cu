@@ -15,6 +15,9 @@
 //   variant 4  as 3, with the next tile's Q K^T issued together with the last tile's P V so the
 //              softmax overlaps the tensor cores' P V, and K/V three stages deep (one barrier
 //              per tile): the wgmma forward's kVariant 2.
+//   variant 5  as 4, with warpgroup 1 issuing its GEMMs after warpgroup 0 each tile (a named
+//              barrier), FlashAttention-3's ping-pong within a tile: kVariant 3.  Written
+//              without a GPU; not yet run.
 //
 // Build and run (from the repository root):
 //   nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc \
@@ -91,6 +94,8 @@ void launch(int variant, const bf16* q, const bf16* k, const bf16* v, bf16* o, f
     launch_sm90<D, 1>(q, k, v, o, lse, BH, T);
   } else if (variant == 4) {
     launch_sm90<D, 2>(q, k, v, o, lse, BH, T);
+  } else if (variant == 5) {
+    launch_sm90<D, 3>(q, k, v, o, lse, BH, T);
   } else {
     constexpr int smem = attn::fwd_smem_bytes<D>();
     FS_CUDA_CHECK(cudaFuncSetAttribute(attn::_attention_fwd_kernel<bf16, D>,
@@ -188,12 +193,12 @@ int run(int first, int last) {
 }
 
 int main(int argc, char** argv) {
-  int first = 1, last = 4;
+  int first = 1, last = 5;
   if (argc > 1) first = last = atoi(argv[1]);
   int major = 0;
   FS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
   if (major != 9 && last >= 3) {
-    printf("variants 3 and 4 need an sm_90 GPU (this one is sm_%d0): skipped\n", major);
+    printf("variants 3-5 need an sm_90 GPU (this one is sm_%d0): skipped\n", major);
     last = 2;
     if (first > last) return 0;
   }
