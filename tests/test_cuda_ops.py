@@ -143,6 +143,22 @@ def test_attention(ops, B, H, T, D, causal, dtype, path, monkeypatch):
 
 
 @pytest.mark.gpu
+def test_hopper_runs_the_wgmma_kernels(ops, monkeypatch):
+    """On an sm_90 card the default must be the wgmma kernels (their tiles: 128-query forward
+    CTAs, 128-key backward CTAs), not a silent fall-back to mma.sync; FLOPSCALE_ATTN_SM90=0
+    must give the mma.sync tiles back."""
+    from flopscale import _C
+
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs an sm_90 GPU (H100 / H200)")
+    monkeypatch.delenv("FLOPSCALE_ATTN_SM90", raising=False)
+    assert list(_C.attention_tiles(128)) == [128, 128, 64, 128]
+    assert list(_C.attention_tiles(64)) == [128, 128, 128, 128]
+    monkeypatch.setenv("FLOPSCALE_ATTN_SM90", "0")
+    assert list(_C.attention_tiles(128)) == [64, 64, 32, 64]
+
+
+@pytest.mark.gpu
 def test_attention_rejects_bad_kernel_choice(ops, monkeypatch):
     monkeypatch.setenv("FLOPSCALE_ATTN_SM90", "7")
     q = torch.randn(1, 1, 8, 64, device="cuda", dtype=torch.bfloat16)
