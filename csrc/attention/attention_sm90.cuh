@@ -37,6 +37,7 @@
 #include "../common.cuh"
 #include "wgmma.cuh"
 
+#include <cuda.h>  // CUtensorMap (the type only: tensor maps are encoded through the runtime's driver entry point)
 #include <math_constants.h>
 
 namespace flopscale {
@@ -216,6 +217,30 @@ template <int D> __device__ __forceinline__ void rescale_rows(float* o, const fl
     o[4 * j + 3] *= corr[1];
   }
 }
+
+// Epilogue: O / l for this thread's two rows, and lse = ln(sum_j exp(scale * s_j)) (natural log).
+template <typename T, int D>
+__device__ __forceinline__ void store_o_lse(const float* o, const float* row_max, const float* row_sum, int row_base,
+                                            int t, int T_len, T* O_bh, float* lse_bh) {
+  constexpr float kLn2 = 0.69314718055994531f;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = row_sum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const int row = row_base + r * 8;
+    if (row < T_len) {
+      T* orow = O_bh + (size_t)row * D;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(orow + 8 * j + 2 * t) =
+            TypeTraits<T>::pack2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+      }
+      if (t == 0) lse_bh[row] = (row_max[r] + log2f(sum)) * kLn2;
+    }
+  }
+}
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 template <typename T, int D, int kVariant>
@@ -353,25 +378,166 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
     fence_regs<D / 2>(o);
   }
 
-  // ---- epilogue: O / l, lse = ln(sum_j exp(scale * s_j)) ----------------------------------------
-  constexpr float kLn2 = 0.69314718055994531f;
+  store_o_lse<T, D>(o, row_max, row_sum, row_base, t, T_len, O + base, LSE + (size_t)bh * T_len);
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+// ==========================================================================================
+// Forward, TMA variant (kVariant 4 in the lab's numbering of ideas; not dispatched, not yet run:
+// written without a GPU).  The same per-tile work as variant 2, but no CTA barrier per tile:
+// one thread (tid 0) issues the tile copies with the tensor-memory accelerator
+// (cp.async.bulk.tensor, 128-byte swizzle: the layout the descriptors above read), each stage
+// has a "full" mbarrier (the copy's byte count) and an "empty" one (one arrival per warpgroup
+// once its P V of that tile is done), so each warpgroup waits only for its own data and the
+// two drift apart by up to a tile instead of meeting every tile.
+// Tensor maps: a 2-D (B * H * T, D) view of Q, K and V, boxes of 128 rows x 64 columns; rows
+// past T read the next head's rows (masked like the zero-filled rows of the other variants:
+// keys past T get -inf, query rows past T are not stored) and rows past B * H * T read zeros.
+// grid (B * H, ceil(T / 128)); block 256; dynamic smem fwd_tma_smem_bytes<D>().
+// ==========================================================================================
+template <int D> constexpr int fwd_tma_smem_bytes() {
+  return fwd_smem_bytes<D, 2>() + 8 * 8;  // + the mbarriers: full[3], empty[3], q
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// Rows [row, row + 128) x columns [64 p, 64 p + 64) of a tensor map's 2-D view, for p < D / 64,
+// into the panels of a swizzled tile at dst; completes on bar.
+template <int D>
+__device__ __forceinline__ void tma_tile(uint32_t dst, const CUtensorMap* map, int row, uint32_t bar) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const int row = row_base + r * 8;
-    if (row < T_len) {
-      T* orow = O + base + (size_t)row * D;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        *reinterpret_cast<uint32_t*>(orow + 8 * j + 2 * t) =
-            TypeTraits<T>::pack2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-      }
-      if (t == 0) LSE[(size_t)bh * T_len + row] = (row_max[r] + log2f(sum)) * kLn2;
-    }
+  for (int p = 0; p < D / 64; ++p) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            dst + p * 128 * 128),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(64 * p), "r"(row), "r"(bar)
+        : "memory");
   }
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 1)
+_attention_fwd_sm90_tma_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                               const __grid_constant__ CUtensorMap tm_v, T* __restrict__ O, float* __restrict__ LSE,
+                               int T_len, float scale_log2, bool causal) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = kFwdBlockM, BN = kFwdBlockN, kStages = 3;
+  static_assert(BM == 128 && BN == 128, "the tensor maps' boxes are 128 rows");
+  constexpr int kKVBytes = BN * D * 2;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sK = sQ + BM * D * 2;
+  const uint32_t sV = sK + kStages * kKVBytes;
+  const uint32_t bars = sV + kStages * kKVBytes;  // full[3], empty[3], q: 8 bytes each
+  auto full = [&](int st) { return bars + 8 * st; };
+  auto empty = [&](int st) { return bars + 8 * (kStages + st); };
+  const uint32_t qbar = bars + 8 * 2 * kStages;
+
+  const int bh = blockIdx.x;
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;  // the longest rows first
+  const int row0 = bh * T_len;                       // this head's first row in the 2-D view
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int t = lane % 4;
+  const int row_base = m0 + wg * 64 + warp * 16 + lane / 4;  // and + 8
+  const int wg_m0 = m0 + wg * 64;
+  const int n_end = causal ? min(T_len, m0 + BM) : T_len;
+  const int n_blocks = (n_end + BN - 1) / BN;
+  auto need_mask = [&](int n0) { return (n0 + BN > T_len) || (causal && n0 + BN - 1 > wg_m0); };
+  auto load_kv = [&](int nb) {  // tid 0: tile nb into stage nb % 3
+    const int st = nb % kStages;
+    mbar_expect_tx(full(st), 2 * kKVBytes);
+    tma_tile<D>(sK + st * kKVBytes, &tm_k, row0 + nb * BN, full(st));
+    tma_tile<D>(sV + st * kKVBytes, &tm_v, row0 + nb * BN, full(st));
+  };
+
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(full(st), 1);
+      mbar_init(empty(st), 2);
+    }
+    mbar_init(qbar, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (tid == 0) {
+    mbar_expect_tx(qbar, BM * D * 2);
+    tma_tile<D>(sQ, &tm_q, row0 + m0, qbar);
+    load_kv(0);
+    if (n_blocks > 1) load_kv(1);
+  }
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
+  float row_sum[2] = {0.f, 0.f};
+  float corr[2];
+  float s[BN / 2];
+  uint32_t p[BN / 16][4];
+
+  mbar_wait(qbar, 0);
+  mbar_wait(full(0), 0);
+  __syncwarp();  // warp 0 reconverges after tid 0's copies: wgmma is .sync.aligned
+  wgmma_fence();
+  issue_qk<T, D, BN>(s, sQ + wg * 64 * 128, sK);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs<BN / 2>(s);
+  softmax_tile<BN>(s, row_max, row_sum, corr, 0, row_base, t, T_len, need_mask(0), causal, scale_log2);
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
+  for (int nb = 1; nb < n_blocks; ++nb) {
+    const int cur = nb % kStages, prev = (nb - 1) % kStages;
+    // Tile nb + 1 goes into the stage of tile nb - 2, which both warpgroups released in step
+    // nb - 1 (after its P V).  Only tid 0 waits for that; its warpgroup waits with it.
+    if (tid == 0 && nb + 1 < n_blocks) {
+      if (nb >= 2) mbar_wait(empty((nb + 1) % kStages), ((nb - 2) / kStages) & 1);
+      load_kv(nb + 1);
+    }
+    mbar_wait(full(cur), (nb / kStages) & 1);
+    __syncwarp();
+    fence_regs<D / 2>(o);
+    wgmma_fence();
+    issue_qk<T, D, BN>(s, opaque(sQ) + wg * 64 * 128, sK + cur * kKVBytes);
+    wgmma_commit();
+    issue_pv<T, D, BN>(o, p, sV + prev * kKVBytes);
+    wgmma_commit();
+    wgmma_wait<1>();  // S of tile nb; P V of tile nb - 1 may still run
+    fence_regs<BN / 2>(s);
+    softmax_tile<BN>(s, row_max, row_sum, corr, nb * BN, row_base, t, T_len, need_mask(nb * BN), causal,
+                     scale_log2);
+    wgmma_wait<0>();  // P V of tile nb - 1 done: O is whole again, p may be overwritten
+    fence_regs<D / 2>(o);
+    // this warpgroup is done with tile nb - 1 (its K in step nb - 1, its V just now)
+    if (tid % 128 == 0) mbar_arrive(empty(prev));
+    rescale_rows<D>(o, corr);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
+  }
+  fence_regs<D / 2>(o);
+  wgmma_fence();
+  issue_pv<T, D, BN>(o, p, sV + ((n_blocks - 1) % kStages) * kKVBytes);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs<D / 2>(o);
+  store_o_lse<T, D>(o, row_max, row_sum, row_base, t, T_len, O + (size_t)bh * T_len * D, LSE + (size_t)bh * T_len);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
