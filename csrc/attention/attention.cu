@@ -1,4 +1,5 @@
-// Host launchers for the flash-style attention kernels (attention_kernels.cuh).
+// Host launchers for the flash-style attention kernels: mma.sync (attention_kernels.cuh) on
+// any GPU, wgmma (attention_sm90.cuh) on Hopper.
 #include "../flopscale.h"
 #include "attention_kernels.cuh"
 #include "attention_sm90.cuh"
@@ -192,7 +193,7 @@ void attention_tiles(int D, int tiles[4]) {
   if (sm90_pick().fwd != 0) {
     tiles[0] = attn::sm90::kFwdBlockM;
     tiles[1] = attn::sm90::kFwdBlockN;
-    tiles[2] = 8192 / (D <= 64 ? 64 : 128);
+    tiles[2] = D <= 64 ? attn::sm90::Bwd<64>::kBlockM : attn::sm90::Bwd<128>::kBlockM;
     tiles[3] = attn::sm90::kBwdBlockN;
     return;
   }
