@@ -101,6 +101,32 @@ __device__ __forceinline__ void c_to_a(uint32_t* a, const float* c_lo, const flo
   a[3] = TypeTraits<T>::pack2(c_hi[2], c_hi[3]);
 }
 
+// Forward epilogue, shared with the wgmma kernels (attention_sm90.cuh): O / l for this thread's
+// two rows of an m16n8-layout accumulator (element 4 j + 2 r + e: row row_base + 8 r, column
+// 8 j + 2 t + e), and lse = ln(sum_j exp(scale * s_j)) in natural-log units.
+template <typename T, int D>
+__device__ __forceinline__ void store_o_lse(const float* o, const float* row_max, const float* row_sum, int row_base,
+                                            int t, int T_len, T* O_bh, float* lse_bh) {
+  constexpr float kLn2 = 0.69314718055994531f;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = row_sum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const int row = row_base + r * 8;
+    if (row < T_len) {
+      T* orow = O_bh + (size_t)row * D;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(orow + 8 * j + 2 * t) =
+            TypeTraits<T>::pack2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+      }
+      if (t == 0) lse_bh[row] = (row_max[r] + log2f(sum)) * kLn2;
+    }
+  }
+}
+
 // ==========================================================================================
 // Forward
 // ==========================================================================================
@@ -235,25 +261,7 @@ _attention_fwd_kernel(const T* __restrict__ Q, const T* __restrict__ K, const T*
     }
   }
 
-  // ---- epilogue: O / l, and lse = ln(sum_j exp(scale * s_j)) ------------------------------
-  constexpr float kLn2 = 0.69314718055994531f;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const int row = row_base + r * 8;
-    if (row < T_len) {
-      T* orow = O + base + (size_t)row * D;
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        *reinterpret_cast<uint32_t*>(orow + i * 8 + 2 * t) =
-            TypeTraits<T>::pack2(acc_o[i][2 * r] * inv, acc_o[i][2 * r + 1] * inv);
-      }
-      if (t == 0) LSE[(size_t)bh * T_len + row] = (row_max[r] + log2f(sum)) * kLn2;
-    }
-  }
+  store_o_lse<T, D>(&acc_o[0][0], row_max, row_sum, row_base, t, T_len, O + base, LSE + (size_t)bh * T_len);
 }
 
 // ==========================================================================================

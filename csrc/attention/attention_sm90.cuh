@@ -35,6 +35,7 @@
 #pragma once
 
 #include "../common.cuh"
+#include "attention_kernels.cuh"  // store_o_lse, shared with the mma.sync forward
 #include "wgmma.cuh"
 
 #include <cuda.h>  // CUtensorMap (the type only: tensor maps are encoded through the runtime's driver entry point)
@@ -218,29 +219,80 @@ template <int D> __device__ __forceinline__ void rescale_rows(float* o, const fl
   }
 }
 
-// Epilogue: O / l for this thread's two rows, and lse = ln(sum_j exp(scale * s_j)) (natural log).
+// One warpgroup's 64 query rows of the forward: O and S accumulators, P as A fragments, the
+// online-softmax state, and the steps every forward variant is built from.
 template <typename T, int D>
-__device__ __forceinline__ void store_o_lse(const float* o, const float* row_max, const float* row_sum, int row_base,
-                                            int t, int T_len, T* O_bh, float* lse_bh) {
-  constexpr float kLn2 = 0.69314718055994531f;
+struct FwdRows {
+  static constexpr int BN = kFwdBlockN;
+  float o[D / 2], s[BN / 2];
+  uint32_t p[BN / 16][4];
+  float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F}, row_sum[2] = {0.f, 0.f}, corr[2];
+  int row_base, wg_m0, t, T_len;  // row_base: this thread's first row (and + 8)
+  bool causal;
+  float scale_log2;
+
+  __device__ __forceinline__ FwdRows(int m0, int wg, int warp, int lane, int T_len_, bool causal_, float scale_log2_)
+      : row_base(m0 + wg * 64 + warp * 16 + lane / 4), wg_m0(m0 + wg * 64), t(lane % 4), T_len(T_len_),
+        causal(causal_), scale_log2(scale_log2_) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const int row = row_base + r * 8;
-    if (row < T_len) {
-      T* orow = O_bh + (size_t)row * D;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        *reinterpret_cast<uint32_t*>(orow + 8 * j + 2 * t) =
-            TypeTraits<T>::pack2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-      }
-      if (t == 0) lse_bh[row] = (row_max[r] + log2f(sum)) * kLn2;
-    }
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   }
-}
+  // keys past T, or (causal) keys after some row of this warpgroup
+  __device__ __forceinline__ bool need_mask(int n0) const {
+    return (n0 + BN > T_len) || (causal && n0 + BN - 1 > wg_m0);
+  }
+  __device__ __forceinline__ void softmax(int n0) {
+    softmax_tile<BN>(s, row_max, row_sum, corr, n0, row_base, t, T_len, need_mask(n0), causal, scale_log2);
+  }
+  __device__ __forceinline__ void pack_p() {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
+  }
+  // S = Q K^T for the key tile at n0 (this warpgroup's Q rows at q_rows, K at kbuf), waited
+  // for; softmax; O rescaled (not needed on the first tile, where O is 0); P packed.
+  __device__ __forceinline__ void qk_softmax(uint32_t q_rows, uint32_t kbuf, int n0, bool rescale) {
+    wgmma_fence();
+    issue_qk<T, D, BN>(s, q_rows, kbuf);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs<BN / 2>(s);
+    softmax(n0);
+    if (rescale) rescale_rows<D>(o, corr);
+    pack_p();
+  }
+  // O += P V (V at vbuf), waited for.
+  __device__ __forceinline__ void pv(uint32_t vbuf) {
+    fence_regs<D / 2>(o);
+    wgmma_fence();
+    issue_pv<T, D, BN>(o, p, vbuf);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs<D / 2>(o);
+  }
+  // The overlapped step, in two halves: issue S of this tile (K at kbuf) and P V of the last
+  // one (V at vbuf_prev) ...
+  __device__ __forceinline__ void issue_qk_pv(uint32_t q_rows, uint32_t kbuf, uint32_t vbuf_prev) {
+    fence_regs<D / 2>(o);
+    wgmma_fence();
+    issue_qk<T, D, BN>(s, q_rows, kbuf);
+    wgmma_commit();
+    issue_pv<T, D, BN>(o, p, vbuf_prev);
+    wgmma_commit();
+  }
+  // ... then the softmax while P V still runs, and the rescale and packing once it is done.
+  __device__ __forceinline__ void finish_qk_pv(int n0) {
+    wgmma_wait<1>();  // S of this tile; P V of the last may still run
+    fence_regs<BN / 2>(s);
+    softmax(n0);
+    wgmma_wait<0>();  // P V done: O is whole again, and p may be overwritten
+    fence_regs<D / 2>(o);
+    rescale_rows<D>(o, corr);
+    pack_p();
+  }
+  __device__ __forceinline__ void store(T* O_bh, float* lse_bh) const {
+    store_o_lse<T, D>(o, row_max, row_sum, row_base, t, T_len, O_bh, lse_bh);
+  }
+};
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 template <typename T, int D, int kVariant>
@@ -260,28 +312,14 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
   const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;  // the longest rows first
   const size_t base = (size_t)bh * T_len * D;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int t = lane % 4;
-  const int row_base = m0 + wg * 64 + warp * 16 + lane / 4;  // and + 8
-  const int wg_m0 = m0 + wg * 64;
-
   const int n_end = causal ? min(T_len, m0 + BM) : T_len;
   const int n_blocks = (n_end + BN - 1) / BN;
-  // keys past T, or (causal) keys after some row of this warpgroup
-  auto need_mask = [&](int n0) { return (n0 + BN > T_len) || (causal && n0 + BN - 1 > wg_m0); };
+  FwdRows<T, D> rows(m0, wg, warp, lane, T_len, causal, scale_log2);
 
   load_tile<T, BM, D>(sQ, Q + base, m0, T_len, tid);
   load_tile<T, BN, D>(sK, K + base, 0, T_len, tid);
   load_tile<T, BN, D>(sV, V + base, 0, T_len, tid);
   cp_async_commit();
-
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
-  float row_sum[2] = {0.f, 0.f};
-  float corr[2];
-  float s[BN / 2];
-  uint32_t p[BN / 16][4];
 
   if constexpr (kVariant == 1) {
     for (int nb = 0; nb < n_blocks; ++nb) {
@@ -297,21 +335,8 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
       }
       fence_proxy_async();
       __syncthreads();
-      wgmma_fence();
-      issue_qk<T, D, BN>(s, opaque(sQ) + wg * 64 * 128, sK + stage * kKVBytes);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs<BN / 2>(s);
-      softmax_tile<BN>(s, row_max, row_sum, corr, n0, row_base, t, T_len, need_mask(n0), causal, scale_log2);
-      rescale_rows<D>(o, corr);
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
-      fence_regs<D / 2>(o);
-      wgmma_fence();
-      issue_pv<T, D, BN>(o, p, sV + stage * kKVBytes);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs<D / 2>(o);
+      rows.qk_softmax(opaque(sQ) + wg * 64 * 128, sK + stage * kKVBytes, n0, true);
+      rows.pv(sV + stage * kKVBytes);
       __syncthreads();  // both warpgroups are done with this stage's K and V
     }
   } else {
@@ -326,14 +351,7 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
       load_tile<T, BN, D>(sV + kKVBytes, V + base, BN, T_len, tid);
       cp_async_commit();
     }
-    wgmma_fence();
-    issue_qk<T, D, BN>(s, sQ + wg * 64 * 128, sK);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs<BN / 2>(s);
-    softmax_tile<BN>(s, row_max, row_sum, corr, 0, row_base, t, T_len, need_mask(0), causal, scale_log2);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
+    rows.qk_softmax(sQ + wg * 64 * 128, sK, 0, false);
     int stage = 0;  // stage of tile nb - 1
     for (int nb = 1; nb < n_blocks; ++nb) {
       const int n0 = nb * BN;
@@ -347,38 +365,21 @@ _attention_fwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
         load_tile<T, BN, D>(sV + nxt * kKVBytes, V + base, n0 + BN, T_len, tid);
         cp_async_commit();
       }
-      fence_regs<D / 2>(o);
       // variant 3: warpgroup 1 issues after warpgroup 0 (named barrier 3: 128 arrive, 128 sync)
       if constexpr (kVariant == 3) {
         if (wg == 1) asm volatile("bar.sync 3, 256;\n" ::: "memory");
       }
-      wgmma_fence();
-      issue_qk<T, D, BN>(s, opaque(sQ) + wg * 64 * 128, sK + cur * kKVBytes);
-      wgmma_commit();
-      issue_pv<T, D, BN>(o, p, sV + stage * kKVBytes);
-      wgmma_commit();
+      rows.issue_qk_pv(opaque(sQ) + wg * 64 * 128, sK + cur * kKVBytes, sV + stage * kKVBytes);
       if constexpr (kVariant == 3) {
         if (wg == 0) asm volatile("bar.arrive 3, 256;\n" ::: "memory");
       }
-      wgmma_wait<1>();  // S of tile nb; P V of tile nb - 1 may still run
-      fence_regs<BN / 2>(s);
-      softmax_tile<BN>(s, row_max, row_sum, corr, n0, row_base, t, T_len, need_mask(n0), causal, scale_log2);
-      wgmma_wait<0>();  // P V done: O is whole again, and p may be overwritten
-      fence_regs<D / 2>(o);
-      rescale_rows<D>(o, corr);
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
+      rows.finish_qk_pv(n0);
       stage = cur;
     }
-    fence_regs<D / 2>(o);
-    wgmma_fence();
-    issue_pv<T, D, BN>(o, p, sV + stage * kKVBytes);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs<D / 2>(o);
+    rows.pv(sV + stage * kKVBytes);
   }
 
-  store_o_lse<T, D>(o, row_max, row_sum, row_base, t, T_len, O + base, LSE + (size_t)bh * T_len);
+  rows.store(O + base, LSE + (size_t)bh * T_len);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
@@ -454,12 +455,9 @@ _attention_fwd_sm90_tma_kernel(const __grid_constant__ CUtensorMap tm_q, const _
   const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;  // the longest rows first
   const int row0 = bh * T_len;                       // this head's first row in the 2-D view
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int t = lane % 4;
-  const int row_base = m0 + wg * 64 + warp * 16 + lane / 4;  // and + 8
-  const int wg_m0 = m0 + wg * 64;
   const int n_end = causal ? min(T_len, m0 + BM) : T_len;
   const int n_blocks = (n_end + BN - 1) / BN;
-  auto need_mask = [&](int n0) { return (n0 + BN > T_len) || (causal && n0 + BN - 1 > wg_m0); };
+  FwdRows<T, D> rows(m0, wg, warp, lane, T_len, causal, scale_log2);
   auto load_kv = [&](int nb) {  // tid 0: tile nb into stage nb % 3
     const int st = nb % kStages;
     mbar_expect_tx(full(st), 2 * kKVBytes);
@@ -483,26 +481,10 @@ _attention_fwd_sm90_tma_kernel(const __grid_constant__ CUtensorMap tm_q, const _
     if (n_blocks > 1) load_kv(1);
   }
 
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
-  float row_sum[2] = {0.f, 0.f};
-  float corr[2];
-  float s[BN / 2];
-  uint32_t p[BN / 16][4];
-
   mbar_wait(qbar, 0);
   mbar_wait(full(0), 0);
   __syncwarp();  // warp 0 reconverges after tid 0's copies: wgmma is .sync.aligned
-  wgmma_fence();
-  issue_qk<T, D, BN>(s, sQ + wg * 64 * 128, sK);
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_regs<BN / 2>(s);
-  softmax_tile<BN>(s, row_max, row_sum, corr, 0, row_base, t, T_len, need_mask(0), causal, scale_log2);
-#pragma unroll
-  for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
+  rows.qk_softmax(sQ + wg * 64 * 128, sK, 0, false);
   for (int nb = 1; nb < n_blocks; ++nb) {
     const int cur = nb % kStages, prev = (nb - 1) % kStages;
     // Tile nb + 1 goes into the stage of tile nb - 2, which both warpgroups released in step
@@ -513,31 +495,13 @@ _attention_fwd_sm90_tma_kernel(const __grid_constant__ CUtensorMap tm_q, const _
     }
     mbar_wait(full(cur), (nb / kStages) & 1);
     __syncwarp();
-    fence_regs<D / 2>(o);
-    wgmma_fence();
-    issue_qk<T, D, BN>(s, opaque(sQ) + wg * 64 * 128, sK + cur * kKVBytes);
-    wgmma_commit();
-    issue_pv<T, D, BN>(o, p, sV + prev * kKVBytes);
-    wgmma_commit();
-    wgmma_wait<1>();  // S of tile nb; P V of tile nb - 1 may still run
-    fence_regs<BN / 2>(s);
-    softmax_tile<BN>(s, row_max, row_sum, corr, nb * BN, row_base, t, T_len, need_mask(nb * BN), causal,
-                     scale_log2);
-    wgmma_wait<0>();  // P V of tile nb - 1 done: O is whole again, p may be overwritten
-    fence_regs<D / 2>(o);
-    // this warpgroup is done with tile nb - 1 (its K in step nb - 1, its V just now)
+    rows.issue_qk_pv(opaque(sQ) + wg * 64 * 128, sK + cur * kKVBytes, sV + prev * kKVBytes);
+    rows.finish_qk_pv(nb * BN);
+    // this warpgroup is done with tile nb - 1 (its K in step nb - 1, its V in finish_qk_pv)
     if (tid % 128 == 0) mbar_arrive(empty(prev));
-    rescale_rows<D>(o, corr);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
   }
-  fence_regs<D / 2>(o);
-  wgmma_fence();
-  issue_pv<T, D, BN>(o, p, sV + ((n_blocks - 1) % kStages) * kKVBytes);
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_regs<D / 2>(o);
-  store_o_lse<T, D>(o, row_max, row_sum, row_base, t, T_len, O + (size_t)bh * T_len * D, LSE + (size_t)bh * T_len);
+  rows.pv(sV + ((n_blocks - 1) % kStages) * kKVBytes);
+  rows.store(O + (size_t)bh * T_len * D, LSE + (size_t)bh * T_len);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
