@@ -208,15 +208,8 @@ int run(int first, int last) {
 }
 
 int main(int argc, char** argv) {
-  int first = 1, last = 5;
-  if (argc > 1) first = last = atoi(argv[1]);
-  int major = 0;
-  FS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
-  if (major != 9 && last >= 2) {
-    printf("variants 2-5 need an sm_90 GPU (this one is sm_%d0): skipped\n", major);
-    last = 1;
-    if (first > last) return 0;
-  }
+  int first, last;
+  if (!lab_variants(argc, argv, 5, 2, &first, &last)) return 0;
   srand(0);
   const int failures = run<64>(first, last) + run<128>(first, last);
   return failures ? 1 : 0;

@@ -236,16 +236,9 @@ int run(int first, int last) {
 }
 
 int main(int argc, char** argv) {
-  int first = 1, last = 6;
-  if (argc > 1) first = last = atoi(argv[1]);
-  int major = 0;
-  FS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
-  if (major != 9 && last >= 3) {
-    printf("variants 3-6 need an sm_90 GPU (this one is sm_%d0): skipped\n", major);
-    last = 2;
-    if (first > last) return 0;
-  }
+  int first, last;
+  if (!lab_variants(argc, argv, 6, 3, &first, &last)) return 0;
   srand(0);
-  int failures = run<64>(first, last) + run<128>(first, last);
+  const int failures = run<64>(first, last) + run<128>(first, last);
   return failures ? 1 : 0;
 }

@@ -1,11 +1,29 @@
-// Timing for the kernel-variant lab: the median of `iters` launches, each bracketed by CUDA
-// events (device time, no host clock), after the caller's warm-up.
+// Shared pieces of the kernel-variant lab: which variants a run takes, and timing (the median
+// of `iters` launches, each bracketed by CUDA events: device time, no host clock, after the
+// caller's warm-up).
 #pragma once
 
 #include "../common.cuh"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <vector>
+
+// Variants 1..last_variant, or the one named as argv[1]; those from first_sm90 on need an
+// sm_90 GPU and are dropped, with a line saying so, on any other.  false: none is left to run.
+inline bool lab_variants(int argc, char** argv, int last_variant, int first_sm90, int* first, int* last) {
+  *first = 1;
+  *last = last_variant;
+  if (argc > 1) *first = *last = atoi(argv[1]);
+  int major = 0;
+  FS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  if (major != 9 && *last >= first_sm90) {
+    printf("variants %d-%d need an sm_90 GPU (this one is sm_%d0): skipped\n", first_sm90, last_variant, major);
+    *last = first_sm90 - 1;
+  }
+  return *first <= *last;
+}
 
 template <typename Launch>
 double median_ms(Launch launch, int iters) {
