@@ -264,6 +264,28 @@ _attention_fwd_kernel(const T* __restrict__ Q, const T* __restrict__ K, const T*
   store_o_lse<T, D>(&acc_o[0][0], row_max, row_sum, row_base, t, T_len, O + base, LSE + (size_t)bh * T_len);
 }
 
+// Backward epilogue, shared with the wgmma kernels (attention_sm90.cuh): this thread's two key
+// rows of dK (times the softmax scale) and dV from m16n8-layout accumulators.
+template <typename T, int D>
+__device__ __forceinline__ void store_dk_dv(const float* dk, const float* dv, int key_base, int t, int T_len,
+                                            float scale, T* dK_bh, T* dV_bh) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key_base + r * 8;
+    if (key < T_len) {
+      T* dk_row = dK_bh + (size_t)key * D;
+      T* dv_row = dV_bh + (size_t)key * D;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(dk_row + 8 * j + 2 * t) =
+            TypeTraits<T>::pack2(dk[4 * j + 2 * r] * scale, dk[4 * j + 2 * r + 1] * scale);
+        *reinterpret_cast<uint32_t*>(dv_row + 8 * j + 2 * t) =
+            TypeTraits<T>::pack2(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+      }
+    }
+  }
+}
+
 // ==========================================================================================
 // Backward
 // ==========================================================================================
@@ -514,22 +536,7 @@ _attention_bwd_kernel(const T* __restrict__ Q, const T* __restrict__ K, const T*
     }
   }
 
-  // ---- epilogue: dK (times the softmax scale), dV --------------------------------------------
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key_base + r * 8;
-    if (key < T_len) {
-      T* dk_row = dK + base + (size_t)key * D;
-      T* dv_row = dV + base + (size_t)key * D;
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        *reinterpret_cast<uint32_t*>(dk_row + i * 8 + 2 * t) =
-            TypeTraits<T>::pack2(acc_dk[i][2 * r] * scale, acc_dk[i][2 * r + 1] * scale);
-        *reinterpret_cast<uint32_t*>(dv_row + i * 8 + 2 * t) =
-            TypeTraits<T>::pack2(acc_dv[i][2 * r], acc_dv[i][2 * r + 1]);
-      }
-    }
-  }
+  store_dk_dv<T, D>(&acc_dk[0][0], &acc_dv[0][0], key_base, t, T_len, scale, dK + base, dV + base);
 }
 
 }  // namespace attn

@@ -630,22 +630,21 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
     }
 
     // ---- S^T = K Q^T and dP^T = V dO^T (64 keys x BM queries per warpgroup) ------------------
+    // acc = (this warpgroup's 64 rows of the key-side tile at a_tile) x (the query tile at
+    // b_tile)^T, k = D, both K-major; one commit group
+    auto issue_keys_x_queries = [&](float* acc, uint32_t a_tile, uint32_t b_tile) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint64_t da = desc_sw128(a_tile + (kk / 4) * (BN * 128) + wg * 64 * 128 + (kk % 4) * 32, 16);
+        const uint64_t db = desc_sw128(b_tile + (kk / 4) * (BM * 128) + (kk % 4) * 32, 16);
+        WgmmaSS<T, BM>::template run<0, 0>(acc, da, db, kk > 0);
+      }
+      wgmma_commit();
+    };
     float s[BM / 2], dp[BM / 2];
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint64_t da = desc_sw128(kbase + (kk / 4) * (BN * 128) + wg * 64 * 128 + (kk % 4) * 32, 16);
-      const uint64_t db = desc_sw128(qbuf + (kk / 4) * (BM * 128) + (kk % 4) * 32, 16);
-      WgmmaSS<T, BM>::template run<0, 0>(s, da, db, kk > 0);
-    }
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint64_t da = desc_sw128(vbase + (kk / 4) * (BN * 128) + wg * 64 * 128 + (kk % 4) * 32, 16);
-      const uint64_t db = desc_sw128(dobuf + (kk / 4) * (BM * 128) + (kk % 4) * 32, 16);
-      WgmmaSS<T, BM>::template run<0, 0>(dp, da, db, kk > 0);
-    }
-    wgmma_commit();
+    issue_keys_x_queries(s, kbase, qbuf);
+    issue_keys_x_queries(dp, vbase, dobuf);
 
     // P^T (zero where masked: query past T, key past T, key after query) and
     // dS^T = P^T (dP^T - delta), packed as A fragments; dS^T is also stashed in shared memory
@@ -810,22 +809,7 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
     if (tid == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // sdQ stays valid until read
   }
 
-  // ---- epilogue: dK (times the softmax scale), dV -------------------------------------------------
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key_base + r * 8;
-    if (key < T_len) {
-      T* dk_row = dK + base + (size_t)key * D;
-      T* dv_row = dV + base + (size_t)key * D;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        *reinterpret_cast<uint32_t*>(dk_row + 8 * j + 2 * t) =
-            TypeTraits<T>::pack2(dk[4 * j + 2 * r] * scale, dk[4 * j + 2 * r + 1] * scale);
-        *reinterpret_cast<uint32_t*>(dv_row + 8 * j + 2 * t) =
-            TypeTraits<T>::pack2(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
-      }
-    }
-  }
+  store_dk_dv<T, D>(dk, dv, key_base, t, T_len, scale, dK + base, dV + base);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
