@@ -34,10 +34,16 @@ stamp "building flopscale._C in the background (sm_90a)"
 BUILD_PID=$!
 
 stamp "kernel-variant lab (plain nvcc, while the extension builds)"
+# A lab with numbered variants (`<lab> count`) runs each in a process of its own under a short
+# timeout, so that a variant that hangs (new synchronization, written without a GPU) costs only itself.
 for src in csrc/dev/*.cu; do
   n=$(basename "$src" .cu)
   run 60 nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc "$src" -o "/tmp/fs_dev_$n"
-  run 60 "/tmp/fs_dev_$n"
+  if grep -q lab_variants "$src"; then
+    for v in $(seq 1 "$(/tmp/fs_dev_$n count)"); do run 30 "/tmp/fs_dev_$n" "$v"; done
+  else
+    run 60 "/tmp/fs_dev_$n"
+  fi
 done
 
 if [ "${SKIP_TRITON:-0}" != 1 ]; then
@@ -59,6 +65,10 @@ NAME=$($PY -c "import torch,re; print(re.sub(r'[^a-z0-9]+','_',torch.cuda.get_de
 OP=${BENCH_OP:-all}
 run 180 $PY -m flopscale.bench.cli --op "$OP" --json "$OUT/bench.json"
 if [ "$OP" = all ]; then mkdir -p bench/results && cp "$OUT/bench.json" "bench/results/${NAME}.json" 2>/dev/null; fi
+if [ "$OP" = all ] || [ "$OP" = attention ]; then
+  stamp "attention benchmarks under FLOPSCALE_ATTN_SM90=4 (the warp-specialized forward)"
+  FLOPSCALE_ATTN_SM90=4 run 120 $PY -m flopscale.bench.cli --op attention --json "$OUT/bench_attn_sm90_4.json"
+fi
 
 stamp "training on each backend (bf16, 40 steps)"
 BACKENDS=torch,triton,cuda; [ "${SKIP_TRITON:-0}" = 1 ] && BACKENDS=torch,cuda
@@ -67,6 +77,7 @@ run 60 $PY -m flopscale.bench.train_backends --device cuda --dtype bfloat16 --ba
 stamp "compute-sanitizer"
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py all
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool racecheck --print-limit 10 $PY csrc/sanitize_cases.py attention
+FLOPSCALE_ATTN_SM90=4 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py attention
 
 stamp "ledger overhead on the GPU"
 run 40 $PY -m flopscale.bench.bench_ledger --device cuda --reps 20 --json "$OUT/ledger.json"

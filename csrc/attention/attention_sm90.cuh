@@ -249,25 +249,38 @@ struct FwdRows {
     for (int kk = 0; kk < BN / 16; ++kk) acc_to_a<T>(p[kk], s, kk);
   }
   // S = Q K^T for the key tile at n0 (this warpgroup's Q rows at q_rows, K at kbuf), waited
-  // for; softmax; O rescaled (not needed on the first tile, where O is 0); P packed.
-  __device__ __forceinline__ void qk_softmax(uint32_t q_rows, uint32_t kbuf, int n0, bool rescale) {
+  // for; softmax; O rescaled (not needed on the first tile, where O is 0); P packed.  In two
+  // halves (issue, finish) for kernels that do something between them.
+  __device__ __forceinline__ void issue_qk_only(uint32_t q_rows, uint32_t kbuf) {
     wgmma_fence();
     issue_qk<T, D, BN>(s, q_rows, kbuf);
     wgmma_commit();
+  }
+  __device__ __forceinline__ void finish_qk(int n0, bool rescale) {
     wgmma_wait<0>();
     fence_regs<BN / 2>(s);
     softmax(n0);
     if (rescale) rescale_rows<D>(o, corr);
     pack_p();
   }
-  // O += P V (V at vbuf), waited for.
-  __device__ __forceinline__ void pv(uint32_t vbuf) {
+  __device__ __forceinline__ void qk_softmax(uint32_t q_rows, uint32_t kbuf, int n0, bool rescale) {
+    issue_qk_only(q_rows, kbuf);
+    finish_qk(n0, rescale);
+  }
+  // O += P V (V at vbuf), waited for; also in two halves.
+  __device__ __forceinline__ void issue_pv_only(uint32_t vbuf) {
     fence_regs<D / 2>(o);
     wgmma_fence();
     issue_pv<T, D, BN>(o, p, vbuf);
     wgmma_commit();
+  }
+  __device__ __forceinline__ void finish_pv() {
     wgmma_wait<0>();
     fence_regs<D / 2>(o);
+  }
+  __device__ __forceinline__ void pv(uint32_t vbuf) {
+    issue_pv_only(vbuf);
+    finish_pv();
   }
   // The overlapped step, in two halves: issue S of this tile (K at kbuf) and P V of the last
   // one (V at vbuf_prev) ...
@@ -501,6 +514,139 @@ _attention_fwd_sm90_tma_kernel(const __grid_constant__ CUtensorMap tm_q, const _
     if (tid % 128 == 0) mbar_arrive(empty(prev));
   }
   rows.pv(sV + ((n_blocks - 1) % kStages) * kKVBytes);
+  rows.store(O + (size_t)bh * T_len * D, LSE + (size_t)bh * T_len);
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+// ==========================================================================================
+// Forward, warp-specialized (not dispatched by default, not yet run: written without a GPU;
+// FLOPSCALE_ATTN_SM90=4 and the lab's variant 7 run it).  FlashAttention-3's structure on
+// the per-tile steps above, three warpgroups per CTA:
+//   warpgroup 0, the producer: drops to 24 registers (setmaxnreg) and one thread issues every
+//     tile copy by TMA: Q once, then K and V of each key tile into three stages, each with its
+//     own "full" mbarrier for K and for V (the copy's byte count) and one "empty" mbarrier
+//     (one arrival per consumer warpgroup once it has read both), so it runs up to three tiles
+//     ahead and never holds up a consumer;
+//   warpgroups 1 and 2, the consumers: rise to 240 registers and do variant 2's steps on 64
+//     query rows each (the next tile's S issued with the last tile's P V), taking turns to
+//     issue their GEMMs (named barriers 1 and 2: a consumer issues after the other has issued
+//     and before it issues again), so one consumer's softmax runs under the other's GEMMs.
+// No CTA barrier after the start.  Tensor maps as for the TMA kernel above.
+// grid (B * H, ceil(T / 128)); block 384; dynamic smem fwd_ws_smem_bytes<D>().
+// ==========================================================================================
+constexpr int kWsThreads = 384;
+template <int D> constexpr int fwd_ws_smem_bytes() {
+  return fwd_smem_bytes<D, 2>() + 8 * 10;  // + the mbarriers: full_k[3], full_v[3], empty[3], q
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWsThreads, 1)
+_attention_fwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                              const __grid_constant__ CUtensorMap tm_v, T* __restrict__ O, float* __restrict__ LSE,
+                              int T_len, float scale_log2, bool causal) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = kFwdBlockM, BN = kFwdBlockN, kStages = 3;
+  static_assert(BM == 128 && BN == 128, "the tensor maps' boxes are 128 rows");
+  constexpr int kKVBytes = BN * D * 2;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sK = sQ + BM * D * 2;
+  const uint32_t sV = sK + kStages * kKVBytes;
+  const uint32_t bars = sV + kStages * kKVBytes;  // full_k[3], full_v[3], empty[3], q: 8 bytes each
+  auto full_k = [&](int st) { return bars + 8 * st; };
+  auto full_v = [&](int st) { return bars + 8 * (kStages + st); };
+  auto empty = [&](int st) { return bars + 8 * (2 * kStages + st); };
+  const uint32_t qbar = bars + 8 * 3 * kStages;
+
+  const int bh = blockIdx.x;
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;  // the longest rows first
+  const int row0 = bh * T_len;                       // this head's first row in the 2-D view
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int n_end = causal ? min(T_len, m0 + BM) : T_len;
+  const int n_blocks = (n_end + BN - 1) / BN;
+
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(full_k(st), 1);
+      mbar_init(full_v(st), 1);
+      mbar_init(empty(st), 2);
+    }
+    mbar_init(qbar, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ---- producer ----
+    setmaxnreg_dec<24>();
+    if (tid == 0) {
+      mbar_expect_tx(qbar, BM * D * 2);
+      tma_tile<D>(sQ, &tm_q, row0 + m0, qbar);
+      for (int nb = 0; nb < n_blocks; ++nb) {
+        const int st = nb % kStages;
+        // the stage's last tile, nb - 3, released by both consumers (its use nb / 3 - 1)
+        if (nb >= kStages) mbar_wait(empty(st), (nb / kStages - 1) & 1);
+        mbar_expect_tx(full_k(st), kKVBytes);
+        tma_tile<D>(sK + st * kKVBytes, &tm_k, row0 + nb * BN, full_k(st));
+        mbar_expect_tx(full_v(st), kKVBytes);
+        tma_tile<D>(sV + st * kKVBytes, &tm_v, row0 + nb * BN, full_v(st));
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  setmaxnreg_inc<240>();
+  const int c = wg - 1, ctid = tid - 128 * wg, warp = ctid / 32, lane = ctid % 32;
+  FwdRows<T, D> rows(m0, c, warp, lane, T_len, causal, scale_log2);
+  const uint32_t q_rows = sQ + c * 64 * 128;
+  // Turns: consumer c issues after bar.sync on barrier 1 + c, which completes when the other
+  // consumer has arrived there (after its own issue); consumer 1 arrives once up front so that
+  // consumer 0 goes first, and skips its arrival after its last issue, so every barrier phase
+  // is completed (n_blocks + 1 issues each).
+  const int n_issues = n_blocks + 1;
+  int issue = 0;
+  auto my_turn = [&]() { asm volatile("bar.sync %0, 256;\n" ::"r"(1 + c) : "memory"); };
+  auto their_turn = [&]() {
+    if (c == 0 || ++issue < n_issues) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - c) : "memory");
+  };
+  if (c == 1) asm volatile("bar.arrive 1, 256;\n" ::: "memory");
+
+  mbar_wait(qbar, 0);
+  mbar_wait(full_k(0), 0);
+  __syncwarp();
+  my_turn();
+  rows.issue_qk_only(q_rows, sK);
+  their_turn();
+  rows.finish_qk(0, false);
+  for (int nb = 1; nb < n_blocks; ++nb) {
+    const int cur = nb % kStages, prev = (nb - 1) % kStages;
+    mbar_wait(full_k(cur), (nb / kStages) & 1);
+    mbar_wait(full_v(prev), ((nb - 1) / kStages) & 1);
+    __syncwarp();
+    my_turn();
+    rows.issue_qk_pv(opaque(q_rows), sK + cur * kKVBytes, sV + prev * kKVBytes);
+    their_turn();
+    rows.finish_qk_pv(nb * BN);
+    // this warpgroup has read tile nb - 1 (its K in step nb - 1, its V just now)
+    if (ctid == 0) mbar_arrive(empty(prev));
+    __syncwarp();
+  }
+  const int last = (n_blocks - 1) % kStages;
+  mbar_wait(full_v(last), ((n_blocks - 1) / kStages) & 1);
+  __syncwarp();
+  my_turn();
+  rows.issue_pv_only(sV + last * kKVBytes);
+  their_turn();
+  rows.finish_pv();
   rows.store(O + (size_t)bh * T_len * D, LSE + (size_t)bh * T_len);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }

@@ -23,6 +23,12 @@
 //              cp.async by every thread and a CTA barrier per tile, so the warpgroups wait
 //              only for their own data: attn::sm90::_attention_fwd_sm90_tma_kernel.  Written
 //              without a GPU; not yet run.
+//   variant 7  FlashAttention-3's warp specialization on variant 4's steps: a producer
+//              warpgroup (24 registers, setmaxnreg) issues every copy by TMA, separate full
+//              barriers for K and V, and two consumer warpgroups (240 registers) take turns
+//              issuing their GEMMs (named barriers), so one's softmax runs under the other's
+//              GEMMs; no CTA barrier per tile: attn::sm90::_attention_fwd_sm90_ws_kernel,
+//              FLOPSCALE_ATTN_SM90=4 in the extension.  Written without a GPU; not yet run.
 //
 // Build and run (from the repository root):
 //   nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc \
@@ -34,9 +40,8 @@
 // FlashAttention reports).
 #include "../attention/attention_kernels.cuh"
 #include "../attention/attention_sm90.cuh"
+#include "../attention/tensor_map.h"
 #include "timing.cuh"
-
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled_v12000
 
 #include <algorithm>
 #include <cmath>
@@ -83,28 +88,6 @@ __global__ void _attention_fwd_naive_kernel(const bf16* Q, const bf16* K, const 
   for (int d = 0; d < kNaiveChunk; ++d) out[d] = __float2bfloat16(o[d] / l);
 }
 
-// A 2-D (rows, D) bf16 tensor map with 128-row x 64-column boxes and the 128-byte swizzle the
-// wgmma descriptors read; the encoder comes from the driver through the runtime (no -lcuda).
-CUtensorMap tensor_map(const bf16* base, int64_t rows, int D) {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
-  if (encode == nullptr) {
-    cudaDriverEntryPointQueryResult found;
-    FS_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode),
-                                                   12000, cudaEnableDefault, &found));
-    FS_REQUIRE(found == cudaDriverEntryPointSuccess && encode != nullptr, "cuTensorMapEncodeTiled not found");
-  }
-  CUtensorMap map;
-  const cuuint64_t dims[2] = {(cuuint64_t)D, (cuuint64_t)rows};
-  const cuuint64_t strides[1] = {(cuuint64_t)D * sizeof(bf16)};
-  const cuuint32_t box[2] = {64, 128};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(base), dims, strides, box,
-                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  FS_REQUIRE(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed: " + std::to_string((int)r));
-  return map;
-}
-
 template <int D>
 void launch_sm90_tma(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int BH, int T) {
   constexpr int smem = attn::sm90::fwd_tma_smem_bytes<D>();
@@ -113,8 +96,20 @@ void launch_sm90_tma(const bf16* q, const bf16* k, const bf16* v, bf16* o, float
   const int64_t rows = (int64_t)BH * T;
   const dim3 grid(BH, (T + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
   attn::sm90::_attention_fwd_sm90_tma_kernel<bf16, D><<<grid, attn::sm90::kThreads, smem>>>(
-      tensor_map(q, rows, D), tensor_map(k, rows, D), tensor_map(v, rows, D), o, lse, T,
-      1.4426950408889634f / std::sqrt((float)D), true);
+      attn::tile_map_128x64(q, rows, D, true), attn::tile_map_128x64(k, rows, D, true),
+      attn::tile_map_128x64(v, rows, D, true), o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
+}
+
+template <int D>
+void launch_sm90_ws(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int BH, int T) {
+  constexpr int smem = attn::sm90::fwd_ws_smem_bytes<D>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_fwd_sm90_ws_kernel<bf16, D>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const int64_t rows = (int64_t)BH * T;
+  const dim3 grid(BH, (T + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
+  attn::sm90::_attention_fwd_sm90_ws_kernel<bf16, D><<<grid, attn::sm90::kWsThreads, smem>>>(
+      attn::tile_map_128x64(q, rows, D, true), attn::tile_map_128x64(k, rows, D, true),
+      attn::tile_map_128x64(v, rows, D, true), o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
 }
 
 template <int D, int kVariant>
@@ -139,6 +134,8 @@ void launch(int variant, const bf16* q, const bf16* k, const bf16* v, bf16* o, f
     launch_sm90<D, 3>(q, k, v, o, lse, BH, T);
   } else if (variant == 6) {
     launch_sm90_tma<D>(q, k, v, o, lse, BH, T);
+  } else if (variant == 7) {
+    launch_sm90_ws<D>(q, k, v, o, lse, BH, T);
   } else {
     constexpr int smem = attn::fwd_smem_bytes<D>();
     FS_CUDA_CHECK(cudaFuncSetAttribute(attn::_attention_fwd_kernel<bf16, D>,
@@ -237,7 +234,7 @@ int run(int first, int last) {
 
 int main(int argc, char** argv) {
   int first, last;
-  if (!lab_variants(argc, argv, 6, 3, &first, &last)) return 0;
+  if (!lab_variants(argc, argv, 7, 3, &first, &last)) return 0;
   srand(0);
   const int failures = run<64>(first, last) + run<128>(first, last);
   return failures ? 1 : 0;

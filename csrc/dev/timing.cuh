@@ -8,14 +8,27 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 // Variants 1..last_variant, or the one named as argv[1]; those from first_sm90 on need an
 // sm_90 GPU and are dropped, with a line saying so, on any other.  false: none is left to run.
+// argv[1] = "count" prints last_variant and exits (bench/gpu_all.sh runs each variant in a
+// process of its own, so that a hang in one loses only that one); a variant out of range exits 2.
 inline bool lab_variants(int argc, char** argv, int last_variant, int first_sm90, int* first, int* last) {
   *first = 1;
   *last = last_variant;
-  if (argc > 1) *first = *last = atoi(argv[1]);
+  if (argc > 1 && std::string(argv[1]) == "count") {
+    printf("%d\n", last_variant);
+    exit(0);
+  }
+  if (argc > 1) {
+    *first = *last = atoi(argv[1]);
+    if (*first < 1 || *first > last_variant) {
+      fprintf(stderr, "no variant '%s': this lab has variants 1-%d\n", argv[1], last_variant);
+      exit(2);
+    }
+  }
   int major = 0;
   FS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
   if (major != 9 && *last >= first_sm90) {

@@ -1,0 +1,42 @@
+// Host side of the TMA attention kernels (attention_sm90.cuh): the tensor map a kernel reads
+// Q, K or V through.  Shared by attention.cu and the lab (csrc/dev/attention_forward.cu).
+#pragma once
+
+#include "../common.cuh"
+
+#include <cuda.h>          // CUtensorMap and its enums (the types only: no -lcuda)
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled_v12000
+
+namespace flopscale {
+namespace attn {
+
+// A 2-D (rows, D) view of a row-major fp16 / bf16 matrix (all B * H heads stacked), read in
+// boxes of 128 rows x 64 columns with the 128-byte swizzle the wgmma descriptors expect; rows
+// past the end read as zeros.  The encoder comes from the driver through the runtime's entry
+// point query, so nothing links libcuda.
+inline CUtensorMap tile_map_128x64(const void* base, int64_t rows, int D, bool bf16) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
+  if (encode == nullptr) {
+    cudaDriverEntryPointQueryResult found;
+    FS_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode),
+                                                   12000, cudaEnableDefault, &found));
+    FS_REQUIRE(found == cudaDriverEntryPointSuccess && encode != nullptr,
+               "the driver has no cuTensorMapEncodeTiled (TMA needs CUDA 12 or newer)");
+  }
+  FS_REQUIRE(reinterpret_cast<uintptr_t>(base) % 16 == 0, "attention: TMA needs 16-byte aligned tensors");
+  FS_REQUIRE(rows > 0 && rows < (int64_t(1) << 31), "attention: B * H * T out of the tensor map's range");
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {(cuuint64_t)D, (cuuint64_t)rows};
+  const cuuint64_t strides[1] = {(cuuint64_t)D * 2};  // bytes between rows
+  const cuuint32_t box[2] = {64, 128};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r =
+      encode(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+             const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FS_REQUIRE(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed with CUresult " + std::to_string((int)r));
+  return map;
+}
+
+}  // namespace attn
+}  // namespace flopscale
