@@ -7,7 +7,8 @@
 #   OUT=/tmp/out SKIP_TRITON=1 BENCH_OP=attention bash bench/gpu_all.sh   # a CUDA-kernel change only
 #
 # $OUT receives: gpu.log (everything, with stamps), bench.json (DESIGN.md's results document),
-# train_backends.json, ledger.json, build.log.  bench/results/<gpu>.json gets a copy of bench.json.
+# bench_attn_sm90_5.json (attention under FLOPSCALE_ATTN_SM90=5), train_backends.json,
+# ledger.json, build.log.  bench/results/<gpu>.json gets a copy of bench.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/flopscale-gpu}
@@ -66,8 +67,8 @@ OP=${BENCH_OP:-all}
 run 180 $PY -m flopscale.bench.cli --op "$OP" --json "$OUT/bench.json"
 if [ "$OP" = all ]; then mkdir -p bench/results && cp "$OUT/bench.json" "bench/results/${NAME}.json" 2>/dev/null; fi
 if [ "$OP" = all ] || [ "$OP" = attention ]; then
-  stamp "attention benchmarks under FLOPSCALE_ATTN_SM90=4 (the warp-specialized forward)"
-  FLOPSCALE_ATTN_SM90=4 run 120 $PY -m flopscale.bench.cli --op attention --json "$OUT/bench_attn_sm90_4.json"
+  stamp "attention benchmarks under FLOPSCALE_ATTN_SM90=5 (the warp-specialized forward and backward)"
+  FLOPSCALE_ATTN_SM90=5 run 120 $PY -m flopscale.bench.cli --op attention --json "$OUT/bench_attn_sm90_5.json"
 fi
 
 stamp "training on each backend (bf16, 40 steps)"
@@ -77,7 +78,7 @@ run 60 $PY -m flopscale.bench.train_backends --device cuda --dtype bfloat16 --ba
 stamp "compute-sanitizer"
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py all
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool racecheck --print-limit 10 $PY csrc/sanitize_cases.py attention
-FLOPSCALE_ATTN_SM90=4 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py attention
+FLOPSCALE_ATTN_SM90=5 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py attention
 
 stamp "ledger overhead on the GPU"
 run 40 $PY -m flopscale.bench.bench_ledger --device cuda --reps 20 --json "$OUT/ledger.json"

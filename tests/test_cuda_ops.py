@@ -121,9 +121,9 @@ def test_add_layer_norm(ops, shape, dtype):
                                      (1, 2, 256, 128), (1, 2, 333, 128), (1, 1, 520, 64)])
 # FLOPSCALE_ATTN_SM90 (csrc/attention/attention.cu): "default" is what the extension picks
 # (the wgmma kernels on an H100 / H200, else mma.sync); "0" the mma.sync kernels on any GPU;
-# "1", "3" and "4" the other wgmma variant sets ("4": the warp-specialized TMA forward); all
-# three are the same as "default" off Hopper.
-@pytest.mark.parametrize("path", ["default", "0", "1", "3", "4"])
+# "1", "3", "4" and "5" the other wgmma variant sets ("4": the warp-specialized TMA forward,
+# "5": that and the warp-specialized backward); all are the same as "default" off Hopper.
+@pytest.mark.parametrize("path", ["default", "0", "1", "3", "4", "5"])
 def test_attention(ops, B, H, T, D, causal, dtype, path, monkeypatch):
     if path != "default":
         monkeypatch.setenv("FLOPSCALE_ATTN_SM90", path)

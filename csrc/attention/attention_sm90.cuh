@@ -30,6 +30,11 @@
 // stride (rows * 128 B) and SBO = 1024 B (8 k rows), a 16-row k step is +2048 B.  The swizzle
 // acts on address bits, so every tile starts 1024-B aligned.
 //
+// Besides these, each direction has a warp-specialized kernel (FlashAttention-3's structure: a
+// producer warpgroup feeding tiles by TMA on mbarriers, two consumer warpgroups at 240
+// registers, no CTA barrier per tile), and the forward a plain TMA variant; they are described
+// above each kernel and were written without a GPU (not yet dispatched by default).
+//
 // Compiled only where __CUDA_ARCH_FEAT_SM90_ALL is defined (sm_90a); elsewhere the kernels are
 // empty and the host never launches them (attention.cu probes which build the device runs).
 #pragma once
@@ -431,15 +436,19 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
-// Rows [row, row + 128) x columns [64 p, 64 p + 64) of a tensor map's 2-D view, for p < D / 64,
-// into the panels of a swizzled tile at dst; completes on bar.
-template <int D>
+// Set the transaction count a phase of bar waits for, without arriving.
+__device__ __forceinline__ void mbar_expect_tx_only(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Rows [row, row + R) x columns [64 p, 64 p + 64) of a tensor map's 2-D view (its box: R rows),
+// for p < D / 64, into the panels of an R-row swizzled tile at dst; completes on bar.
+template <int D, int R = 128>
 __device__ __forceinline__ void tma_tile(uint32_t dst, const CUtensorMap* map, int row, uint32_t bar) {
 #pragma unroll
   for (int p = 0; p < D / 64; ++p) {
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-            dst + p * 128 * 128),
+            dst + p * R * 128),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(64 * p), "r"(row), "r"(bar)
         : "memory");
   }
@@ -956,6 +965,310 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
   }
 
   store_dk_dv<T, D>(dk, dv, key_base, t, T_len, scale, dK + base, dV + base);
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+// ==========================================================================================
+// Backward, warp-specialized (not dispatched by default, not yet run: written without a GPU;
+// FLOPSCALE_ATTN_SM90=5 and the lab's backward variant 6 run it).  The per-tile work of
+// variant 2 above on FlashAttention-3's structure, three warpgroups per CTA:
+//   warpgroup 0, the producer: drops to 24 registers; its first warp loads K and V once and
+//     then, for each query tile, Q and dO by TMA (one thread) and lse / delta with plain loads
+//     (all 32 lanes, into shared memory), three stages deep, each stage with a "full" mbarrier
+//     (the 32 lanes' arrivals and the TMA bytes) and an "empty" one (one arrival per consumer
+//     once its dV and dK of that tile are done);
+//   warpgroups 1 and 2, the consumers: rise to 240 registers and own 64 keys each, as the two
+//     warpgroups of variant 2 do.
+// dS^T is double-buffered, so the one barrier both consumers meet per tile (all of dS^T
+// written, before dQ) also frees the buffer the next tile but one writes; there is no CTA
+// barrier after the start and no consumer thread issues a copy.  Tensor maps: Q and dO with
+// boxes of BM rows, K and V with boxes of 128 rows (tensor_map.h).
+// grid (B * H, ceil(T / 128)); block 384; dynamic smem bwd_ws_smem_bytes<D>().
+// ==========================================================================================
+constexpr int kBwdWsStages = 3;
+template <int D> constexpr int bwd_ws_smem_bytes() {
+  constexpr int BM = Bwd<D>::kBlockM, S = kBwdWsStages;
+  // K, V; S stages of Q and dO; 2 buffers of dS^T; S stages of lse and delta; the mbarriers
+  // full[S], empty[S], kv; alignment slack
+  return 2 * kBwdBlockN * D * 2 + S * 2 * BM * D * 2 + 2 * kBwdBlockN * BM * 2 + S * 2 * BM * 4 + 8 * (2 * S + 1) +
+         1024;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// One consumer warpgroup's 64 keys: the dK and dV accumulators and the per-tile steps, the
+// same work as the lambdas of _attention_bwd_sm90_kernel above.  That kernel keeps its own
+// copy for now: moved onto these steps, its register allocation changed (at D = 64 it spilled,
+// SASS compared without a GPU), and it is the measured default; whichever of the two loses on
+// the GPU goes.  Accumulator element i of a thread: key row kr + 8 * ((i / 2) % 2) of the CTA
+// tile, query (or D) column 8 * (i / 4) + 2 * t + i % 2.
+template <typename T, int D>
+struct BwdKeys {
+  static constexpr int BM = Bwd<D>::kBlockM, BN = kBwdBlockN;
+  static constexpr float kLog2e = 1.4426950408889634f;
+  // One query tile's S^T, dP^T and packed P^T: declared inside the tile loop, so that nothing
+  // of one tile is live into the next (the wgmma wrappers read their accumulators, so a member
+  // array would be kept alive across the loop: at D = 64 that spilled).
+  struct Tile {
+    float s[BM / 2], dp[BM / 2];
+    uint32_t pa[BM / 16][4];
+  };
+  float dk[D / 2], dv[D / 2];
+  // kr: this thread's first key row in the CTA tile (warpgroup wg: rows 64 wg..); everything
+  // else about the thread is derived from it, to keep the live registers few (D = 64 runs at
+  // the 240 of setmaxnreg with a handful to spare)
+  int kr, t, n0, T_len;
+  bool causal;
+  float scale_log2;
+
+  __device__ __forceinline__ BwdKeys(int n0_, int wg, int warp, int lane, int T_len_, bool causal_, float scale)
+      : kr(wg * 64 + warp * 16 + lane / 4), t(lane % 4), n0(n0_), T_len(T_len_), causal(causal_),
+        scale_log2(scale * kLog2e) {
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+  }
+  __device__ __forceinline__ int wg() const { return kr / 64; }
+  __device__ __forceinline__ int key_base() const { return n0 + kr; }
+
+  // acc = (this warpgroup's 64 rows of the key-side tile at a_tile) x (the query tile at
+  // b_tile)^T, k = D, both K-major; one commit group
+  __device__ __forceinline__ void issue_keys_x_queries(float* acc, uint32_t a_tile, uint32_t b_tile) const {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint64_t da = desc_sw128(a_tile + (kk / 4) * (BN * 128) + wg() * 64 * 128 + (kk % 4) * 32, 16);
+      const uint64_t db = desc_sw128(b_tile + (kk / 4) * (BM * 128) + (kk % 4) * 32, 16);
+      WgmmaSS<T, BM>::template run<0, 0>(acc, da, db, kk > 0);
+    }
+    wgmma_commit();
+  }
+  // S^T = K Q^T, then dP^T = V dO^T: two commit groups
+  __device__ __forceinline__ void issue_s_dp(Tile& x, uint32_t kbase, uint32_t vbase, uint32_t qbuf,
+                                             uint32_t dobuf) const {
+    wgmma_fence();
+    issue_keys_x_queries(x.s, kbase, qbuf);
+    issue_keys_x_queries(x.dp, vbase, dobuf);
+  }
+
+  // queries past T, keys past T, or (causal) a key after a query: some P^T entry is masked
+  __device__ __forceinline__ bool need_mask(int m0) const {
+    return (m0 + BM > T_len) || (n0 + BN > T_len) || (causal && m0 < n0 + BN - 1);
+  }
+  // P^T entry i (0 where masked), lse in natural-log units
+  __device__ __forceinline__ float prob(const Tile& x, int i, const float* sLse, int m0, bool mask) const {
+    const int qi = 8 * (i / 4) + 2 * t + (i % 2);  // query within the tile
+    float pv = exp2f(x.s[i] * scale_log2 - sLse[qi] * kLog2e);
+    if (mask) {
+      const int q = m0 + qi;
+      const int key = key_base() + 8 * ((i / 2) % 2);
+      if (q >= T_len || key >= T_len || (causal && q < key)) pv = 0.f;
+    }
+    return pv;
+  }
+  // dS^T (keys x queries) into shared memory, swizzled like the operand tiles: the A operand
+  // of dK and dQ
+  __device__ __forceinline__ void stash_ds(unsigned char* ds_raw, const uint32_t* a, int kk) const {
+    const int qc = 16 * kk + 2 * t;
+    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr, qc)) = a[0];
+    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr + 8, qc)) = a[1];
+    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr, qc + 8)) = a[2];
+    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr + 8, qc + 8)) = a[3];
+  }
+  // After issue_s_dp: P^T formed and packed (pa) as soon as S^T is done, while dP^T may still
+  // run; then dS^T = P^T (dP^T - delta), from the packed P^T, stashed 16 queries at a time.
+  // The fp32 P^T dies as it is packed: with it and dP^T both live, D = 64 (BM = 128) spilled
+  // under the consumers' 240 registers.  P is thus rounded to T once more than in the other
+  // backward kernels' dS^T (as dS^T itself is before its GEMMs).
+  __device__ __forceinline__ void p_ds(Tile& x, const float* sLse, const float* sDelta, int m0,
+                                       unsigned char* ds_raw) const {
+    wgmma_wait<1>();
+    fence_regs<BM / 2>(x.s);
+    const bool mask = need_mask(m0);
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+#pragma unroll
+      for (int i = 8 * kk; i < 8 * kk + 8; ++i) x.s[i] = prob(x, i, sLse, m0, mask);
+      acc_to_a<T>(x.pa[kk], x.s, kk);
+    }
+    wgmma_wait<0>();
+    fence_regs<BM / 2>(x.dp);
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float2 pv = unpack2<T>(x.pa[kk][r]);
+        const int i = 8 * kk + 2 * r;  // and i + 1: queries 8 * (i / 4) + 2 t + {0, 1}
+        x.dp[i] = pv.x * (x.dp[i] - sDelta[8 * (i / 4) + 2 * t]);
+        x.dp[i + 1] = pv.y * (x.dp[i + 1] - sDelta[8 * (i / 4) + 2 * t + 1]);
+      }
+      uint32_t dsa[4];
+      acc_to_a<T>(dsa, x.dp, kk);
+      stash_ds(ds_raw, dsa, kk);
+    }
+  }
+  // dV += P^T dO: A = P^T from registers, B = dO read MN-major (k = queries, n = D); no commit
+  __device__ __forceinline__ void issue_dv(const Tile& x, uint32_t dobuf) {
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      WgmmaRS<T, D>::template run<1>(dv, x.pa[kk], desc_sw128(dobuf + kk * 2048, BM * 128), 1);
+    }
+  }
+  // dK += dS^T Q: A = this warpgroup's rows of dS^T from shared memory (K-major), B = Q read
+  // MN-major; no commit
+  __device__ __forceinline__ void issue_dk(uint32_t dsbase, uint32_t qbuf) {
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      const uint64_t da = desc_sw128(dsbase + (kk / 4) * (BN * 128) + wg() * 64 * 128 + (kk % 4) * 32, 16);
+      WgmmaSS<T, D>::template run<0, 1>(dk, da, desc_sw128(qbuf + kk * 2048, BM * 128), 1);
+    }
+  }
+  // This warpgroup's dQ tile: D = 128, all BM = 64 queries x columns 64 wg..; D = 64, queries
+  // 64 wg.. x all 64 columns
+  static constexpr int kDqTileSize = 32;
+  __device__ __forceinline__ int dq_query_off() const { return D == 128 ? 0 : 64 * wg(); }
+  __device__ __forceinline__ int dq_col_off() const { return D == 128 ? 64 * wg() : 0; }
+  // dQ tile = dS K, k = the CTA's 128 keys (A = dS read MN-major from the stored dS^T, B = K
+  // MN-major), waited for
+  __device__ __forceinline__ void dq_tile(float* dq, uint32_t dsbase, uint32_t kbase) const {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const uint64_t da = desc_sw128(dsbase + (dq_query_off() / 64) * (BN * 128) + kk * 2048, BN * 128);
+      const uint64_t db = desc_sw128(kbase + (dq_col_off() / 64) * (BN * 128) + kk * 2048, BN * 128);
+      WgmmaSS<T, 64>::template run<1, 1>(dq, da, db, kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs<kDqTileSize>(dq);
+  }
+  // dQ tile added to the fp32 buffer (this head's, dQacc_bh) with 8-byte atomics
+  __device__ __forceinline__ void dq_add(const float* dq, float* dQacc_bh, int m0) const {
+#pragma unroll
+    for (int i = 0; i < kDqTileSize; i += 2) {
+      const int q = m0 + dq_query_off() + kr % 64 + 8 * ((i / 2) % 2);
+      const int col = dq_col_off() + 8 * (i / 4) + 2 * t;
+      if (q < T_len) {
+        float* dst = dQacc_bh + (size_t)q * D + col;
+        asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(dq[i]), "f"(dq[i + 1]) : "memory");
+      }
+    }
+  }
+  __device__ __forceinline__ void store(float scale, T* dK_bh, T* dV_bh) const {
+    store_dk_dv<T, D>(dk, dv, key_base(), t, T_len, scale, dK_bh, dV_bh);
+  }
+};
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWsThreads, 1)
+_attention_bwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                              const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
+                              const float* __restrict__ LSE, const float* __restrict__ Delta,
+                              float* __restrict__ dQacc, T* __restrict__ dK, T* __restrict__ dV, int T_len, float scale,
+                              bool causal) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = Bwd<D>::kBlockM, BN = kBwdBlockN, kStages = kBwdWsStages;
+  static_assert(BN == 128, "the K / V tensor maps' boxes are 128 rows");
+  constexpr int kQBytes = BM * D * 2, kKBytes = BN * D * 2, kDsBytes = BN * BM * 2;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t smem0 = smem_u32(smem_raw);
+  const uint32_t sK = (smem0 + 1023u) & ~1023u;
+  const uint32_t sV = sK + kKBytes;
+  const uint32_t sQ = sV + kKBytes;                  // kStages stages
+  const uint32_t sdO = sQ + kStages * kQBytes;       // kStages stages
+  const uint32_t sdS = sdO + kStages * kQBytes;      // 2 buffers of dS^T (BN keys x BM queries)
+  const uint32_t sRows = sdS + 2 * kDsBytes;         // kStages x {lse[BM], delta[BM]}
+  const uint32_t bars = sRows + kStages * 2 * BM * 4;  // full[kStages], empty[kStages], kv
+  auto full = [&](int st) { return bars + 8 * st; };
+  auto empty = [&](int st) { return bars + 8 * (kStages + st); };
+  const uint32_t kvbar = bars + 8 * 2 * kStages;
+  auto smem_ptr = [&](uint32_t addr) { return smem_raw + (addr - smem0); };
+
+  const int bh = blockIdx.x;
+  const int n0 = blockIdx.y * BN;  // the low key tiles see the most queries: they go first
+  const int row0 = bh * T_len;     // this head's first row in the 2-D views
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int m_first = causal ? n0 / BM : 0;
+  const int m_blocks = (T_len + BM - 1) / BM;
+
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(full(st), 32);
+      mbar_init(empty(st), 2);
+    }
+    mbar_init(kvbar, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ---- producer ----
+    setmaxnreg_dec<24>();
+    if (tid < 32) {
+      const int lane = tid;
+      if (lane == 0) {
+        mbar_expect_tx(kvbar, 2 * kKBytes);
+        tma_tile<D, BN>(sK, &tm_k, row0 + n0, kvbar);
+        tma_tile<D, BN>(sV, &tm_v, row0 + n0, kvbar);
+      }
+      for (int mb = m_first; mb < m_blocks; ++mb) {
+        const int i = mb - m_first, st = i % kStages, m0 = mb * BM;
+        // the stage's last tile, i - 3, released by both consumers (its use i / 3 - 1)
+        if (i >= kStages) mbar_wait(empty(st), (i / kStages - 1) & 1);
+        if (lane == 0) {
+          mbar_expect_tx_only(full(st), 2 * kQBytes);
+          tma_tile<D, BM>(sQ + st * kQBytes, &tm_q, row0 + m0, full(st));
+          tma_tile<D, BM>(sdO + st * kQBytes, &tm_do, row0 + m0, full(st));
+        }
+        float* rows = reinterpret_cast<float*>(smem_ptr(sRows + st * 2 * BM * 4));
+        for (int r = lane; r < BM; r += 32) {
+          const int row = m0 + r;
+          rows[r] = row < T_len ? LSE[row0 + row] : 0.f;
+          rows[BM + r] = row < T_len ? Delta[row0 + row] : 0.f;
+        }
+        mbar_arrive(full(st));  // release: the lse / delta stores above are seen by the waiters
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  setmaxnreg_inc<240>();
+  const int c = wg - 1, ctid = tid - 128 * wg, warp = ctid / 32, lane = ctid % 32;
+  BwdKeys<T, D> keys(n0, c, warp, lane, T_len, causal, scale);
+  mbar_wait(kvbar, 0);
+  for (int mb = m_first; mb < m_blocks; ++mb) {
+    const int i = mb - m_first, st = i % kStages, m0 = mb * BM;
+    const uint32_t qbuf = sQ + st * kQBytes, dobuf = sdO + st * kQBytes, dsbuf = sdS + (i & 1) * kDsBytes;
+    const float* sLse = reinterpret_cast<const float*>(smem_ptr(sRows + st * 2 * BM * 4));
+    const float* sDelta = sLse + BM;
+    mbar_wait(full(st), (i / kStages) & 1);
+    __syncwarp();
+
+    // S^T, dP^T; P^T and dS^T, this consumer's rows of dS^T stashed
+    typename BwdKeys<T, D>::Tile x;
+    keys.issue_s_dp(x, opaque(sK), opaque(sV), qbuf, dobuf);
+    keys.p_ds(x, sLse, sDelta, m0, smem_ptr(dsbuf));
+    fence_proxy_async();
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + c) : "memory");  // this consumer's 128 threads
+
+    // dV += P^T dO, dK += dS^T Q; then this consumer is done with the stage (Q, dO, lse, delta)
+    fence_regs<D / 2>(keys.dv);
+    fence_regs<D / 2>(keys.dk);
+    wgmma_fence();
+    keys.issue_dv(x, dobuf);
+    keys.issue_dk(dsbuf, qbuf);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs<D / 2>(keys.dv);
+    fence_regs<D / 2>(keys.dk);
+    if (ctid == 0) mbar_arrive(empty(st));
+    __syncwarp();
+
+    // all of dS^T is in shared memory (both consumers: barrier 3, 256 threads); dQ += dS K
+    asm volatile("bar.sync 3, 256;\n" ::: "memory");
+    float dq[BwdKeys<T, D>::kDqTileSize];
+    keys.dq_tile(dq, dsbuf, opaque(sK));
+    keys.dq_add(dq, dQacc + (size_t)row0 * D, m0);
+  }
+  keys.store(scale, dK + (size_t)row0 * D, dV + (size_t)row0 * D);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 

@@ -11,10 +11,10 @@ namespace flopscale {
 namespace attn {
 
 // A 2-D (rows, D) view of a row-major fp16 / bf16 matrix (all B * H heads stacked), read in
-// boxes of 128 rows x 64 columns with the 128-byte swizzle the wgmma descriptors expect; rows
-// past the end read as zeros.  The encoder comes from the driver through the runtime's entry
+// boxes of box_rows rows x 64 columns with the 128-byte swizzle the wgmma descriptors expect;
+// rows past the end read as zeros.  The encoder comes from the driver through the runtime's entry
 // point query, so nothing links libcuda.
-inline CUtensorMap tile_map_128x64(const void* base, int64_t rows, int D, bool bf16) {
+inline CUtensorMap tile_map(const void* base, int64_t rows, int D, bool bf16, int box_rows = 128) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
   if (encode == nullptr) {
     cudaDriverEntryPointQueryResult found;
@@ -28,7 +28,8 @@ inline CUtensorMap tile_map_128x64(const void* base, int64_t rows, int D, bool b
   CUtensorMap map;
   const cuuint64_t dims[2] = {(cuuint64_t)D, (cuuint64_t)rows};
   const cuuint64_t strides[1] = {(cuuint64_t)D * 2};  // bytes between rows
-  const cuuint32_t box[2] = {64, 128};
+  FS_REQUIRE(box_rows > 0 && box_rows <= 256, "attention: a TMA box has at most 256 rows");
+  const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
   const cuuint32_t elem_strides[2] = {1, 1};
   const CUresult r =
       encode(&map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,

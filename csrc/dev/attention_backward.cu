@@ -16,6 +16,12 @@
 //   variant 5  as 3, with fewer waits on the tensor cores: dV issued as soon as S^T is done
 //              (dP^T still running), dS^T formed and stashed under dV, dK and dQ waited for
 //              together (kVariant 4).  Written without a GPU; not yet run.
+//   variant 6  variant 3's per-tile work, warp-specialized: a producer warpgroup (24 registers)
+//              loads Q / dO by TMA and lse / delta into shared memory three stages ahead on
+//              mbarriers, two consumer warpgroups (240 registers) own 64 keys each, dS^T is
+//              double-buffered, one barrier between the consumers per tile and none for the
+//              CTA: attn::sm90::_attention_bwd_sm90_ws_kernel, FLOPSCALE_ATTN_SM90=5 in the
+//              extension.  Written without a GPU; not yet run.
 // Both use the same delta preprocess and dQ cast kernels (attention_kernels.cuh).
 //
 // Build and run (from the repository root):
@@ -27,6 +33,7 @@
 // TFLOP/s with FlashAttention's causal-halved backward count 2.5 * 4 * B * H * T^2 * D / 2.
 #include "../attention/attention_kernels.cuh"
 #include "../attention/attention_sm90.cuh"
+#include "../attention/tensor_map.h"
 #include "timing.cuh"
 
 #include <algorithm>
@@ -54,6 +61,20 @@ void launch_sm90(const Buffers& b, int BH, int T, float scale) {
 }
 
 template <int D>
+void launch_sm90_ws(const Buffers& b, int BH, int T, float scale) {
+  constexpr int smem = attn::sm90::bwd_ws_smem_bytes<D>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_bwd_sm90_ws_kernel<bf16, D>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  constexpr int BM = attn::sm90::Bwd<D>::kBlockM, BN = attn::sm90::kBwdBlockN;
+  const int64_t rows = (int64_t)BH * T;
+  const dim3 grid(BH, (T + BN - 1) / BN);
+  attn::sm90::_attention_bwd_sm90_ws_kernel<bf16, D><<<grid, attn::sm90::kWsThreads, smem>>>(
+      attn::tile_map(b.q, rows, D, true, BM), attn::tile_map(b.k, rows, D, true, BN),
+      attn::tile_map(b.v, rows, D, true, BN), attn::tile_map(b.dout, rows, D, true, BM), b.lse, b.delta,
+      b.dq_accum, b.dk, b.dv, T, scale, true);
+}
+
+template <int D>
 void launch(int variant, const Buffers& b, int BH, int T) {
   const int64_t rows = (int64_t)BH * T;
   const float scale = 1.f / std::sqrt((float)D);
@@ -73,8 +94,10 @@ void launch(int variant, const Buffers& b, int BH, int T) {
     launch_sm90<D, 2>(b, BH, T, scale);
   } else if (variant == 4) {
     launch_sm90<D, 3>(b, BH, T, scale);
-  } else {
+  } else if (variant == 5) {
     launch_sm90<D, 4>(b, BH, T, scale);
+  } else {
+    launch_sm90_ws<D>(b, BH, T, scale);
   }
   FS_CHECK_LAUNCH();
   const int64_t n = rows * D;
@@ -209,7 +232,7 @@ int run(int first, int last) {
 
 int main(int argc, char** argv) {
   int first, last;
-  if (!lab_variants(argc, argv, 5, 2, &first, &last)) return 0;
+  if (!lab_variants(argc, argv, 6, 2, &first, &last)) return 0;
   srand(0);
   const int failures = run<64>(first, last) + run<128>(first, last);
   return failures ? 1 : 0;

@@ -96,8 +96,8 @@ void launch_sm90_tma(const bf16* q, const bf16* k, const bf16* v, bf16* o, float
   const int64_t rows = (int64_t)BH * T;
   const dim3 grid(BH, (T + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
   attn::sm90::_attention_fwd_sm90_tma_kernel<bf16, D><<<grid, attn::sm90::kThreads, smem>>>(
-      attn::tile_map_128x64(q, rows, D, true), attn::tile_map_128x64(k, rows, D, true),
-      attn::tile_map_128x64(v, rows, D, true), o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
+      attn::tile_map(q, rows, D, true), attn::tile_map(k, rows, D, true),
+      attn::tile_map(v, rows, D, true), o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
 }
 
 template <int D>
@@ -108,8 +108,8 @@ void launch_sm90_ws(const bf16* q, const bf16* k, const bf16* v, bf16* o, float*
   const int64_t rows = (int64_t)BH * T;
   const dim3 grid(BH, (T + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
   attn::sm90::_attention_fwd_sm90_ws_kernel<bf16, D><<<grid, attn::sm90::kWsThreads, smem>>>(
-      attn::tile_map_128x64(q, rows, D, true), attn::tile_map_128x64(k, rows, D, true),
-      attn::tile_map_128x64(v, rows, D, true), o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
+      attn::tile_map(q, rows, D, true), attn::tile_map(k, rows, D, true),
+      attn::tile_map(v, rows, D, true), o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
 }
 
 template <int D, int kVariant>
