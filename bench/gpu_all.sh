@@ -59,7 +59,9 @@ grep -E "error" "$OUT/build.log" | head -20 >> "$LOG"
 $PY -c "import torch; from flopscale import _C; print('extension ok:', _C.__file__)" >> "$LOG" 2>&1
 
 stamp "CUDA GPU tests"
-run 90 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_cuda_ops.py
+run 90 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_cuda_ops.py -k "not wsfwd and not wsall"
+stamp "CUDA GPU tests of the warp-specialized attention (FLOPSCALE_ATTN_SM90=4, 5)"
+run 60 $PY -m pytest -m gpu -q -rs -x -p no:cacheprovider tests/test_cuda_ops.py -k "wsfwd or wsall"
 
 stamp "kernel benchmarks"
 NAME=$($PY -c "import torch,re; print(re.sub(r'[^a-z0-9]+','_',torch.cuda.get_device_name().lower()).strip('_'))" 2>/dev/null || echo gpu)

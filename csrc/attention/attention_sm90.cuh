@@ -428,11 +428,28 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+// Wait for the phase of bar with this parity to complete.  A wait past 2^31 clock cycles (over
+// a second at Hopper's clocks; a tile takes microseconds) traps, so that a protocol bug in these
+// kernels, written without a GPU, fails its launch ("unspecified launch failure") within
+// seconds instead of hanging the process until a timeout kills it.  All in one asm block: with
+// the loop written in C++, the warp-specialized kernels' consumers spilled (0.2-2 KB), as if
+// held to the launch's 168 registers rather than setmaxnreg's 240 (only the one needing fewer
+// than 168, the forward at D = 64, did not).
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
-      "{\n.reg .pred done;\nwait_%=:\n"
+      "{\n.reg .pred done, late;\n.reg .u32 t0, t1;\n"
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n}\n" ::"r"(bar),
+      "@done bra end_%=;\n"
+      "mov.u32 t0, %%clock;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@done bra end_%=;\n"
+      "mov.u32 t1, %%clock;\n"
+      "sub.u32 t1, t1, t0;\n"
+      "setp.gt.u32 late, t1, 2147483648;\n"
+      "@late trap;\n"
+      "bra wait_%=;\n"
+      "end_%=:\n}\n" ::"r"(bar),
       "r"(parity)
       : "memory");
 }
