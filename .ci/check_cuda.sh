@@ -137,6 +137,7 @@ done < "$WORK/jobs"
 echo "(smem: static shared memory per CTA; the attention kernels add dynamic shared memory at launch:"
 echo " mma.sync fwd 27648 B (D 64) / 52224 B (D 128), bwd 46592 B (D 64) / 75008 B (D 128, two Q/dO stages);"
 echo " sm90 (wgmma, default variants) fwd 115712 B / 230400 B, bwd 134144 B / 149504 B (1 CTA per SM);"
+echo " sm90 warp-specialized (384 threads, setmaxnreg 24 / 240) fwd 115792 B / 230480 B, bwd 200760 B / 199224 B;"
 echo " LayerNorm bwd up to 8*C B when a CTA holds several rows.)"
 
 elapsed=$(( $(date +%s) - start ))
