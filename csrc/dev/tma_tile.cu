@@ -1,0 +1,112 @@
+// Lab check, no variants: the TMA tile path that the TMA and warp-specialized attention kernels
+// (attention_sm90.cuh) stand on, tested apart from any GEMM, so that when one of those kernels
+// fails its float64 check this says at once whether the copies themselves are at fault.
+//
+// For D in {64, 128} and box heights R in {64, 128}: a (300, D) bf16 matrix of small integers
+// (exact in bf16) is read through a tile_map (tensor_map.h) with tma_tile<D, R> into one shared
+// tile, several times over one mbarrier, each time at another row (the last one partly past the
+// end, where TMA must give zeros); after each load every thread reads the tile back through
+// sw128_offset<R>, the layout the wgmma descriptors assume, and writes it out.  The mbarrier is
+// driven as the backward's producer drives its full barriers: 32 arrivals (one warp) plus the
+// copy's bytes set by mbar_expect_tx_only, the phase parity flipping with each load.  The host
+// compares every element exactly.
+//
+// Build and run (from the repository root; needs an sm_90 GPU):
+//   nvcc -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc csrc/dev/tma_tile.cu -o /tmp/tma_tile && /tmp/tma_tile
+#include "../attention/attention_sm90.cuh"
+#include "../attention/tensor_map.h"
+
+#include <cstdio>
+#include <vector>
+
+using bf16 = __nv_bfloat16;
+using namespace flopscale;
+
+constexpr int kRows = 300;
+constexpr int kLoads = 3;
+// First row of load l; the last box runs past row 299.
+__host__ __device__ constexpr int start_row(int l) { return l == 0 ? 0 : l == 1 ? 100 : 256; }
+
+template <int D, int R>
+__global__ void __launch_bounds__(128) _tma_roundtrip_kernel(const __grid_constant__ CUtensorMap map, bf16* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t tile = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t bar = tile + R * D * 2;
+  unsigned char* const tile_ptr = smem_raw + (tile - smem_u32(smem_raw));
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    attn::sm90::mbar_init(bar, 32);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  for (int load = 0; load < kLoads; ++load) {
+    if (tid < 32) {
+      if (tid == 0) {
+        attn::sm90::mbar_expect_tx_only(bar, R * D * 2);
+        attn::sm90::tma_tile<D, R>(tile, &map, start_row(load), bar);
+      }
+      attn::sm90::mbar_arrive(bar);
+    }
+    attn::sm90::mbar_wait(bar, load & 1);
+    bf16* dst = out + (size_t)load * R * D;
+    for (int e = tid; e < R * D; e += blockDim.x) {
+      const int r = e / D, c = e % D;
+      dst[e] = *reinterpret_cast<const bf16*>(tile_ptr + attn::sm90::sw128_offset<R>(r, c));
+    }
+    __syncthreads();  // every thread has read the tile before the next copy overwrites it
+  }
+#endif
+}
+
+float value(int r, int c) { return (float)((r * 131 + c * 7) % 255 - 127); }  // exact in bf16
+
+template <int D, int R>
+int check() {
+  std::vector<bf16> h((size_t)kRows * D);
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < D; ++c) h[(size_t)r * D + c] = __float2bfloat16(value(r, c));
+  bf16 *src, *out;
+  FS_CUDA_CHECK(cudaMalloc(&src, h.size() * 2));
+  FS_CUDA_CHECK(cudaMalloc(&out, (size_t)kLoads * R * D * 2));
+  FS_CUDA_CHECK(cudaMemcpy(src, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  FS_CUDA_CHECK(cudaMemset(out, 0xFF, (size_t)kLoads * R * D * 2));  // NaN: an element not written fails
+  const int smem = R * D * 2 + 1024 + 8;
+  FS_CUDA_CHECK(cudaFuncSetAttribute(_tma_roundtrip_kernel<D, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  _tma_roundtrip_kernel<D, R><<<1, 128, smem>>>(attn::tile_map(src, kRows, D, true, R), out);
+  FS_CHECK_LAUNCH();
+  FS_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<bf16> got((size_t)kLoads * R * D);
+  FS_CUDA_CHECK(cudaMemcpy(got.data(), out, got.size() * 2, cudaMemcpyDeviceToHost));
+  int bad = 0, first_r = -1, first_c = -1, first_load = -1;
+  for (int l = 0; l < kLoads; ++l) {
+    for (int r = 0; r < R; ++r) {
+      for (int c = 0; c < D; ++c) {
+        const int row = start_row(l) + r;
+        const float want = row < kRows ? value(row, c) : 0.f;
+        const float have = __bfloat162float(got[((size_t)l * R + r) * D + c]);
+        if (!(have == want)) {
+          if (bad++ == 0) first_load = l, first_r = r, first_c = c;
+        }
+      }
+    }
+  }
+  printf("tma_tile D=%3d R=%3d: %s (%d loads, %d of %d elements wrong", D, R, bad ? "FAIL" : "OK  ", kLoads, bad,
+         kLoads * R * D);
+  if (bad) printf("; first: load %d, row %d, column %d", first_load, first_r, first_c);
+  printf(")\n");
+  cudaFree(src);
+  cudaFree(out);
+  return bad != 0;
+}
+
+int main() {
+  int major = 0;
+  FS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  if (major != 9) {
+    printf("tma_tile: needs an sm_90 GPU (this one is sm_%d0): skipped\n", major);
+    return 0;
+  }
+  const int failures = check<64, 64>() + check<64, 128>() + check<128, 64>() + check<128, 128>();
+  return failures ? 1 : 0;
+}
