@@ -7,7 +7,7 @@
 #   OUT=/tmp/out SKIP_TRITON=1 BENCH_OP=attention bash bench/gpu_all.sh   # a CUDA-kernel change only
 #
 # $OUT receives: gpu.log (everything, with stamps), bench.json (DESIGN.md's results document),
-# bench_attn_sm90_5.json (attention under FLOPSCALE_ATTN_SM90=5), train_backends.json,
+# bench_attn_sm90_{5,6}.json (attention under FLOPSCALE_ATTN_SM90=5, 6), train_backends.json,
 # ledger.json, build.log.  bench/results/<gpu>.json gets a copy of bench.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,9 +59,11 @@ grep -E "error" "$OUT/build.log" | head -20 >> "$LOG"
 $PY -c "import torch; from flopscale import _C; print('extension ok:', _C.__file__)" >> "$LOG" 2>&1
 
 stamp "CUDA GPU tests"
-run 90 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_cuda_ops.py -k "not wsfwd and not wsall"
-stamp "CUDA GPU tests of the warp-specialized attention (FLOPSCALE_ATTN_SM90=4, 5)"
-run 60 $PY -m pytest -m gpu -q -rs -x -p no:cacheprovider tests/test_cuda_ops.py -k "wsfwd or wsall"
+run 90 $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_cuda_ops.py -k "not wsfwd and not wsall and not wsdq"
+stamp "CUDA GPU tests of the warp-specialized attention (FLOPSCALE_ATTN_SM90=4, 5, 6), a process per set"
+for ws in wsfwd wsall wsdq; do
+  run 40 $PY -m pytest -m gpu -q -rs -x -p no:cacheprovider tests/test_cuda_ops.py -k "$ws"
+done
 
 stamp "kernel benchmarks"
 NAME=$($PY -c "import torch,re; print(re.sub(r'[^a-z0-9]+','_',torch.cuda.get_device_name().lower()).strip('_'))" 2>/dev/null || echo gpu)
@@ -69,8 +71,10 @@ OP=${BENCH_OP:-all}
 run 180 $PY -m flopscale.bench.cli --op "$OP" --json "$OUT/bench.json"
 if [ "$OP" = all ]; then mkdir -p bench/results && cp "$OUT/bench.json" "bench/results/${NAME}.json" 2>/dev/null; fi
 if [ "$OP" = all ] || [ "$OP" = attention ]; then
-  stamp "attention benchmarks under FLOPSCALE_ATTN_SM90=5 (the warp-specialized forward and backward)"
-  FLOPSCALE_ATTN_SM90=5 run 120 $PY -m flopscale.bench.cli --op attention --json "$OUT/bench_attn_sm90_5.json"
+  for s90 in 5 6; do
+    stamp "attention benchmarks under FLOPSCALE_ATTN_SM90=$s90 (warp-specialized kernels)"
+    FLOPSCALE_ATTN_SM90=$s90 run 120 $PY -m flopscale.bench.cli --op attention --json "$OUT/bench_attn_sm90_$s90.json"
+  done
 fi
 
 stamp "training on each backend (bf16, 40 steps)"
@@ -80,7 +84,9 @@ run 60 $PY -m flopscale.bench.train_backends --device cuda --dtype bfloat16 --ba
 stamp "compute-sanitizer"
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py all
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool racecheck --print-limit 10 $PY csrc/sanitize_cases.py attention
-FLOPSCALE_ATTN_SM90=5 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py attention
+for s90 in 5 6; do
+  FLOPSCALE_ATTN_SM90=$s90 PYTORCH_NO_CUDA_MEMORY_CACHING=1 run 45 compute-sanitizer --tool memcheck --print-limit 10 $PY csrc/sanitize_cases.py attention
+done
 
 stamp "ledger overhead on the GPU"
 run 40 $PY -m flopscale.bench.bench_ledger --device cuda --reps 20 --json "$OUT/ledger.json"

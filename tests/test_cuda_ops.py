@@ -121,12 +121,13 @@ def test_add_layer_norm(ops, shape, dtype):
                                      (1, 2, 256, 128), (1, 2, 333, 128), (1, 1, 520, 64)])
 # FLOPSCALE_ATTN_SM90 (csrc/attention/attention.cu): "default" is what the extension picks
 # (the wgmma kernels on an H100 / H200, else mma.sync); "0" the mma.sync kernels on any GPU;
-# "1", "3", "4" and "5" the other wgmma variant sets ("4": the warp-specialized TMA forward,
-# "5": that and the warp-specialized backward); all are the same as "default" off Hopper.
-# The ids "wsfwd" / "wsall" let bench/gpu_all.sh run sets 4 and 5, not yet run on a GPU, in a
-# pytest process of their own (a kernel that traps leaves the process's CUDA context unusable).
-@pytest.mark.parametrize("path", ["default", "0", "1", "3", "4", "5"],
-                         ids=["default", "mma", "wg1", "wg3", "wsfwd", "wsall"])
+# "1", "3", "4", "5" and "6" the other wgmma variant sets ("4": the warp-specialized TMA
+# forward, "5": that and the warp-specialized backward, "6": as 5 with dQ added by TMA reduce);
+# all are the same as "default" off Hopper.  The ids "wsfwd" / "wsall" / "wsdq" let
+# bench/gpu_all.sh run sets 4-6, not yet run on a GPU, in a pytest process of their own (a
+# kernel that traps leaves the process's CUDA context unusable).
+@pytest.mark.parametrize("path", ["default", "0", "1", "3", "4", "5", "6"],
+                         ids=["default", "mma", "wg1", "wg3", "wsfwd", "wsall", "wsdq"])
 def test_attention(ops, B, H, T, D, causal, dtype, path, monkeypatch):
     if path != "default":
         monkeypatch.setenv("FLOPSCALE_ATTN_SM90", path)

@@ -28,14 +28,15 @@ void set_smem(Kernel kernel, int bytes) {
 //   3  wgmma forward variant 2, backward variant 3
 //   4  the warp-specialized wgmma forward (TMA producer, consumer ping-pong), backward variant 2
 //   5  the warp-specialized forward and the warp-specialized backward (TMA producer)
-//   (4 and 5 were written without a GPU: csrc/dev/attention_forward.cu variant 7 and
-//   attention_backward.cu variant 6 time them)
+//   6  as 5, the backward adding dQ by TMA reduce from a dQ-writer warp instead of atomics
+//   (4-6 were written without a GPU: csrc/dev/attention_forward.cu variant 7 and
+//   attention_backward.cu variants 6 and 7 time them)
 // Unset, Hopper runs set kSm90Default, the fastest measured (H200, 2026-11-26, csrc/dev lab at
 // (B, H, T) = (2, 16, 4096): backward variant 2 ran 321 / 262 TFLOP/s at D = 128 / 64 against
 // 299 / 253 for variant 3's bulk reduce and 288 / 245 for variant 1).
 constexpr int kSm90Default = 2;
 struct Sm90Pick {
-  int fwd = 0, bwd = 0;  // 0: mma.sync; else the wgmma kernels' kVariant (5: warp-specialized)
+  int fwd = 0, bwd = 0;  // 0: mma.sync; else the wgmma kernels' kVariant (5, 6: warp-specialized)
 };
 
 bool sm90_built_for_this_device() {
@@ -62,8 +63,8 @@ bool sm90_built_for_this_device() {
 Sm90Pick sm90_pick() {
   int set = kSm90Default;
   if (const char* env = std::getenv("FLOPSCALE_ATTN_SM90")) {
-    FS_REQUIRE(std::strlen(env) == 1 && env[0] >= '0' && env[0] <= '5',
-               std::string("FLOPSCALE_ATTN_SM90 must be one of 0-5, got '") + env + "'");
+    FS_REQUIRE(std::strlen(env) == 1 && env[0] >= '0' && env[0] <= '6',
+               std::string("FLOPSCALE_ATTN_SM90 must be one of 0-6, got '") + env + "'");
     set = env[0] - '0';
   }
   Sm90Pick pick;
@@ -117,11 +118,11 @@ void bwd_sm90(const void* dout, const void* q, const void* k, const void* v, con
   FS_CHECK_LAUNCH();
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kDqTma>
 void bwd_sm90_ws(const void* dout, const void* q, const void* k, const void* v, const float* lse, void* dk, void* dv,
                  const float* delta, float* dq_accum, int BH, int seqlen, bool causal, cudaStream_t stream) {
-  constexpr int smem = attn::sm90::bwd_ws_smem_bytes<D>();
-  auto kernel = attn::sm90::_attention_bwd_sm90_ws_kernel<T, D>;
+  constexpr int smem = attn::sm90::bwd_ws_smem_bytes<D, kDqTma>();
+  auto kernel = attn::sm90::_attention_bwd_sm90_ws_kernel<T, D, kDqTma>;
   set_smem(kernel, smem);
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   constexpr int BM = attn::sm90::Bwd<D>::kBlockM;
@@ -129,8 +130,8 @@ void bwd_sm90_ws(const void* dout, const void* q, const void* k, const void* v, 
   const dim3 grid(BH, (seqlen + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
   kernel<<<grid, attn::sm90::kWsThreads, smem, stream>>>(
       attn::tile_map(q, rows, D, kBf16, BM), attn::tile_map(k, rows, D, kBf16, attn::sm90::kBwdBlockN),
-      attn::tile_map(v, rows, D, kBf16, attn::sm90::kBwdBlockN), attn::tile_map(dout, rows, D, kBf16, BM), lse,
-      delta, dq_accum, static_cast<T*>(dk), static_cast<T*>(dv), seqlen, 1.f / std::sqrt(static_cast<float>(D)),
+      attn::tile_map(v, rows, D, kBf16, attn::sm90::kBwdBlockN), attn::tile_map(dout, rows, D, kBf16, BM),
+      attn::tile_map_f32(dq_accum, rows, D, BM), lse, delta, dq_accum, static_cast<T*>(dk), static_cast<T*>(dv), seqlen, 1.f / std::sqrt(static_cast<float>(D)),
       causal);
   FS_CHECK_LAUNCH();
 }
@@ -176,7 +177,9 @@ void bwd_impl(const void* dout, const void* q, const void* k, const void* v, con
   } else if (pick.bwd == 3) {
     bwd_sm90<T, D, 3>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
   } else if (pick.bwd == 5) {
-    bwd_sm90_ws<T, D>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
+    bwd_sm90_ws<T, D, false>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
+  } else if (pick.bwd == 6) {
+    bwd_sm90_ws<T, D, true>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
   } else {
     constexpr int smem = attn::bwd_smem_bytes<D>();
     auto kernel = attn::_attention_bwd_kernel<T, D>;

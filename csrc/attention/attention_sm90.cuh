@@ -32,8 +32,9 @@
 //
 // Besides these, each direction has a warp-specialized kernel (FlashAttention-3's structure: a
 // producer warpgroup feeding tiles by TMA on mbarriers, two consumer warpgroups at 240
-// registers, no CTA barrier per tile), and the forward a plain TMA variant; they are described
-// above each kernel and were written without a GPU (not yet dispatched by default).
+// registers, no CTA barrier per tile; the backward optionally with a dQ-writer warp adding dQ
+// by TMA reduce), and the forward a plain TMA variant; they are described above each kernel
+// and were written without a GPU (not yet dispatched by default).
 //
 // Compiled only where __CUDA_ARCH_FEAT_SM90_ALL is defined (sm_90a); elsewhere the kernels are
 // empty and the host never launches them (attention.cu probes which build the device runs).
@@ -467,6 +468,20 @@ __device__ __forceinline__ void tma_tile(uint32_t dst, const CUtensorMap* map, i
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
             dst + p * R * 128),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(64 * p), "r"(row), "r"(bar)
+        : "memory");
+  }
+}
+// Add an R-row fp32 tile, staged at src as D / 32 panels of 32 columns (128-byte rows, swizzled
+// like the operand tiles), into rows [row, row + R) of a tile_map_f32 tensor map's 2-D view; one
+// bulk group, which the caller commits and waits for.
+template <int D, int R>
+__device__ __forceinline__ void tma_reduce_add_f32(const CUtensorMap* map, uint32_t src, int row) {
+#pragma unroll
+  for (int p = 0; p < D / 32; ++p) {
+    asm volatile(
+        "cp.reduce.async.bulk.tensor.2d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+            reinterpret_cast<uint64_t>(map)),
+        "r"(32 * p), "r"(row), "r"(src + p * R * 128)
         : "memory");
   }
 }
@@ -998,17 +1013,26 @@ _attention_bwd_sm90_kernel(const T* __restrict__ Q, const T* __restrict__ K, con
 //     warpgroups of variant 2 do.
 // dS^T is double-buffered, so the one barrier both consumers meet per tile (all of dS^T
 // written, before dQ) also frees the buffer the next tile but one writes; there is no CTA
-// barrier after the start and no consumer thread issues a copy.  Tensor maps: Q and dO with
-// boxes of BM rows, K and V with boxes of 128 rows (tensor_map.h).
-// grid (B * H, ceil(T / 128)); block 384; dynamic smem bwd_ws_smem_bytes<D>().
+// barrier after the start and no consumer thread issues a copy.
+// kDqTma false (set 5, lab variant 6): each consumer adds its dQ tile with 8-byte atomics.
+// kDqTma true (set 6, lab variant 7): FlashAttention-3's dQ writer: the consumers store their
+//   dQ tiles into one fp32 staging tile (swizzled, so the fragment stores are free of bank
+//   conflicts: variant 3's row-major staging had them) and arrive on named barrier 4; the
+//   producer warpgroup's second warp adds the tile to dQacc with one TMA reduce
+//   (cp.reduce.async.bulk.tensor .add) and, once the copy has read it, frees the staging tile
+//   (named barrier 5).  Rows past T add zeros (their dS is 0), to the next head's rows or
+//   past the end, where TMA drops them.  32 KB more shared memory: two Q / dO stages at D = 64.
+// Tensor maps: Q and dO with boxes of BM rows, K and V with boxes of 128 rows, dQacc (fp32)
+// with boxes of BM rows x 32 columns (tensor_map.h).
+// grid (B * H, ceil(T / 128)); block 384; dynamic smem bwd_ws_smem_bytes<D, kDqTma>().
 // ==========================================================================================
-constexpr int kBwdWsStages = 3;
-template <int D> constexpr int bwd_ws_smem_bytes() {
-  constexpr int BM = Bwd<D>::kBlockM, S = kBwdWsStages;
-  // K, V; S stages of Q and dO; 2 buffers of dS^T; S stages of lse and delta; the mbarriers
-  // full[S], empty[S], kv; alignment slack
-  return 2 * kBwdBlockN * D * 2 + S * 2 * BM * D * 2 + 2 * kBwdBlockN * BM * 2 + S * 2 * BM * 4 + 8 * (2 * S + 1) +
-         1024;
+template <int D, bool kDqTma> __host__ __device__ constexpr int bwd_ws_stages() { return kDqTma && D == 64 ? 2 : 3; }
+template <int D, bool kDqTma> constexpr int bwd_ws_smem_bytes() {
+  constexpr int BM = Bwd<D>::kBlockM, S = bwd_ws_stages<D, kDqTma>();
+  // K, V; S stages of Q and dO; 2 buffers of dS^T; the fp32 dQ staging tile (kDqTma); S stages
+  // of lse and delta; the mbarriers full[S], empty[S], kv; alignment slack
+  return 2 * kBwdBlockN * D * 2 + S * 2 * BM * D * 2 + 2 * kBwdBlockN * BM * 2 + (kDqTma ? BM * D * 4 : 0) +
+         S * 2 * BM * 4 + 8 * (2 * S + 1) + 1024;
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -1023,8 +1047,8 @@ struct BwdKeys {
   static constexpr int BM = Bwd<D>::kBlockM, BN = kBwdBlockN;
   static constexpr float kLog2e = 1.4426950408889634f;
   // One query tile's S^T, dP^T and packed P^T: declared inside the tile loop, so that nothing
-  // of one tile is live into the next (the wgmma wrappers read their accumulators, so a member
-  // array would be kept alive across the loop: at D = 64 that spilled).
+  // of one tile can be live into the next (the wgmma wrappers take their accumulators as
+  // read-write operands).
   struct Tile {
     float s[BM / 2], dp[BM / 2];
     uint32_t pa[BM / 16][4];
@@ -1082,12 +1106,15 @@ struct BwdKeys {
   }
   // dS^T (keys x queries) into shared memory, swizzled like the operand tiles: the A operand
   // of dK and dQ
+  // (At D = 128 the row comes through opaque(), so that the offsets are formed each tile rather
+  // than hoisted out of the tile loop and held for good: without it the dQ-writer kernel spilled
+  // at D = 128; with it, at D = 64.  Register allocation tuning, checked by .ci/check_cuda.sh.)
   __device__ __forceinline__ void stash_ds(unsigned char* ds_raw, const uint32_t* a, int kk) const {
-    const int qc = 16 * kk + 2 * t;
-    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr, qc)) = a[0];
-    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr + 8, qc)) = a[1];
-    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr, qc + 8)) = a[2];
-    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(kr + 8, qc + 8)) = a[3];
+    const int qc = 16 * kk + 2 * t, r = D == 128 ? (int)opaque((uint32_t)kr) : kr;
+    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(r, qc)) = a[0];
+    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(r + 8, qc)) = a[1];
+    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(r, qc + 8)) = a[2];
+    *reinterpret_cast<uint32_t*>(ds_raw + sw128_offset<BN>(r + 8, qc + 8)) = a[3];
   }
   // After issue_s_dp: P^T formed and packed (pa) as soon as S^T is done, while dP^T may still
   // run; then dS^T = P^T (dP^T - delta), from the packed P^T, stashed 16 queries at a time.
@@ -1168,21 +1195,33 @@ struct BwdKeys {
       }
     }
   }
+  // dQ tile into the fp32 staging tile at stage (a shared-memory address): BM rows, D / 32 panels of 32 columns,
+  // 128-byte rows with 16-byte chunks XOR-swizzled by row % 8 (what a 128-byte-swizzle tensor
+  // map reads); the 8 rows a warp's store covers then fall on distinct banks
+  __device__ __forceinline__ void stage_dq(const float* dq, uint32_t stage) const {
+#pragma unroll
+    for (int i = 0; i < kDqTileSize; i += 2) {
+      const int r = dq_query_off() + kr % 64 + 8 * ((i / 2) % 2);
+      const int col = dq_col_off() + 8 * (i / 4) + 2 * t;
+      const uint32_t off = (col / 32) * (BM * 128) + r * 128 + ((((col % 32) / 4) ^ (r % 8)) << 4) + (col % 4) * 4;
+      asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(stage + off), "f"(dq[i]), "f"(dq[i + 1]) : "memory");
+    }
+  }
   __device__ __forceinline__ void store(float scale, T* dK_bh, T* dV_bh) const {
     store_dk_dv<T, D>(dk, dv, key_base(), t, T_len, scale, dK_bh, dV_bh);
   }
 };
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename T, int D>
+template <typename T, int D, bool kDqTma>
 __global__ void __launch_bounds__(kWsThreads, 1)
 _attention_bwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                               const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
-                              const float* __restrict__ LSE, const float* __restrict__ Delta,
+                              const __grid_constant__ CUtensorMap tm_dq, const float* __restrict__ LSE, const float* __restrict__ Delta,
                               float* __restrict__ dQacc, T* __restrict__ dK, T* __restrict__ dV, int T_len, float scale,
                               bool causal) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = Bwd<D>::kBlockM, BN = kBwdBlockN, kStages = kBwdWsStages;
+  constexpr int BM = Bwd<D>::kBlockM, BN = kBwdBlockN, kStages = bwd_ws_stages<D, kDqTma>();
   static_assert(BN == 128, "the K / V tensor maps' boxes are 128 rows");
   constexpr int kQBytes = BM * D * 2, kKBytes = BN * D * 2, kDsBytes = BN * BM * 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -1192,7 +1231,8 @@ _attention_bwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
   const uint32_t sQ = sV + kKBytes;                  // kStages stages
   const uint32_t sdO = sQ + kStages * kQBytes;       // kStages stages
   const uint32_t sdS = sdO + kStages * kQBytes;      // 2 buffers of dS^T (BN keys x BM queries)
-  const uint32_t sRows = sdS + 2 * kDsBytes;         // kStages x {lse[BM], delta[BM]}
+  const uint32_t sdQ = sdS + 2 * kDsBytes;           // kDqTma: the fp32 dQ staging tile
+  const uint32_t sRows = sdQ + (kDqTma ? BM * D * 4 : 0);  // kStages x {lse[BM], delta[BM]}
   const uint32_t bars = sRows + kStages * 2 * BM * 4;  // full[kStages], empty[kStages], kv
   auto full = [&](int st) { return bars + 8 * st; };
   auto empty = [&](int st) { return bars + 8 * (kStages + st); };
@@ -1242,6 +1282,19 @@ _attention_bwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
         }
         mbar_arrive(full(st));  // release: the lse / delta stores above are seen by the waiters
       }
+    } else if (kDqTma && tid < 64) {  // the dQ writer
+      asm volatile("bar.arrive 5, 288;\n" ::: "memory");  // the staging tile starts free
+      for (int mb = m_first; mb < m_blocks; ++mb) {
+        asm volatile("bar.sync 4, 288;\n" ::: "memory");  // both consumers have staged this tile's dQ
+        if (tid == 32) {
+          tma_reduce_add_f32<D, BM>(&tm_dq, sdQ, row0 + mb * BM);
+          asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+          asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the staging tile is read
+        }
+        __syncwarp();
+        if (mb + 1 < m_blocks) asm volatile("bar.arrive 5, 288;\n" ::: "memory");  // and free again
+      }
+      if (tid == 32) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // the adds are done
     }
     return;
   }
@@ -1283,7 +1336,14 @@ _attention_bwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
     asm volatile("bar.sync 3, 256;\n" ::: "memory");
     float dq[BwdKeys<T, D>::kDqTileSize];
     keys.dq_tile(dq, dsbuf, opaque(sK));
-    keys.dq_add(dq, dQacc + (size_t)row0 * D, m0);
+    if constexpr (kDqTma) {
+      asm volatile("bar.sync 5, 288;\n" ::: "memory");  // the writer is done with the last tile
+      keys.stage_dq(dq, sdQ);
+      fence_proxy_async();
+      asm volatile("bar.arrive 4, 288;\n" ::: "memory");
+    } else {
+      keys.dq_add(dq, dQacc + (size_t)row0 * D, m0);
+    }
   }
   keys.store(scale, dK + (size_t)row0 * D, dV + (size_t)row0 * D);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

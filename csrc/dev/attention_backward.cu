@@ -22,6 +22,9 @@
 //              double-buffered, one barrier between the consumers per tile and none for the
 //              CTA: attn::sm90::_attention_bwd_sm90_ws_kernel, FLOPSCALE_ATTN_SM90=5 in the
 //              extension.  Written without a GPU; not yet run.
+//   variant 7  as 6, with dQ staged by the consumers in a swizzled fp32 tile and added to the
+//              buffer with one TMA reduce per tile by a dQ-writer warp, instead of atomics:
+//              FLOPSCALE_ATTN_SM90=6.  Written without a GPU; not yet run.
 // Both use the same delta preprocess and dQ cast kernels (attention_kernels.cuh).
 //
 // Build and run (from the repository root):
@@ -60,17 +63,18 @@ void launch_sm90(const Buffers& b, int BH, int T, float scale) {
       b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dq_accum, b.dk, b.dv, T, scale, true);
 }
 
-template <int D>
+template <int D, bool kDqTma>
 void launch_sm90_ws(const Buffers& b, int BH, int T, float scale) {
-  constexpr int smem = attn::sm90::bwd_ws_smem_bytes<D>();
-  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_bwd_sm90_ws_kernel<bf16, D>,
+  constexpr int smem = attn::sm90::bwd_ws_smem_bytes<D, kDqTma>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_bwd_sm90_ws_kernel<bf16, D, kDqTma>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   constexpr int BM = attn::sm90::Bwd<D>::kBlockM, BN = attn::sm90::kBwdBlockN;
   const int64_t rows = (int64_t)BH * T;
   const dim3 grid(BH, (T + BN - 1) / BN);
-  attn::sm90::_attention_bwd_sm90_ws_kernel<bf16, D><<<grid, attn::sm90::kWsThreads, smem>>>(
+  attn::sm90::_attention_bwd_sm90_ws_kernel<bf16, D, kDqTma><<<grid, attn::sm90::kWsThreads, smem>>>(
       attn::tile_map(b.q, rows, D, true, BM), attn::tile_map(b.k, rows, D, true, BN),
-      attn::tile_map(b.v, rows, D, true, BN), attn::tile_map(b.dout, rows, D, true, BM), b.lse, b.delta,
+      attn::tile_map(b.v, rows, D, true, BN), attn::tile_map(b.dout, rows, D, true, BM),
+      attn::tile_map_f32(b.dq_accum, rows, D, BM), b.lse, b.delta,
       b.dq_accum, b.dk, b.dv, T, scale, true);
 }
 
@@ -96,8 +100,10 @@ void launch(int variant, const Buffers& b, int BH, int T) {
     launch_sm90<D, 3>(b, BH, T, scale);
   } else if (variant == 5) {
     launch_sm90<D, 4>(b, BH, T, scale);
+  } else if (variant == 6) {
+    launch_sm90_ws<D, false>(b, BH, T, scale);
   } else {
-    launch_sm90_ws<D>(b, BH, T, scale);
+    launch_sm90_ws<D, true>(b, BH, T, scale);
   }
   FS_CHECK_LAUNCH();
   const int64_t n = rows * D;
@@ -232,7 +238,7 @@ int run(int first, int last) {
 
 int main(int argc, char** argv) {
   int first, last;
-  if (!lab_variants(argc, argv, 6, 2, &first, &last)) return 0;
+  if (!lab_variants(argc, argv, 7, 2, &first, &last)) return 0;
   srand(0);
   const int failures = run<64>(first, last) + run<128>(first, last);
   return failures ? 1 : 0;
