@@ -102,6 +102,12 @@ template <int R> __device__ __forceinline__ uint32_t sw128_offset(int r, int c) 
   return (uint32_t)((c >> 6) * (R * 128) + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4) + (c & 7) * 2);
 }
 
+// The same for fp32: element (r, c) of an R-row tile stored as 32-column panels of 128-byte
+// rows, 16-byte chunks XOR-swizzled by row % 8 (the box layout of tensor_map.h's tile_map_f32).
+template <int R> __device__ __forceinline__ uint32_t sw128_f32_offset(int r, int c) {
+  return (uint32_t)((c >> 5) * (R * 128) + r * 128 + ((((c >> 2) & 7) ^ (r & 7)) << 4) + (c & 3) * 4);
+}
+
 // Copy rows [r0, r0 + R) of a (T, D) row-major matrix into a swizzled tile at s_tile; rows at
 // or past T are zero-filled.  All kThreads threads take part; the caller commits the group.
 template <typename T, int R, int D>
@@ -1195,16 +1201,17 @@ struct BwdKeys {
       }
     }
   }
-  // dQ tile into the fp32 staging tile at stage (a shared-memory address): BM rows, D / 32 panels of 32 columns,
-  // 128-byte rows with 16-byte chunks XOR-swizzled by row % 8 (what a 128-byte-swizzle tensor
-  // map reads); the 8 rows a warp's store covers then fall on distinct banks
+  // dQ tile into the fp32 staging tile at stage (a shared-memory address), in the layout of
+  // sw128_f32_offset (what the dQ tensor map's boxes hold); the 8 rows a warp's store covers
+  // then fall on distinct banks
   __device__ __forceinline__ void stage_dq(const float* dq, uint32_t stage) const {
 #pragma unroll
     for (int i = 0; i < kDqTileSize; i += 2) {
       const int r = dq_query_off() + kr % 64 + 8 * ((i / 2) % 2);
       const int col = dq_col_off() + 8 * (i / 4) + 2 * t;
-      const uint32_t off = (col / 32) * (BM * 128) + r * 128 + ((((col % 32) / 4) ^ (r % 8)) << 4) + (col % 4) * 4;
-      asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(stage + off), "f"(dq[i]), "f"(dq[i + 1]) : "memory");
+      asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(stage + sw128_f32_offset<BM>(r, col)), "f"(dq[i]),
+                   "f"(dq[i + 1])
+                   : "memory");
     }
   }
   __device__ __forceinline__ void store(float scale, T* dK_bh, T* dV_bh) const {
