@@ -491,6 +491,30 @@ __device__ __forceinline__ void tma_reduce_add_f32(const CUtensorMap* map, uint3
         : "memory");
   }
 }
+// After a thread's mbarrier.init calls: makes them visible to the copies (the async proxy)
+// before any copy completes on them; the caller then synchronizes the CTA.
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+// What the two TMA forwards share: their shared memory (Q, three stages of K and of V, each
+// 1024-B aligned, as the swizzle acts on address bits; then the mbarriers, 8 bytes each) and
+// the CTA's place (its 128 query rows, longest first; the key tiles they see).
+template <int D>
+struct FwdTmaCta {
+  static constexpr int BM = kFwdBlockM, BN = kFwdBlockN, kStages = 3;
+  static_assert(BM == 128 && BN == 128, "the tensor maps' boxes are 128 rows");
+  static constexpr int kKVBytes = BN * D * 2;
+  uint32_t sQ, sK, sV, bars;
+  int bh, m0, row0, n_blocks;  // row0: this head's first row in the tensor maps' 2-D view
+  __device__ __forceinline__ FwdTmaCta(unsigned char* smem_raw, int T_len, bool causal)
+      : sQ((smem_u32(smem_raw) + 1023u) & ~1023u), sK(sQ + BM * D * 2), sV(sK + kStages * kKVBytes),
+        bars(sV + kStages * kKVBytes), bh(blockIdx.x), m0((gridDim.y - 1 - blockIdx.y) * BM), row0(bh * T_len),
+        n_blocks(((causal ? min(T_len, m0 + BM) : T_len) + BN - 1) / BN) {}
+  __device__ __forceinline__ uint32_t bar(int i) const { return bars + 8 * i; }
+  __device__ __forceinline__ uint32_t k_stage(int st) const { return sK + st * kKVBytes; }
+  __device__ __forceinline__ uint32_t v_stage(int st) const { return sV + st * kKVBytes; }
+};
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 template <typename T, int D>
@@ -499,30 +523,23 @@ _attention_fwd_sm90_tma_kernel(const __grid_constant__ CUtensorMap tm_q, const _
                                const __grid_constant__ CUtensorMap tm_v, T* __restrict__ O, float* __restrict__ LSE,
                                int T_len, float scale_log2, bool causal) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = kFwdBlockM, BN = kFwdBlockN, kStages = 3;
-  static_assert(BM == 128 && BN == 128, "the tensor maps' boxes are 128 rows");
-  constexpr int kKVBytes = BN * D * 2;
+  using Cta = FwdTmaCta<D>;
+  constexpr int BM = Cta::BM, BN = Cta::BN, kStages = Cta::kStages, kKVBytes = Cta::kKVBytes;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sK = sQ + BM * D * 2;
-  const uint32_t sV = sK + kStages * kKVBytes;
-  const uint32_t bars = sV + kStages * kKVBytes;  // full[3], empty[3], q: 8 bytes each
-  auto full = [&](int st) { return bars + 8 * st; };
-  auto empty = [&](int st) { return bars + 8 * (kStages + st); };
-  const uint32_t qbar = bars + 8 * 2 * kStages;
+  const Cta cta(smem_raw, T_len, causal);
+  const uint32_t sQ = cta.sQ;
+  const int bh = cta.bh, m0 = cta.m0, row0 = cta.row0, n_blocks = cta.n_blocks;
+  auto full = [&](int st) { return cta.bar(st); };  // the mbarriers: full[3], empty[3], q
+  auto empty = [&](int st) { return cta.bar(kStages + st); };
+  const uint32_t qbar = cta.bar(2 * kStages);
 
-  const int bh = blockIdx.x;
-  const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;  // the longest rows first
-  const int row0 = bh * T_len;                       // this head's first row in the 2-D view
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int n_end = causal ? min(T_len, m0 + BM) : T_len;
-  const int n_blocks = (n_end + BN - 1) / BN;
   FwdRows<T, D> rows(m0, wg, warp, lane, T_len, causal, scale_log2);
   auto load_kv = [&](int nb) {  // tid 0: tile nb into stage nb % 3
     const int st = nb % kStages;
     mbar_expect_tx(full(st), 2 * kKVBytes);
-    tma_tile<D>(sK + st * kKVBytes, &tm_k, row0 + nb * BN, full(st));
-    tma_tile<D>(sV + st * kKVBytes, &tm_v, row0 + nb * BN, full(st));
+    tma_tile<D>(cta.k_stage(st), &tm_k, row0 + nb * BN, full(st));
+    tma_tile<D>(cta.v_stage(st), &tm_v, row0 + nb * BN, full(st));
   };
 
   if (tid == 0) {
@@ -531,7 +548,7 @@ _attention_fwd_sm90_tma_kernel(const __grid_constant__ CUtensorMap tm_q, const _
       mbar_init(empty(st), 2);
     }
     mbar_init(qbar, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    mbar_init_fence();
   }
   __syncthreads();
   if (tid == 0) {
@@ -544,7 +561,7 @@ _attention_fwd_sm90_tma_kernel(const __grid_constant__ CUtensorMap tm_q, const _
   mbar_wait(qbar, 0);
   mbar_wait(full(0), 0);
   __syncwarp();  // warp 0 reconverges after tid 0's copies: wgmma is .sync.aligned
-  rows.qk_softmax(sQ + wg * 64 * 128, sK, 0, false);
+  rows.qk_softmax(sQ + wg * 64 * 128, cta.k_stage(0), 0, false);
   for (int nb = 1; nb < n_blocks; ++nb) {
     const int cur = nb % kStages, prev = (nb - 1) % kStages;
     // Tile nb + 1 goes into the stage of tile nb - 2, which both warpgroups released in step
@@ -555,12 +572,12 @@ _attention_fwd_sm90_tma_kernel(const __grid_constant__ CUtensorMap tm_q, const _
     }
     mbar_wait(full(cur), (nb / kStages) & 1);
     __syncwarp();
-    rows.issue_qk_pv(opaque(sQ) + wg * 64 * 128, sK + cur * kKVBytes, sV + prev * kKVBytes);
+    rows.issue_qk_pv(opaque(sQ) + wg * 64 * 128, cta.k_stage(cur), cta.v_stage(prev));
     rows.finish_qk_pv(nb * BN);
     // this warpgroup is done with tile nb - 1 (its K in step nb - 1, its V in finish_qk_pv)
     if (tid % 128 == 0) mbar_arrive(empty(prev));
   }
-  rows.pv(sV + ((n_blocks - 1) % kStages) * kKVBytes);
+  rows.pv(cta.v_stage((n_blocks - 1) % kStages));
   rows.store(O + (size_t)bh * T_len * D, LSE + (size_t)bh * T_len);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
@@ -601,25 +618,17 @@ _attention_fwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
                               const __grid_constant__ CUtensorMap tm_v, T* __restrict__ O, float* __restrict__ LSE,
                               int T_len, float scale_log2, bool causal) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = kFwdBlockM, BN = kFwdBlockN, kStages = 3;
-  static_assert(BM == 128 && BN == 128, "the tensor maps' boxes are 128 rows");
-  constexpr int kKVBytes = BN * D * 2;
+  using Cta = FwdTmaCta<D>;
+  constexpr int BM = Cta::BM, BN = Cta::BN, kStages = Cta::kStages, kKVBytes = Cta::kKVBytes;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sK = sQ + BM * D * 2;
-  const uint32_t sV = sK + kStages * kKVBytes;
-  const uint32_t bars = sV + kStages * kKVBytes;  // full_k[3], full_v[3], empty[3], q: 8 bytes each
-  auto full_k = [&](int st) { return bars + 8 * st; };
-  auto full_v = [&](int st) { return bars + 8 * (kStages + st); };
-  auto empty = [&](int st) { return bars + 8 * (2 * kStages + st); };
-  const uint32_t qbar = bars + 8 * 3 * kStages;
-
-  const int bh = blockIdx.x;
-  const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;  // the longest rows first
-  const int row0 = bh * T_len;                       // this head's first row in the 2-D view
+  const Cta cta(smem_raw, T_len, causal);
+  const uint32_t sQ = cta.sQ;
+  const int bh = cta.bh, m0 = cta.m0, row0 = cta.row0, n_blocks = cta.n_blocks;
+  auto full_k = [&](int st) { return cta.bar(st); };  // the mbarriers: full_k[3], full_v[3], empty[3], q
+  auto full_v = [&](int st) { return cta.bar(kStages + st); };
+  auto empty = [&](int st) { return cta.bar(2 * kStages + st); };
+  const uint32_t qbar = cta.bar(3 * kStages);
   const int tid = threadIdx.x, wg = tid / 128;
-  const int n_end = causal ? min(T_len, m0 + BM) : T_len;
-  const int n_blocks = (n_end + BN - 1) / BN;
 
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
@@ -628,7 +637,7 @@ _attention_fwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
       mbar_init(empty(st), 2);
     }
     mbar_init(qbar, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    mbar_init_fence();
   }
   __syncthreads();
 
@@ -642,9 +651,9 @@ _attention_fwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
         // the stage's last tile, nb - 3, released by both consumers (its use nb / 3 - 1)
         if (nb >= kStages) mbar_wait(empty(st), (nb / kStages - 1) & 1);
         mbar_expect_tx(full_k(st), kKVBytes);
-        tma_tile<D>(sK + st * kKVBytes, &tm_k, row0 + nb * BN, full_k(st));
+        tma_tile<D>(cta.k_stage(st), &tm_k, row0 + nb * BN, full_k(st));
         mbar_expect_tx(full_v(st), kKVBytes);
-        tma_tile<D>(sV + st * kKVBytes, &tm_v, row0 + nb * BN, full_v(st));
+        tma_tile<D>(cta.v_stage(st), &tm_v, row0 + nb * BN, full_v(st));
       }
     }
     return;
@@ -671,7 +680,7 @@ _attention_fwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
   mbar_wait(full_k(0), 0);
   __syncwarp();
   my_turn();
-  rows.issue_qk_only(q_rows, sK);
+  rows.issue_qk_only(q_rows, cta.k_stage(0));
   their_turn();
   rows.finish_qk(0, false);
   for (int nb = 1; nb < n_blocks; ++nb) {
@@ -680,7 +689,7 @@ _attention_fwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
     mbar_wait(full_v(prev), ((nb - 1) / kStages) & 1);
     __syncwarp();
     my_turn();
-    rows.issue_qk_pv(opaque(q_rows), sK + cur * kKVBytes, sV + prev * kKVBytes);
+    rows.issue_qk_pv(opaque(q_rows), cta.k_stage(cur), cta.v_stage(prev));
     their_turn();
     rows.finish_qk_pv(nb * BN);
     // this warpgroup has read tile nb - 1 (its K in step nb - 1, its V just now)
@@ -691,7 +700,7 @@ _attention_fwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
   mbar_wait(full_v(last), ((n_blocks - 1) / kStages) & 1);
   __syncwarp();
   my_turn();
-  rows.issue_pv_only(sV + last * kKVBytes);
+  rows.issue_pv_only(cta.v_stage(last));
   their_turn();
   rows.finish_pv();
   rows.store(O + (size_t)bh * T_len * D, LSE + (size_t)bh * T_len);
@@ -1259,7 +1268,7 @@ _attention_bwd_sm90_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __
       mbar_init(empty(st), 2);
     }
     mbar_init(kvbar, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    mbar_init_fence();
   }
   __syncthreads();
 

@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(128) _tma_roundtrip_kernel(const __grid_consta
   const int tid = threadIdx.x;
   if (tid == 0) {
     attn::sm90::mbar_init(bar, 32);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    attn::sm90::mbar_init_fence();
   }
   __syncthreads();
   for (int load = 0; load < kLoads; ++load) {
