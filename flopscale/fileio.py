@@ -1,0 +1,78 @@
+"""Atomic file writes: the one helper every file the project writes goes through.
+
+    from flopscale.fileio import atomic_write_text, atomic_write_json, atomic_write
+    atomic_write_json("run/config.json", record)
+    with atomic_write("run/ckpt.pt", "wb") as f:   # any writer that takes a file object
+        torch.save(state, f)
+
+A write goes to a temporary file beside the target (same directory, so the rename cannot cross
+file systems), is flushed and fsync'ed, then renamed over the target with ``os.replace``, which
+POSIX makes atomic: a reader, or a run killed mid-write, sees the old file or the new one, never
+half of one.  The directory is fsync'ed after the rename so the new name survives a power cut.
+The temporary name carries the pid, so two processes writing the same target never share one.
+
+Standard library only: this module sits below every layer (``fitting/`` uses it and imports
+nothing else of the project).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # a platform or file system that cannot open a directory: best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file for writing (``mode`` "w" or "wb"); on a clean exit it replaces
+    ``path`` atomically, on an exception it is removed and ``path`` is left as it was."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_json(path: PathLike, obj, indent: int = 2) -> None:
+    """``json.dumps(obj, indent=indent)`` plus a final newline, written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json"]
