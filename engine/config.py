@@ -3,10 +3,16 @@
     from flopscale.engine import ModelConfig
     cfg = ModelConfig(n_layer=2, d_model=64, n_heads=4, n_ctx=32, n_vocab=256)  # d_attn, d_ff derived
     cfg = ModelConfig.from_preset("gpt2-small")
+
+Every field is declared once, here, with its default and help text (``_f``); the ``flopscale
+train`` and ``flopscale flops`` flags are generated from these dataclasses by
+:func:`add_config_arguments` and read back by :func:`config_from_args`, so a new field is one
+line in its dataclass (tests/test_errors.py checks that flags and fields stay one to one).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -17,19 +23,38 @@ class ConfigError(ValueError):
 
 
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+_PARSE = {"int": int, "float": float, "str": str}
+
+
+def _f(default, help: str, group: str = "run", choices=None, flag: Optional[str] = None):
+    """A config field with its CLI help and group; ``choices`` are checked in __post_init__."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, "choices": choices,
+                                                        "flag": flag})
+
+
+def _base_type(f: dataclasses.Field) -> tuple:
+    """("int" | "float" | "str" | "bool", optional?) from the annotation (a string under
+    ``from __future__ import annotations``)."""
+    t = str(f.type)
+    if t.startswith("Optional["):
+        return t[len("Optional["):-1], True
+    return t, False
 
 
 def _check_types(obj) -> None:
-    """Reject a value of the wrong type with one clear line (bools are not numbers here)."""
+    """Reject a value of the wrong type, or outside a field's choices, with one clear line
+    (bools are not numbers here)."""
     for f in dataclasses.fields(obj):
-        v, t = getattr(obj, f.name), str(f.type)
-        if t.startswith("Optional["):
-            if v is None:
-                continue
-            t = t[len("Optional["):-1]
+        v = getattr(obj, f.name)
+        t, optional = _base_type(f)
+        if v is None and optional:
+            continue
         want = _TYPES[t]
         if not isinstance(v, want) or (isinstance(v, bool) and t != "bool"):
             raise ConfigError(f"{f.name} must be of type {t}, got {v!r}")
+        choices = f.metadata.get("choices")
+        if choices and v not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {v!r}")
 
 
 class _DictConfig:
@@ -50,13 +75,13 @@ class _DictConfig:
 class ModelConfig(_DictConfig):
     """Shape of a GPT-2-style decoder (Kaplan et al. notation)."""
 
-    n_layer: int = 2          # Transformer blocks
-    d_model: int = 64         # residual stream width
-    n_heads: int = 4          # attention heads; d_attn / n_heads is the head dim
-    d_attn: Optional[int] = None  # attention width; defaults to d_model (the paper's choice)
-    d_ff: Optional[int] = None    # feedforward width; defaults to 4 * d_model
-    n_ctx: int = 1024         # context length (maximum T)
-    n_vocab: int = 50257      # vocabulary size (GPT-2's BPE)
+    n_layer: int = _f(2, "Transformer blocks", "model")
+    d_model: int = _f(64, "residual stream width", "model")
+    n_heads: int = _f(4, "attention heads; d_attn / n_heads is the head dim (CLI default: head dim 64)", "model")
+    d_attn: Optional[int] = _f(None, "attention width (default: d_model, the paper's choice)", "model")
+    d_ff: Optional[int] = _f(None, "feedforward width (default: 4 * d_model)", "model")
+    n_ctx: int = _f(1024, "context length (maximum T)", "model")
+    n_vocab: int = _f(50257, "vocabulary size (GPT-2's BPE)", "model")
 
     def __post_init__(self):
         if self.d_attn is None:
@@ -77,7 +102,8 @@ class ModelConfig(_DictConfig):
 
     @property
     def N(self) -> int:
-        """Non-embedding parameters, the paper's N = 2 d_model n_layer (2 d_attn + d_ff)."""
+        """Non-embedding parameters, the paper's N (Table 1): the one formula lives in
+        ``flops.non_embedding_params``; config.json records it and fitting reads it from there."""
         from .flops import non_embedding_params
 
         return non_embedding_params(self)
@@ -87,6 +113,11 @@ class ModelConfig(_DictConfig):
         if name not in MODEL_PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
         return cls.from_dict({**MODEL_PRESETS[name], **overrides})
+
+
+def default_heads(width: int) -> int:
+    """The CLI's head count when --n-heads is not given: head dim 64, at least one head."""
+    return max(1, width // 64)
 
 
 # Named shapes.  The gpt2-* rows are GPT-2's (n_ctx 1024, n_vocab 50257); gpt2-xl is the
@@ -105,29 +136,39 @@ MODEL_PRESETS = {
 
 @dataclass
 class TrainConfig(_DictConfig):
-    """One training run: data, schedule, optimizer, backend, logging."""
+    """One training run: data, schedule, optimizer, backend and kernel choices, logging."""
 
-    data: str = "stdlib"          # "stdlib" (the embedded default corpus) or a path
-    tokenizer: str = "bpe-4096"   # "bpe-V": byte-level BPE of V tokens trained on the corpus; or a tokenizer.json path
-    max_tokens: Optional[int] = None  # cap on the training set size D, in tokens
-    batch_size: int = 8           # sequences per optimizer step (global)
-    grad_accum: int = 1           # micro-batches per step; batch_size must divide evenly
-    steps: int = 200              # optimizer steps
-    lr: float = 3e-3              # peak learning rate
-    min_lr_frac: float = 0.1      # cosine decays to lr * min_lr_frac
-    warmup: int = 20              # linear warmup steps
-    weight_decay: float = 0.1     # decoupled, on matmul weights and embeddings only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0        # global-norm clip; 0 disables
-    eval_every: int = 50          # steps between validation evals (and checkpoints)
-    eval_batches: int = 4         # validation batches per eval
-    log_every: int = 1            # steps between metrics.jsonl rows
-    seed: int = 1337
-    backend: str = "torch"
-    device: str = "cpu"
-    dtype: str = "float32"        # float32 | bfloat16 (autocast) | float16 (autocast)
-    noise_scale: bool = False     # estimate the gradient noise scale (needs grad_accum >= 2)
+    data: str = _f("stdlib", "'stdlib' (the embedded default corpus), a text file, a .bin shard or a folder", "data")
+    tokenizer: str = _f("bpe-4096", "bpe-V (byte-level BPE of V tokens, trained on the corpus and cached) "
+                        "or a tokenizer.json", "data")
+    max_tokens: Optional[int] = _f(None, "cap the training set at this many tokens (dataset size D)", "data")
+    batch_size: int = _f(8, "sequences per optimizer step (global)", "schedule")
+    grad_accum: int = _f(1, "micro-batches per step; batch_size must divide evenly", "schedule")
+    steps: int = _f(200, "optimizer steps", "schedule")
+    lr: float = _f(3e-3, "peak learning rate", "schedule")
+    min_lr_frac: float = _f(0.1, "cosine floor as a fraction of --lr", "schedule")
+    warmup: int = _f(20, "linear warmup steps", "schedule")
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay (matmul weights and embeddings only)", "schedule")
+    beta1: float = _f(0.9, "AdamW beta1", "schedule")
+    beta2: float = _f(0.95, "AdamW beta2", "schedule")
+    grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)", "schedule")
+    eval_every: int = _f(50, "steps between evals and checkpoints")
+    eval_batches: int = _f(4, "validation batches per eval")
+    log_every: int = _f(1, "steps between metrics rows")
+    seed: int = _f(1337, "initialisation and data-order seed")
+    backend: str = _f("torch", "torch | triton | cuda")
+    device: str = _f("cpu", "cpu, cuda, cuda:1, ...")
+    dtype: str = _f("float32", "float32 | bfloat16 | float16 (autocast)", choices=("float32", "bfloat16", "float16"))
+    noise_scale: bool = _f(False, "estimate the gradient noise scale (needs --grad-accum >= 2)")
+    # Kernel variants a user may pick (no environment variables: each choice is recorded in
+    # config.json and the executed FLOP view follows it).  Choices: flopscale.kernels.BACKEND_OPTIONS.
+    cuda_attention: str = _f("auto", "cuda backend attention: auto (wgmma on Hopper, mma.sync elsewhere) | "
+                             "mma_sync (everywhere)", "kernels")
+    cuda_ffn_backward: str = _f("split", "cuda backend feedforward backward: split (GEMM + fused elementwise "
+                                "kernel, the faster on an H200) | lt_epilogues (cuBLASLt DGELU_BGRAD/BGRADB)",
+                                "kernels")
+    triton_ffn_loads: str = _f("auto", "triton backend feedforward GEMM loads: auto (TMA descriptors where the "
+                               "GPU has them) | pointer (pointer loads only)", "kernels")
 
     def __post_init__(self):
         _check_types(self)
@@ -144,13 +185,74 @@ class TrainConfig(_DictConfig):
             raise ConfigError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be positive, got {self.max_tokens}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        from flopscale.kernels import BACKENDS
+        from flopscale.kernels import BACKEND_OPTIONS, BACKENDS
 
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        for name, (backend, option) in KERNEL_FIELDS.items():
+            allowed = BACKEND_OPTIONS[backend][option]
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.tokenizer.startswith("bpe-"):
             v = self.tokenizer[4:]
             if not v.isdigit() or not 257 <= int(v) <= 65535:
                 raise ConfigError(f"tokenizer {self.tokenizer!r}: want bpe-V with 257 <= V <= 65535 (byte alphabet, uint16 ids)")
+
+    def kernel_options(self) -> dict:
+        """The options of flopscale.kernels.get_backend for this run's backend (its kernel fields)."""
+        return {option: getattr(self, name) for name, (backend, option) in KERNEL_FIELDS.items()
+                if backend == self.backend}
+
+
+# TrainConfig field -> (backend, option of flopscale.kernels.BACKEND_OPTIONS) that it sets.
+KERNEL_FIELDS = {
+    "cuda_attention": ("cuda", "attention"),
+    "cuda_ffn_backward": ("cuda", "ffn_backward"),
+    "triton_ffn_loads": ("triton", "ffn_loads"),
+}
+
+
+def field_default(cls, name: str):
+    """The declared default of a config field (the one place defaults live)."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line, generated from the dataclasses.
+# ---------------------------------------------------------------------------------------------
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), defaults=None,
+                         required=(), no_defaults: bool = False, titles=None) -> list:
+    """Add one flag per field of ``cls`` (``only`` / ``skip`` select fields), in argument groups
+    by the fields' ``group``.  ``defaults`` overrides a field's default for this command (the
+    flag's help shows it); ``required`` fields get required flags; ``no_defaults``: every flag
+    defaults to None (a sweep's overrides: None means "keep the preset's").  Returns the names."""
+    defaults, titles = defaults or {}, titles or {}
+    groups, names = {}, []
+    for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        g = f.metadata.get("group", "run")
+        if g not in groups:
+            groups[g] = parser.add_argument_group(titles.get(g, g))
+        t, _ = _base_type(f)
+        default = None if no_defaults else defaults.get(f.name, f.default)
+        help_ = f.metadata.get("help", "")
+        if t == "bool":
+            groups[g].add_argument(flag_name(f), dest=f.name, action="store_true", default=None if no_defaults else default,
+                                   help=help_)
+        else:
+            shown = "" if default is None or no_defaults else f" (default: {default})"
+            groups[g].add_argument(flag_name(f), dest=f.name, type=_PARSE[t], default=default,
+                                   required=f.name in required, choices=f.metadata.get("choices"),
+                                   help=help_ + shown)
+        names.append(f.name)
+    return names
+
+
+def config_values(ns: argparse.Namespace, names) -> dict:
+    """{field: value} of the parsed flags ``names``, leaving out those that are None."""
+    return {n: getattr(ns, n) for n in names if getattr(ns, n, None) is not None}

@@ -28,6 +28,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from flopscale.fileio import atomic_write_bytes
+
 SHARD_MAGIC = b"FLOPSTOK"
 SHARD_HEADER = struct.Struct("<8sIIQ")  # magic, version, vocab size, n_tokens
 VAL_EVERY = 20  # one file in 20 (by a hash of its path) goes to validation
@@ -44,12 +46,6 @@ def cache_dir() -> Path:
     return d
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 # Shards
 # ---------------------------------------------------------------------------------------------
@@ -58,7 +54,7 @@ def write_shard(path, tokens: np.ndarray, vocab_size: int) -> None:
     if tokens.size and int(tokens.max()) >= vocab_size:
         raise DataError(f"token id {int(tokens.max())} >= vocab size {vocab_size}")
     hdr = SHARD_HEADER.pack(SHARD_MAGIC, 1, vocab_size, tokens.size)
-    _atomic_write_bytes(Path(path), hdr + tokens.astype("<u2").tobytes())
+    atomic_write_bytes(Path(path), hdr + tokens.astype("<u2").tobytes())
 
 
 def read_shard(path) -> tuple:
@@ -119,7 +115,7 @@ def stdlib_sample(folder, n_files: Optional[int] = None) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     root = Path(sysconfig.get_paths()["stdlib"])
     for name in SAMPLE_MODULES[:n_files]:
-        (folder / name.replace("/", "_")).write_bytes((root / name).read_bytes())
+        atomic_write_bytes(folder / name.replace("/", "_"), (root / name).read_bytes())
     return str(folder)
 
 
@@ -226,7 +222,7 @@ def _load_tokenizer(spec: str, texts_for_training, key: str):
         except Exception:
             path.unlink()  # a damaged cache entry is rebuilt, never trusted
     tok = train_bpe(texts_for_training(), int(spec[4:]))
-    _atomic_write_bytes(path, tok.to_str().encode())
+    atomic_write_bytes(path, tok.to_str().encode())
     return tok, spec
 
 

@@ -36,8 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,14 +43,13 @@ from pathlib import Path
 import torch
 
 from . import flops as fl
+from . import rundir
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import load_corpus
+from .dist import all_reduce_ints, all_reduce_mean_grads, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .model import GPT
 from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm
-
-
-class TrainError(RuntimeError):
-    """A run that cannot go on (NaN loss, a config that differs from the run on disk)."""
+from .rundir import TrainError
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.  None elsewhere.
@@ -74,103 +71,26 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.lr * (tc.min_lr_frac + (1 - tc.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def code_version() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from flopscale import __version__
-
-    return __version__
+def decay_split(model: torch.nn.Module) -> tuple:
+    """(decayed, not decayed) parameters: matmul weights and embeddings (dim >= 2) decay; biases
+    and LayerNorm gains never do."""
+    params = list(model.parameters())
+    return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# torch.distributed
-# ---------------------------------------------------------------------------------------------
-def dist_env() -> tuple:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) without one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def init_distributed(device: str) -> tuple:
-    """Initialise the default process group once per process when WORLD_SIZE > 1 (nccl for a
-    CUDA device, gloo otherwise); returns (rank, world_size, local_rank)."""
-    rank, world, local = dist_env()
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_available():
-            raise TrainError("WORLD_SIZE > 1 but this build of torch has no torch.distributed")
-        if not dist.is_initialized():
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-            if device.startswith("cuda"):
-                torch.cuda.set_device(local)
-            dist.init_process_group(backend=backend)
-            import atexit
-
-            atexit.register(_destroy_process_group)
-        rank, world = dist.get_rank(), dist.get_world_size()
-    return rank, world, local
-
-
-def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def broadcast_object(obj, world: int):
-    """Rank 0's ``obj`` on every rank (a no-op in one process)."""
-    if world == 1:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+def optimizer_step_flops(model: torch.nn.Module, tc: TrainConfig) -> int:
+    """FLOPs of one AdamW step (with clipping) over ``model``'s parameters, flops.optimizer_flops.
+    Works on a model built on the meta device (the sweep's cost model)."""
+    decay, other = decay_split(model)
+    n_decayed = sum(p.numel() for p in decay) if tc.weight_decay > 0 else 0
+    return fl.optimizer_flops(sum(p.numel() for p in decay + other), n_decayed, tc.grad_clip > 0)
 
 
 def make_optimizer(model: GPT, tc: TrainConfig):
-    # Decay matmul weights and embeddings (dim >= 2); never biases or LayerNorm gains.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
+    decay, other = decay_split(model)
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": other, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8, foreach=False)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_decayed = sum(p.numel() for p in decay) if tc.weight_decay > 0 else 0
-    return opt, fl.optimizer_flops(n_params, n_decayed, tc.grad_clip > 0)
+    return opt, optimizer_step_flops(model, tc)
 
 
 class Trainer:
@@ -205,7 +125,7 @@ class Trainer:
         if self.world > 1 and dev == "cuda":
             dev = f"cuda:{local}"
         self.device = torch.device(dev)
-        self.model = GPT(mc, backend=tc.backend).to(self.device)  # the bare module (checkpoints, eval)
+        self.model = GPT(mc, backend=tc.backend, kernel_options=tc.kernel_options()).to(self.device)  # the bare module (checkpoints, eval)
         self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -230,7 +150,7 @@ class Trainer:
         return {
             "model": self.mc.to_dict(), "train": self.tc.to_dict(), "N": self.mc.N,
             "n_params_total": self.model.num_params(non_embedding=False),
-            "data": self.corpus.provenance, "code_version": code_version(),
+            "data": self.corpus.provenance, "code_version": rundir.code_version(),
             "tokens_per_step": self.tc.batch_size * self.mc.n_ctx,
             "world_size": self.world,
         }
@@ -251,40 +171,39 @@ class Trainer:
 
     def _check_or_write_config_local(self) -> bool:
         self.out.mkdir(parents=True, exist_ok=True)
-        cpath = self.out / "config.json"
+        cpath = self.out / rundir.CONFIG
         rec = self.config_record()
         if cpath.exists():
-            try:
-                old = json.loads(cpath.read_text())
-            except json.JSONDecodeError:
-                raise TrainError(f"{cpath} is corrupt; move the run directory aside to start afresh") from None
-            diffs = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
-                     for sec in ("model", "train") for k, v in rec[sec].items() if old.get(sec, {}).get(k) != v]
+            old = rundir.read_config(cpath)
+            defaults = {"model": ModelConfig.__dataclass_fields__, "train": TrainConfig.__dataclass_fields__}
+
+            def old_value(sec, k):  # a field added since the run was made reads as its default
+                o = old.get(sec, {})
+                return o[k] if k in o else defaults[sec][k].default
+
+            diffs = [f"{sec}.{k}: {old_value(sec, k)!r} -> {v!r}"
+                     for sec in ("model", "train") for k, v in rec[sec].items() if old_value(sec, k) != v]
             if diffs:
                 raise TrainError(f"{self.out} holds a run with a different configuration ({'; '.join(diffs)}); "
                                  "use another --out or the same flags")
-            return (self.out / "ckpt.pt").exists()
-        atomic_write_text(cpath, json.dumps(rec, indent=2) + "\n")
+            return (self.out / rundir.CHECKPOINT).exists()
+        rundir.write_json(cpath, rec)
         return False
 
     def save_checkpoint(self) -> None:
         if self.rank == 0:
-            atomic_torch_save({
+            rundir.save_checkpoint(self.out / rundir.CHECKPOINT, {
                 "step": self.step, "tokens": self.tokens, "model": self.model.state_dict(),
                 "opt": self.opt.state_dict(), "ledger": self.ledger.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "noise": self.noise.state_dict() if self.noise else None,
                 "world_size": self.world,
-            }, self.out / "ckpt.pt")
+            })
             self._write_flops_json()
         barrier(self.world)  # nobody runs ahead of a checkpoint that may be resumed from
 
     def load_checkpoint(self) -> None:
-        try:
-            ck = torch.load(self.out / "ckpt.pt", map_location=self.device, weights_only=False)
-        except Exception as e:
-            raise TrainError(f"checkpoint {self.out / 'ckpt.pt'} is unreadable ({type(e).__name__}); "
-                             "move it aside to restart the run") from None
+        ck = rundir.load_checkpoint(self.out / rundir.CHECKPOINT, self.device)
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["opt"])
         self.ledger.load_state_dict(ck["ledger"])
@@ -293,10 +212,8 @@ class Trainer:
             self.noise.load_state_dict(ck["noise"])
         self.step, self.tokens = ck["step"], ck["tokens"]
         # Rows logged after the checkpoint were lost work; the resumed run writes them again.
-        mpath = self.out / "metrics.jsonl"
-        if self.rank == 0 and mpath.exists():
-            keep = [ln for ln in mpath.read_text().splitlines() if ln.strip() and _row_step(ln) <= self.step]
-            atomic_write_text(mpath, "".join(ln + "\n" for ln in keep))
+        if self.rank == 0:
+            rundir.truncate_metrics(self.out / rundir.METRICS, self.step)
         barrier(self.world)
 
     def _write_flops_json(self) -> None:
@@ -308,7 +225,7 @@ class Trainer:
             "totals": {v: {"nonembedding": led.total(v), "all": led.total(v, rows="all")} for v in fl.VIEWS},
             "paper_6ND": 6 * self.mc.N * self.tokens,
         }
-        atomic_write_text(self.out / "flops.json", json.dumps(rec, indent=2) + "\n")
+        rundir.write_json(self.out / rundir.FLOPS, rec)
 
     # -- steps -----------------------------------------------------------------------------
     def _autocast(self):
@@ -317,14 +234,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _all_reduce_sum(self, values: list) -> list:
-        """Sum a few float64 scalars over ranks (one collective)."""
-        if self.world == 1:
-            return values
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
+        return all_reduce_sum(values, self.world, self.device)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -343,16 +253,10 @@ class Trainer:
     def _book_step_flops(self, step_ledger: fl.FlopLedger) -> None:
         """Sum this step's per-rank counts over ranks into the run's ledger, then the optimizer."""
         if self.world > 1:
-            import torch.distributed as dist
-
             state = step_ledger.state_dict()
             keys = [(v, r) for v in fl.VIEWS for r in fl.ROWS]
             # int64 holds any one step's count (2^63 ~ 9e18; GPT-3 175B x 3.2M tokens is 3.4e18)
-            t = torch.tensor([c for v, r in keys for c in state[v][r]], dtype=torch.int64)
-            if self.device.type == "cuda":
-                t = t.to(self.device)
-            dist.all_reduce(t)
-            vals = t.tolist()
+            vals = all_reduce_ints([c for v, r in keys for c in state[v][r]], self.world, self.device)
             step_ledger.load_state_dict({v: {r: vals[2 * i:2 * i + 2] for i, (vv, r) in enumerate(keys) if vv == v}
                                          for v in fl.VIEWS})
         self.ledger.merge(step_ledger)
@@ -392,7 +296,7 @@ class Trainer:
                 self.noise.update(micro_norms.mean_sq, mb, sq_norm(grads), tc.batch_size)
             else:
                 local_sq = sq_norm(grads)  # this rank's gradient over batch_size / world sequences
-                self._manual_all_reduce_grads(grads)
+                all_reduce_mean_grads(grads, self.world)
                 mean_local = self._all_reduce_sum([local_sq])[0] / self.world
                 self.noise.update(mean_local, tc.batch_size // self.world, sq_norm(grads), tc.batch_size)
         if tc.grad_clip > 0:
@@ -402,17 +306,6 @@ class Trainer:
         self.step += 1
         self.tokens += tc.batch_size * self.mc.n_ctx
         return self._all_reduce_sum([total / A])[0] / self.world
-
-    def _manual_all_reduce_grads(self, grads: list) -> None:
-        """Average gradients over ranks in one flat collective (what DDP's reducer would do)."""
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        flat = _flatten_dense_tensors(grads)
-        flat.div_(self.world)
-        dist.all_reduce(flat)
-        for g, r in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            g.copy_(r)
 
     def noise_scale_tokens(self):
         """The smoothed B_simple in tokens, or None (off, or |G|^2 not yet positive)."""
@@ -428,7 +321,7 @@ class Trainer:
         if self.step >= tc.steps:
             return {"step": self.step, "complete": True}
         lead = self.rank == 0
-        mpath = self.out / "metrics.jsonl"
+        mpath = self.out / rundir.METRICS
         bar = _progress(total=tc.steps, initial=self.step, enabled=self.progress and lead, desc=self.out.name,
                         position=self.progress_position)
         row = {}
@@ -471,13 +364,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{train_loss:.3f}", **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
         bar.close()
         return row
-
-
-def _row_step(line: str) -> int:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62  # a torn last line is dropped
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str, position: int = 0):

@@ -16,24 +16,23 @@ import json
 import sys
 
 
-def _add_model_args(p: argparse.ArgumentParser, n_ctx: int, n_vocab: int | None) -> None:
-    g = p.add_argument_group("model shape (Kaplan et al. notation)")
-    g.add_argument("--n-layer", type=int, required=True, help="Transformer blocks")
-    g.add_argument("--d-model", type=int, required=True, help="residual stream width")
-    g.add_argument("--n-heads", type=int, default=None, help="attention heads (default: d_model / 64, at least 1)")
-    g.add_argument("--d-attn", type=int, default=None, help="attention width (default: d_model)")
-    g.add_argument("--d-ff", type=int, default=None, help="feedforward width (default: 4 * d_model)")
-    g.add_argument("--n-ctx", type=int, default=n_ctx, help=f"context length (default: {n_ctx})")
-    if n_vocab is not None:
-        g.add_argument("--n-vocab", type=int, default=n_vocab, help=f"vocabulary size (default: {n_vocab})")
+def _add_model_args(p: argparse.ArgumentParser, n_ctx: int, n_vocab: int | None) -> list:
+    """The model-shape flags, from ModelConfig's fields (engine/config.py).  --n-layer and
+    --d-model are required; --n-heads defaults to head dim 64 (config.default_heads)."""
+    from flopscale.engine.config import ModelConfig, add_config_arguments
+
+    return add_config_arguments(
+        p, ModelConfig, skip=() if n_vocab is not None else ("n_vocab",), required=("n_layer", "d_model"),
+        defaults={"n_layer": None, "d_model": None, "n_heads": None, "n_ctx": n_ctx, "n_vocab": n_vocab},
+        titles={"model": "model shape (Kaplan et al. notation)"})
 
 
 def _model_config(a, n_vocab: int):
-    from flopscale.engine import ModelConfig
+    from flopscale.engine.config import ModelConfig, config_values, default_heads
 
-    heads = a.n_heads if a.n_heads is not None else max(1, (a.d_attn or a.d_model) // 64)
-    return ModelConfig(n_layer=a.n_layer, d_model=a.d_model, n_heads=heads, d_attn=a.d_attn, d_ff=a.d_ff,
-                       n_ctx=a.n_ctx, n_vocab=n_vocab)
+    kw = config_values(a, [f for f in ModelConfig.__dataclass_fields__ if f != "n_vocab"])
+    kw.setdefault("n_heads", default_heads(a.d_attn or a.d_model))
+    return ModelConfig(**kw, n_vocab=n_vocab)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,15 +74,10 @@ def cmd_flops(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from flopscale.engine import TrainConfig
+    from flopscale.engine.config import TrainConfig, config_values
     from flopscale.engine.train import Trainer
 
-    tc = TrainConfig(
-        data=a.data, tokenizer=a.tokenizer, max_tokens=a.max_tokens, batch_size=a.batch_size, grad_accum=a.grad_accum,
-        steps=a.steps, lr=a.lr, min_lr_frac=a.min_lr_frac, warmup=a.warmup, weight_decay=a.weight_decay,
-        grad_clip=a.grad_clip, eval_every=a.eval_every, eval_batches=a.eval_batches, log_every=a.log_every,
-        seed=a.seed, backend=a.backend, device=a.device, dtype=a.dtype, noise_scale=a.noise_scale,
-    )
+    tc = TrainConfig(**config_values(a, TrainConfig.__dataclass_fields__))
     mc = _model_config(a, 257)  # n_vocab is set from the tokenizer
     tr = Trainer(mc, tc, a.out, progress=not a.quiet)
     if not a.quiet:
@@ -98,33 +92,13 @@ def cmd_train(a) -> int:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from flopscale.engine import TrainConfig
+    """Every flag of `flopscale train`: one per ModelConfig and TrainConfig field, generated
+    from the dataclasses (engine/config.py), plus --out and --quiet."""
+    from flopscale.engine.config import TrainConfig, add_config_arguments
 
-    d = TrainConfig.__dataclass_fields__
     _add_model_args(p, n_ctx=128, n_vocab=None)
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=d["data"].default, help="'stdlib' (the default corpus), a text file, a .bin shard or a folder")
-    g.add_argument("--tokenizer", default=d["tokenizer"].default, help="bpe-V (trained on the corpus and cached) or a tokenizer.json")
-    g.add_argument("--max-tokens", type=int, default=None, help="cap the training set at this many tokens (dataset size D)")
-    g = p.add_argument_group("schedule")
-    g.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="sequences per optimizer step")
-    g.add_argument("--grad-accum", type=int, default=d["grad_accum"].default, help="micro-batches per step")
-    g.add_argument("--steps", type=int, default=d["steps"].default, help="optimizer steps")
-    g.add_argument("--lr", type=float, default=d["lr"].default, help="peak learning rate")
-    g.add_argument("--min-lr-frac", type=float, default=d["min_lr_frac"].default, help="cosine floor as a fraction of --lr")
-    g.add_argument("--warmup", type=int, default=d["warmup"].default, help="linear warmup steps")
-    g.add_argument("--weight-decay", type=float, default=d["weight_decay"].default, help="AdamW decoupled weight decay")
-    g.add_argument("--grad-clip", type=float, default=d["grad_clip"].default, help="global gradient-norm clip (0: off)")
-    g = p.add_argument_group("run")
-    g.add_argument("--backend", default=d["backend"].default, help="torch | triton | cuda")
-    g.add_argument("--device", default=d["device"].default, help="cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", default=d["dtype"].default, help="float32 | bfloat16 | float16 (autocast)")
-    g.add_argument("--seed", type=int, default=d["seed"].default, help="initialisation and data-order seed")
-    g.add_argument("--eval-every", type=int, default=d["eval_every"].default, help="steps between evals and checkpoints")
-    g.add_argument("--eval-batches", type=int, default=d["eval_batches"].default, help="validation batches per eval")
-    g.add_argument("--log-every", type=int, default=d["log_every"].default, help="steps between metrics rows")
-    g.add_argument("--noise-scale", action="store_true", help="estimate the gradient noise scale (needs --grad-accum >= 2)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_arguments(p, TrainConfig, titles={"kernels": "kernel variants (recorded in config.json)"})
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
 
 
@@ -141,13 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(fn=cmd_train)
 
+    # Subcommands defined in other layers.  A broken import is a bug to see, not a subcommand to
+    # hide: the ImportError propagates with its traceback.
+    import importlib
+
     for name, mod, add, run in (("fit", "flopscale.fitting.cli", "add_fit_arguments", "run_fit"),
                                 ("bench", "flopscale.bench.cli", "add_bench_arguments", "run_bench"),
                                 ("sweep", "flopscale.engine.sweep", "add_sweep_arguments", "run_sweep")):
-        try:
-            m = __import__(mod, fromlist=[add])
-        except ImportError:
-            continue  # that subcommand is not built yet
+        m = importlib.import_module(mod)
         p = sub.add_parser(name, help=(m.__doc__ or "").strip().splitlines()[0] if m.__doc__ else None)
         getattr(m, add)(p)
         p.set_defaults(fn=getattr(m, run))

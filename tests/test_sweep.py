@@ -14,7 +14,8 @@ import pytest
 
 from flopscale.engine import ModelConfig, TrainConfig
 from flopscale.engine.data import stdlib_sample
-from flopscale.engine.sweep import PRESETS, get_preset, run_flops
+from flopscale.engine.presets import PRESETS, get_preset
+from flopscale.engine.sweep import run_flops
 
 @pytest.fixture(scope="module")
 def tiny_preset(tmp_path_factory):

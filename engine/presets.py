@@ -1,0 +1,161 @@
+"""Sweep presets: named scaling studies as data (model sizes, token budgets, dataset caps, batch
+sizes, schedule), and the grid of runs each expands to.  ``engine/sweep.py`` runs a grid.
+
+    from flopscale.engine.presets import get_preset
+    for run in get_preset("cpu-tiny").runs():
+        print(run["name"], run["model"], run["train"]["steps"])
+
+A grid is model sizes (always; shapes near a fixed aspect ratio d_model / n_layer, head dim 16
+to 64, as in the paper's section 3), times dataset caps D (presets that ask for L(N, D)), times
+batch sizes (presets that ask for B_crit from the steps/tokens trade-off).  Every run of a preset
+trains for the same number of tokens unless the preset says otherwise, so L(N) here is the loss
+at a fixed token budget, not at convergence (report.md says so).  A preset may also be a JSON
+file holding SweepPreset's fields (``models`` as [n_layer, d_model, n_heads] lists).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .config import ConfigError, ModelConfig
+
+
+@dataclass
+class SweepPreset:
+    """A named scaling study.  ``models`` are (n_layer, d_model, n_heads); the run's steps are
+    ``tokens // (batch_size * n_ctx)`` for every batch size of the grid."""
+
+    name: str
+    description: str
+    models: List[tuple]                    # (n_layer, d_model, n_heads), smallest first
+    n_ctx: int
+    tokens: int                            # training tokens of the largest model's runs
+    train: Dict[str, object]               # TrainConfig fields shared by every run (batch_size included)
+    tokens_exponent: float = 0.0           # smaller models train tokens * (N_max / N)^exponent
+    max_tokens: List[Optional[int]] = field(default_factory=lambda: [None])  # dataset caps D (L(N, D))
+    batch_sizes: Optional[List[int]] = None  # sequences per step (B_crit from S/E); None: train["batch_size"]
+    evals: int = 10                        # evaluations (and checkpoints) per run
+    lr_by_size: bool = False               # Kaplan's lr(N) = 0.003239 - 0.0001395 log N, scaled to train["lr"]
+    assumed_flops_per_s: float = 15e9      # for --dry-run's wall-time estimate (see the preset's note)
+    cpu_threads: Optional[int] = None      # torch threads for CPU runs (None: torch's default)
+    note: str = ""
+
+    def runs(self) -> List[dict]:
+        """Every run of the grid: {"name", "model": ModelConfig kwargs, "train": TrainConfig kwargs}."""
+        out = []
+        bss = self.batch_sizes or [self.train["batch_size"]]
+        n_max = max(ModelConfig(n_layer=L, d_model=d, n_heads=H).N for L, d, H in self.models)
+        for (L, d, H) in self.models:
+            n = ModelConfig(n_layer=L, d_model=d, n_heads=H).N
+            tokens = int(self.tokens * (n_max / n) ** self.tokens_exponent)
+            for cap in self.max_tokens:
+                for bs in bss:
+                    ga = int(self.train.get("grad_accum", 1))
+                    steps = max(1, tokens // (bs * self.n_ctx))
+                    tr = dict(self.train, batch_size=bs, steps=steps,
+                              eval_every=max(1, steps // self.evals), max_tokens=cap,
+                              warmup=max(1, min(int(self.train.get("warmup", 0)) or steps // 10, steps // 2)))
+                    if bs % ga:
+                        tr["grad_accum"] = 1
+                    mc = dict(n_layer=L, d_model=d, n_heads=H, n_ctx=self.n_ctx)
+                    if self.lr_by_size:
+                        N = ModelConfig(**mc).N
+                        # Kaplan et al. eq. (D.1); relative to its value at N = 1e5 so train["lr"] sets the scale
+                        k = (0.003239 - 0.0001395 * math.log(N)) / (0.003239 - 0.0001395 * math.log(1e5))
+                        tr["lr"] = float(f"{self.train['lr'] * k:.3g}")
+                    name = f"L{L}-d{d}" + (f"-D{_si(cap)}" if len(self.max_tokens) > 1 else "") + \
+                           (f"-B{bs}" if self.batch_sizes and len(self.batch_sizes) > 1 else "")
+                    out.append({"name": name, "model": mc, "train": tr})
+        return out
+
+
+def _si(n: Optional[int]) -> str:
+    if n is None:
+        return "all"
+    for unit, k in (("G", 10 ** 9), ("M", 10 ** 6), ("k", 10 ** 3)):
+        if n >= k and n % (k // 100 or 1) == 0:
+            return f"{n / k:g}{unit}"
+    return str(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets.  Shapes keep d_model / n_layer near 32 (CPU) or 64 (GPU) and head dim 16-64.
+# ---------------------------------------------------------------------------------------------
+_CPU_TRAIN = dict(data="stdlib", tokenizer="bpe-4096", batch_size=16, grad_accum=2, lr=3e-3, warmup=40,
+                  eval_batches=8, noise_scale=True, device="cpu", backend="torch", dtype="float32")
+_GPU_TRAIN = dict(data="stdlib", tokenizer="bpe-4096", batch_size=64, grad_accum=2, lr=1e-3,
+                  eval_batches=20, noise_scale=True, device="cuda", backend="triton", dtype="bfloat16")
+_GPU_MODELS = [(2, 128, 2), (4, 256, 4), (6, 384, 6), (8, 512, 8), (10, 640, 10), (12, 768, 12)]
+
+PRESETS: Dict[str, SweepPreset] = {
+    "cpu-tiny": SweepPreset(
+        name="cpu-tiny",
+        description="L(N), L(C) frontier and B_noise(L) on 2 CPU cores in under 10 minutes",
+        models=[(1, 32, 2), (2, 40, 2), (2, 64, 4), (3, 96, 6), (4, 128, 8)],  # N 12k .. 786k (1.8 decades)
+        # Every size trains on the same 655k tokens (640 steps of 16 x 64), so L(N) is read at a
+        # fixed D.  (Training the small sizes longer, tokens x (N_max/N)^0.5, was tried: they then
+        # beat the undertrained large ones and L(N) came out inverted.)
+        n_ctx=64, tokens=640 * 16 * 64, train=_CPU_TRAIN, evals=16, assumed_flops_per_s=25e9,
+        # One thread: on 2 cores shared with other work, two OpenMP threads spin at every op's
+        # barrier while one is descheduled; measured 593 ms/step with 2 threads against 117 ms/step
+        # with 1 for the L3-d96 run (load average 4 on 2 cores).  `--threads 2` on an idle machine.
+        cpu_threads=1,
+        note="640 steps of 16 x 64 tokens per size (655k tokens, 0.07 epochs of the stdlib corpus: no "
+             "repetition); micro-batches of 8 give the noise scale; stdlib BPE-4096; one torch thread.",
+    ),
+    "h100": SweepPreset(
+        name="h100",
+        description="L(N), L(C) frontier and B_noise(L) up to a GPT-2-small-class model on one H100",
+        models=_GPU_MODELS, n_ctx=1024, tokens=200 * 2 ** 20, train=_GPU_TRAIN, evals=20, lr_by_size=True,
+        assumed_flops_per_s=0.35 * 989e12,
+        note="N 393k .. 85M (2.3 decades), 200M tokens per size at 64 x 1024 tokens per step. The "
+             "stdlib corpus holds ~8.9M training tokens, so pass --data with a larger corpus (a folder of "
+             "text or .bin shards) to stay single-epoch. Wall-time estimate assumes 35% MFU in bf16.",
+    ),
+    "h100-nd": SweepPreset(
+        name="h100-nd",
+        description="L(N, D): four sizes x four dataset caps, early-stopped, on one H100",
+        models=[(2, 128, 2), (4, 256, 4), (6, 384, 6), (8, 512, 8)], n_ctx=1024, tokens=100 * 2 ** 20,
+        train=_GPU_TRAIN, max_tokens=[2 ** 20, 2 ** 22, 2 ** 24, None], evals=40, lr_by_size=True,
+        assumed_flops_per_s=0.35 * 989e12,
+        note="100M tokens per run over dataset caps of 1M, 4M, 16M tokens and the whole corpus (repeated "
+             "epochs overfit; the best val loss is the early-stopped L(N, D)). Assumes 35% MFU in bf16.",
+    ),
+    "h100-bcrit": SweepPreset(
+        name="h100-bcrit",
+        description="B_crit(L): two sizes x six batch sizes (steps/tokens trade-off) plus the noise scale",
+        models=[(4, 256, 4), (8, 512, 8)], n_ctx=1024, tokens=100 * 2 ** 20,
+        train=_GPU_TRAIN, batch_sizes=[8, 16, 32, 64, 128, 256], evals=40,
+        lr_by_size=True, assumed_flops_per_s=0.30 * 989e12,
+        note="Batch sizes 8k .. 262k tokens at a fixed 100M-token budget; B_crit from (S, E) to reach "
+             "each loss (Kaplan eq. 5.4/5.5) beside B_noise. Assumes 30% MFU (small batches run less efficiently).",
+    ),
+}
+
+# Test-only presets are registered here by tests (a tiny grid that runs in seconds).
+_EXTRA_PRESETS: Dict[str, SweepPreset] = {}
+
+
+def register_preset(p: SweepPreset) -> None:
+    """Add a preset by name (tests register tiny ones; users may register their own)."""
+    _EXTRA_PRESETS[p.name] = p
+
+
+def get_preset(name: str) -> SweepPreset:
+    allp = {**PRESETS, **_EXTRA_PRESETS}
+    if name in allp:
+        return allp[name]
+    # A preset file: a JSON object with SweepPreset's fields (models as [n_layer, d_model, n_heads] lists)
+    p = Path(name)
+    if name.endswith(".json") and p.is_file():
+        try:
+            d = json.loads(p.read_text())
+            d["models"] = [tuple(m) for m in d["models"]]
+            return SweepPreset(**d)
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise ConfigError(f"preset file {name}: not a valid sweep preset ({type(e).__name__}: {e})") from None
+    raise ConfigError(f"unknown sweep preset {name!r}; choose one of {', '.join(allp)} or a preset .json file")
