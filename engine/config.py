@@ -161,7 +161,8 @@ class TrainConfig(_DictConfig):
     dtype: str = _f("float32", "float32 | bfloat16 | float16 (autocast)", choices=("float32", "bfloat16", "float16"))
     noise_scale: bool = _f(False, "estimate the gradient noise scale (needs --grad-accum >= 2)")
     # Kernel variants a user may pick (no environment variables: each choice is recorded in
-    # config.json and the executed FLOP view follows it).  Choices: flopscale.kernels.BACKEND_OPTIONS.
+    # config.json and the executed FLOP view follows it).  One field per option of
+    # flopscale.kernels.BACKEND_OPTIONS, named "<backend>_<option>", default its first value.
     cuda_attention: str = _f("auto", "cuda backend attention: auto (wgmma on Hopper, mma.sync elsewhere) | "
                              "mma_sync (everywhere)", "kernels")
     cuda_ffn_backward: str = _f("split", "cuda backend feedforward backward: split (GEMM + fused elementwise "
@@ -189,7 +190,8 @@ class TrainConfig(_DictConfig):
 
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        for name, (backend, option) in KERNEL_FIELDS.items():
+        for name in kernel_fields():
+            backend, option = name.split("_", 1)
             allowed = BACKEND_OPTIONS[backend][option]
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -200,16 +202,15 @@ class TrainConfig(_DictConfig):
 
     def kernel_options(self) -> dict:
         """The options of flopscale.kernels.get_backend for this run's backend (its kernel fields)."""
-        return {option: getattr(self, name) for name, (backend, option) in KERNEL_FIELDS.items()
-                if backend == self.backend}
+        from flopscale.kernels import kernel_options_for
+
+        return kernel_options_for(self.backend, **{name: getattr(self, name) for name in kernel_fields()})
 
 
-# TrainConfig field -> (backend, option of flopscale.kernels.BACKEND_OPTIONS) that it sets.
-KERNEL_FIELDS = {
-    "cuda_attention": ("cuda", "attention"),
-    "cuda_ffn_backward": ("cuda", "ffn_backward"),
-    "triton_ffn_loads": ("triton", "ffn_loads"),
-}
+def kernel_fields() -> tuple:
+    """TrainConfig's kernel-variant fields: one per option of flopscale.kernels.BACKEND_OPTIONS,
+    named "<backend>_<option>" (tests check the two stay one to one)."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("group") == "kernels")
 
 
 def field_default(cls, name: str):

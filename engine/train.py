@@ -153,6 +153,7 @@ class Trainer:
             "data": self.corpus.provenance, "code_version": rundir.code_version(),
             "tokens_per_step": self.tc.batch_size * self.mc.n_ctx,
             "world_size": self.world,
+            "kernels": self.model.ops.describe(),  # the backend, its options and what they resolve to
         }
 
     def _check_or_write_config(self) -> bool:
@@ -224,6 +225,7 @@ class Trainer:
             "views": led.to_dict(),
             "totals": {v: {"nonembedding": led.total(v), "all": led.total(v, rows="all")} for v in fl.VIEWS},
             "paper_6ND": 6 * self.mc.N * self.tokens,
+            "kernels": self.model.ops.describe(),  # with the autotune choices of the launches so far
         }
         rundir.write_json(self.out / rundir.FLOPS, rec)
 
