@@ -1,4 +1,5 @@
-// The torch-facing surface of flopscale._C: one fwd/bwd pair per op, nothing else.
+// The torch-facing surface of flopscale._C: one fwd/bwd pair per op, and what the attention
+// kernel choice resolves to (for the run's record); nothing else.
 //
 // Tensors are checked (device, dtype, shape), made contiguous, and their raw pointers handed
 // to the torch-free launchers declared in flopscale.h, on torch's current stream.  Outputs and
@@ -38,7 +39,11 @@ cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 constexpr int64_t kWorkspaceBytes = 32 << 20;
 
 // ---- attention -------------------------------------------------------------------------------
-std::vector<torch::Tensor> attention_fwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, bool causal) {
+// kernel: 0 auto (wgmma on a Hopper whose build carries sm_90a code, mma.sync elsewhere), 1 mma.sync
+// on every GPU.  An argument, not an environment variable, so that the run records what ran
+// (attention_kernel_name) and a Hopper can still test and time the kernels other GPUs run.
+std::vector<torch::Tensor> attention_fwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, bool causal,
+                                         int64_t kernel) {
   check_cuda(q, "q", q);
   check_cuda(k, "k", q);
   check_cuda(v, "v", q);
@@ -52,12 +57,12 @@ std::vector<torch::Tensor> attention_fwd(torch::Tensor q, torch::Tensor k, torch
   auto o = torch::empty_like(q);
   auto lse = torch::empty({B, H, T}, q.options().dtype(torch::kFloat32));
   flopscale::attention_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr<float>(), B, H, T, D,
-                           causal, dtype_of(q), stream());
+                           causal, (int)kernel, dtype_of(q), stream());
   return {o, lse};
 }
 
 std::vector<torch::Tensor> attention_bwd(torch::Tensor dout, torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                         torch::Tensor o, torch::Tensor lse, bool causal) {
+                                         torch::Tensor o, torch::Tensor lse, bool causal, int64_t kernel) {
   for (auto* p : {&dout, &k, &v, &o}) check_cuda(*p, "attention_bwd input", q);
   TORCH_CHECK(lse.is_cuda() && lse.scalar_type() == torch::kFloat32, "attention_bwd: lse must be CUDA float32");
   TORCH_CHECK(dout.sizes() == q.sizes() && o.sizes() == q.sizes(), "attention_bwd: shape mismatch");
@@ -75,13 +80,16 @@ std::vector<torch::Tensor> attention_bwd(torch::Tensor dout, torch::Tensor q, to
   auto dq_accum = torch::empty({B, H, T, D}, f32);
   flopscale::attention_bwd(dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr<float>(),
                            dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), delta.data_ptr<float>(),
-                           dq_accum.data_ptr<float>(), B, H, T, D, causal, dtype_of(q), stream());
+                           dq_accum.data_ptr<float>(), B, H, T, D, causal, (int)kernel, dtype_of(q), stream());
   return {dq, dk, dv};
 }
 
-std::vector<int64_t> attention_tiles(int64_t D) {
+// Needs the current CUDA device (the probe of attention.cu runs on it).
+std::string attention_kernel_name(int64_t kernel) { return flopscale::attention_kernel_name((int)kernel); }
+
+std::vector<int64_t> attention_tiles(int64_t D, int64_t kernel) {
   int t[4];
-  flopscale::attention_tiles((int)D, t);
+  flopscale::attention_tiles((int)D, (int)kernel, t);
   return {t[0], t[1], t[2], t[3]};
 }
 
@@ -182,8 +190,11 @@ std::vector<torch::Tensor> ffn_fwd(torch::Tensor x, torch::Tensor w_in, torch::T
   return {y, h_pre, h};
 }
 
+// lt_epilogues: false, plain GEMMs and one element-wise pass (the faster on an H200); true, cuBLASLt's
+// DGELU_BGRAD / BGRADB epilogues.  An argument so that other GPUs and cuBLAS versions can be timed
+// both ways, and the run records which ran.
 std::vector<torch::Tensor> ffn_bwd(torch::Tensor dy, torch::Tensor x, torch::Tensor w_in, torch::Tensor w_out,
-                                   torch::Tensor h_pre, torch::Tensor h) {
+                                   torch::Tensor h_pre, torch::Tensor h, bool lt_epilogues) {
   for (auto* p : {&dy, &w_in, &w_out, &h_pre, &h}) check_cuda(*p, "feedforward tensor", x);
   const int64_t M = x.size(0), d = x.size(1), F = w_in.size(0);
   TORCH_CHECK(dy.sizes() == x.sizes(), "ffn_bwd: dy must have x's shape");
@@ -200,7 +211,8 @@ std::vector<torch::Tensor> ffn_bwd(torch::Tensor dy, torch::Tensor x, torch::Ten
   auto ws = torch::empty({kWorkspaceBytes}, x.options().dtype(torch::kUInt8));
   flopscale::ffn_bwd(dy.data_ptr(), x.data_ptr(), w_in.data_ptr(), w_out.data_ptr(), h_pre.data_ptr(), h.data_ptr(),
                      dx.data_ptr(), dw_in.data_ptr(), db_in.data_ptr(), dw_out.data_ptr(), db_out.data_ptr(),
-                     dh_pre.data_ptr(), (int)M, (int)d, (int)F, dtype_of(x), ws.data_ptr(), kWorkspaceBytes, stream());
+                     dh_pre.data_ptr(), (int)M, (int)d, (int)F, lt_epilogues, dtype_of(x), ws.data_ptr(), kWorkspaceBytes,
+                     stream());
   return {dx, dw_in, db_in, dw_out, db_out};
 }
 
@@ -208,13 +220,25 @@ std::vector<torch::Tensor> ffn_bwd(torch::Tensor dy, torch::Tensor x, torch::Ten
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "flopscale CUDA kernels: flash attention, LayerNorm, cuBLASLt feedforward";
-  m.def("attention_fwd", &attention_fwd, "causal/full attention forward -> (o, lse)");
-  m.def("attention_bwd", &attention_bwd, "attention backward -> (dq, dk, dv)");
-  m.def("attention_tiles", &attention_tiles, "(fwd BLOCK_M, fwd BLOCK_N, bwd BLOCK_M, bwd BLOCK_N) for a head dim");
+  namespace py = pybind11;
+  m.def("attention_fwd", &attention_fwd, "causal/full attention forward -> (o, lse); kernel 0 auto, 1 mma.sync",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("kernel"));
+  m.def("attention_bwd", &attention_bwd, "attention backward -> (dq, dk, dv); kernel 0 auto, 1 mma.sync",
+        py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("causal"),
+        py::arg("kernel"));
+  m.def("attention_kernel_name", &attention_kernel_name,
+        "what `kernel` resolves to on the current device: 'wgmma' or 'mma_sync'", py::arg("kernel"));
+  m.def("attention_tiles", &attention_tiles,
+        "(fwd BLOCK_M, fwd BLOCK_N, bwd BLOCK_M, bwd BLOCK_N) of the kernels `kernel` resolves to, for a head dim",
+        py::arg("D"), py::arg("kernel"));
   m.def("layernorm_fwd", &layernorm_fwd, "LayerNorm forward -> (y, mean, rstd)");
   m.def("layernorm_bwd", &layernorm_bwd, "LayerNorm backward -> (dx, dweight, dbias)");
   m.def("add_layernorm_fwd", &add_layernorm_fwd, "s = x + residual, y = LN(s) -> (y, s, mean, rstd)");
   m.def("add_layernorm_bwd", &add_layernorm_bwd, "fused add+LayerNorm backward -> (dx (= dresidual), dweight, dbias)");
   m.def("ffn_fwd", &ffn_fwd, "feedforward forward on cuBLASLt -> (y, h_pre, h)");
-  m.def("ffn_bwd", &ffn_bwd, "feedforward backward on cuBLASLt -> (dx, dw_in, db_in, dw_out, db_out)");
+  m.def("ffn_bwd", &ffn_bwd,
+        "feedforward backward on cuBLASLt -> (dx, dw_in, db_in, dw_out, db_out); lt_epilogues: cuBLASLt's "
+        "DGELU_BGRAD / BGRADB epilogues instead of plain GEMMs and one pass",
+        py::arg("dy"), py::arg("x"), py::arg("w_in"), py::arg("w_out"), py::arg("h_pre"), py::arg("h"),
+        py::arg("lt_epilogues"));
 }

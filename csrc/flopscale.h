@@ -14,17 +14,24 @@ namespace flopscale {
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // ---- attention (csrc/attention/attention.cu) ---------------------------------------------
+// kernel picks the kernels, for the run to record what ran (the extension reads no environment
+// variables): kAttnAuto, the wgmma kernels on a Hopper whose build carries sm_90a code and the
+// mma.sync ones elsewhere; kAttnMmaSync, mma.sync on every GPU (so that a Hopper can test and
+// time the kernels other GPUs run).  Any other value throws.
+constexpr int kAttnAuto = 0, kAttnMmaSync = 1;
 // q, k, v, o: (B, H, T, D), D in {64, 128}, fp16 or bf16.  lse: (B, H, T) fp32, natural log of
 // each row's softmax denominator in the scaled domain (scale = 1/sqrt(D)), saved for backward.
 void attention_fwd(const void* q, const void* k, const void* v, void* o, float* lse, int B, int H,
-                   int T, int D, bool causal, DType dtype, cudaStream_t stream);
+                   int T, int D, bool causal, int kernel, DType dtype, cudaStream_t stream);
 // delta: (B, H, T) fp32 scratch; dq_accum: (B, H, T, D) fp32 scratch (zeroed here).
 void attention_bwd(const void* dout, const void* q, const void* k, const void* v, const void* o,
                    const float* lse, void* dq, void* dk, void* dv, float* delta, float* dq_accum, int B,
-                   int H, int T, int D, bool causal, DType dtype, cudaStream_t stream);
-// Tile sizes the kernels really use, for the executed-FLOP ledger: {fwd BLOCK_M, fwd BLOCK_N,
-// bwd BLOCK_M (queries), bwd BLOCK_N (keys)}.
-void attention_tiles(int D, int tiles[4]);
+                   int H, int T, int D, bool causal, int kernel, DType dtype, cudaStream_t stream);
+// What `kernel` resolves to on the current device: "wgmma" or "mma_sync".
+const char* attention_kernel_name(int kernel);
+// Tile sizes the kernels `kernel` resolves to really use, for the executed-FLOP ledger:
+// {fwd BLOCK_M, fwd BLOCK_N, bwd BLOCK_M (queries), bwd BLOCK_N (keys)}.
+void attention_tiles(int D, int kernel, int tiles[4]);
 
 // ---- layernorm (csrc/layernorm/layernorm.cu) ---------------------------------------------
 // x, residual, y, s_out: (rows, C) in dtype; weight, bias: (C,) in dtype; mean, rstd: (rows,)
@@ -46,10 +53,12 @@ int64_t layernorm_bwd_scratch(int rows, int C, int device);
 void ffn_fwd(const void* x, const void* w_in, const void* b_in, const void* w_out, const void* b_out,
              void* h_pre, void* h, void* y, int M, int d, int F, DType dtype, void* workspace,
              size_t workspace_bytes, cudaStream_t stream);
-// dh_pre: (M, F) scratch for the GELU-input gradient.
+// dh_pre: (M, F) scratch for the GELU-input gradient.  lt_epilogues picks the backward:
+// false, plain GEMMs and one element-wise pass of ours (faster on an H200); true, cuBLASLt's
+// DGELU_BGRAD / BGRADB epilogues, kept to re-time on other GPUs and cuBLAS versions.
 void ffn_bwd(const void* dy, const void* x, const void* w_in, const void* w_out, const void* h_pre,
              const void* h, void* dx, void* dw_in, void* db_in, void* dw_out, void* db_out,
-             void* dh_pre, int M, int d, int F, DType dtype, void* workspace, size_t workspace_bytes,
-             cudaStream_t stream);
+             void* dh_pre, int M, int d, int F, bool lt_epilogues, DType dtype, void* workspace,
+             size_t workspace_bytes, cudaStream_t stream);
 
 }  // namespace flopscale

@@ -1,14 +1,12 @@
 // Host launchers for the flash-style attention kernels: mma.sync (attention_kernels.cuh) on
-// any GPU, wgmma (attention_sm90.cuh) on Hopper.
+// any GPU, wgmma (attention_sm90.cuh) on Hopper.  The variants not shipped live in csrc/dev/.
 #include "../flopscale.h"
 #include "attention_kernels.cuh"
 #include "attention_sm90.cuh"
-#include "tensor_map.h"
 
+#include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <type_traits>
+#include <string>
 
 namespace flopscale {
 namespace {
@@ -19,26 +17,8 @@ void set_smem(Kernel kernel, int bytes) {
   FS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
-// The wgmma kernels (attention_sm90.cuh) run when the device is a Hopper (sm_90) and this
-// build carries their sm_90a code, which a one-element probe launch answers once per device.
-// FLOPSCALE_ATTN_SM90 picks the kernels, for A/B runs:
-//   0  the mma.sync kernels (what every other GPU runs)
-//   1  wgmma forward variant 1, backward variant 1
-//   2  wgmma forward variant 2, backward variant 2
-//   3  wgmma forward variant 2, backward variant 3
-//   4  the warp-specialized wgmma forward (TMA producer, consumer ping-pong), backward variant 2
-//   5  the warp-specialized forward and the warp-specialized backward (TMA producer)
-//   6  as 5, the backward adding dQ by TMA reduce from a dQ-writer warp instead of atomics
-//   (4-6 were written without a GPU: csrc/dev/attention_forward.cu variant 7 and
-//   attention_backward.cu variants 6 and 7 time them)
-// Unset, Hopper runs set kSm90Default, the fastest measured (H200, 2026-11-26, csrc/dev lab at
-// (B, H, T) = (2, 16, 4096): backward variant 2 ran 321 / 262 TFLOP/s at D = 128 / 64 against
-// 299 / 253 for variant 3's bulk reduce and 288 / 245 for variant 1).
-constexpr int kSm90Default = 2;
-struct Sm90Pick {
-  int fwd = 0, bwd = 0;  // 0: mma.sync; else the wgmma kernels' kVariant (5, 6: warp-specialized)
-};
-
+// Whether this device runs the wgmma kernels (attention_sm90.cuh): it is a Hopper (sm_90) and
+// this build carries their sm_90a code, which a one-element probe launch answers once per device.
 bool sm90_built_for_this_device() {
   constexpr int kMaxDevices = 64;
   static int cached[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
@@ -60,25 +40,21 @@ bool sm90_built_for_this_device() {
   return found == 1;
 }
 
-Sm90Pick sm90_pick() {
-  int set = kSm90Default;
-  if (const char* env = std::getenv("FLOPSCALE_ATTN_SM90")) {
-    FS_REQUIRE(std::strlen(env) == 1 && env[0] >= '0' && env[0] <= '6',
-               std::string("FLOPSCALE_ATTN_SM90 must be one of 0-6, got '") + env + "'");
-    set = env[0] - '0';
-  }
-  Sm90Pick pick;
-  if (set == 0 || !sm90_built_for_this_device()) return pick;
-  pick.fwd = set == 1 ? 1 : set >= 4 ? 5 : 2;
-  pick.bwd = set == 4 ? 2 : set;
-  return pick;
+// The kernel choice is an argument, recorded with the run, never read from the environment
+// (DESIGN.md).  kAttnAuto runs the wgmma kernels where sm90_built_for_this_device(), the
+// mma.sync ones elsewhere; kAttnMmaSync runs mma.sync on every GPU (the kernels every
+// non-Hopper GPU runs, so that a Hopper can test and time them too).
+bool use_wgmma(int kernel) {
+  FS_REQUIRE(kernel == kAttnAuto || kernel == kAttnMmaSync,
+             "attention: kernel must be 0 (auto) or 1 (mma_sync), got " + std::to_string(kernel));
+  return kernel == kAttnAuto && sm90_built_for_this_device();
 }
 
-template <typename T, int D, int kVariant>
+template <typename T, int D>
 void fwd_sm90(const void* q, const void* k, const void* v, void* o, float* lse, int BH, int seqlen, bool causal,
               cudaStream_t stream) {
-  constexpr int smem = attn::sm90::fwd_smem_bytes<D, kVariant>();
-  auto kernel = attn::sm90::_attention_fwd_sm90_kernel<T, D, kVariant>;
+  constexpr int smem = attn::sm90::fwd_smem_bytes<D>();
+  auto kernel = attn::sm90::_attention_fwd_sm90_kernel<T, D>;
   set_smem(kernel, smem);
   const dim3 grid(BH, (seqlen + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
   const float scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(D));
@@ -89,26 +65,10 @@ void fwd_sm90(const void* q, const void* k, const void* v, void* o, float* lse, 
 }
 
 template <typename T, int D>
-void fwd_sm90_ws(const void* q, const void* k, const void* v, void* o, float* lse, int BH, int seqlen, bool causal,
-                 cudaStream_t stream) {
-  constexpr int smem = attn::sm90::fwd_ws_smem_bytes<D>();
-  auto kernel = attn::sm90::_attention_fwd_sm90_ws_kernel<T, D>;
-  set_smem(kernel, smem);
-  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
-  const int64_t rows = (int64_t)BH * seqlen;
-  const dim3 grid(BH, (seqlen + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
-  const float scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(D));
-  kernel<<<grid, attn::sm90::kWsThreads, smem, stream>>>(
-      attn::tile_map(q, rows, D, kBf16), attn::tile_map(k, rows, D, kBf16),
-      attn::tile_map(v, rows, D, kBf16), static_cast<T*>(o), lse, seqlen, scale_log2, causal);
-  FS_CHECK_LAUNCH();
-}
-
-template <typename T, int D, int kVariant>
 void bwd_sm90(const void* dout, const void* q, const void* k, const void* v, const float* lse, void* dk, void* dv,
               const float* delta, float* dq_accum, int BH, int seqlen, bool causal, cudaStream_t stream) {
-  constexpr int smem = attn::sm90::bwd_smem_bytes<D, kVariant>();
-  auto kernel = attn::sm90::_attention_bwd_sm90_kernel<T, D, kVariant>;
+  constexpr int smem = attn::sm90::bwd_smem_bytes<D>();
+  auto kernel = attn::sm90::_attention_bwd_sm90_kernel<T, D>;
   set_smem(kernel, smem);
   const dim3 grid(BH, (seqlen + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
   kernel<<<grid, attn::sm90::kThreads, smem, stream>>>(
@@ -118,31 +78,10 @@ void bwd_sm90(const void* dout, const void* q, const void* k, const void* v, con
   FS_CHECK_LAUNCH();
 }
 
-template <typename T, int D, bool kDqTma>
-void bwd_sm90_ws(const void* dout, const void* q, const void* k, const void* v, const float* lse, void* dk, void* dv,
-                 const float* delta, float* dq_accum, int BH, int seqlen, bool causal, cudaStream_t stream) {
-  constexpr int smem = attn::sm90::bwd_ws_smem_bytes<D, kDqTma>();
-  auto kernel = attn::sm90::_attention_bwd_sm90_ws_kernel<T, D, kDqTma>;
-  set_smem(kernel, smem);
-  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
-  constexpr int BM = attn::sm90::Bwd<D>::kBlockM;
-  const int64_t rows = (int64_t)BH * seqlen;
-  const dim3 grid(BH, (seqlen + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
-  kernel<<<grid, attn::sm90::kWsThreads, smem, stream>>>(
-      attn::tile_map(q, rows, D, kBf16, BM), attn::tile_map(k, rows, D, kBf16, attn::sm90::kBwdBlockN),
-      attn::tile_map(v, rows, D, kBf16, attn::sm90::kBwdBlockN), attn::tile_map(dout, rows, D, kBf16, BM),
-      attn::tile_map_f32(dq_accum, rows, D, BM), lse, delta, dq_accum, static_cast<T*>(dk), static_cast<T*>(dv), seqlen, 1.f / std::sqrt(static_cast<float>(D)),
-      causal);
-  FS_CHECK_LAUNCH();
-}
-
 template <typename T, int D>
 void fwd_impl(const void* q, const void* k, const void* v, void* o, float* lse, int BH, int seqlen, bool causal,
-              cudaStream_t stream) {
-  const Sm90Pick pick = sm90_pick();
-  if (pick.fwd == 1) return fwd_sm90<T, D, 1>(q, k, v, o, lse, BH, seqlen, causal, stream);
-  if (pick.fwd == 2) return fwd_sm90<T, D, 2>(q, k, v, o, lse, BH, seqlen, causal, stream);
-  if (pick.fwd == 5) return fwd_sm90_ws<T, D>(q, k, v, o, lse, BH, seqlen, causal, stream);
+              bool wgmma, cudaStream_t stream) {
+  if (wgmma) return fwd_sm90<T, D>(q, k, v, o, lse, BH, seqlen, causal, stream);
   constexpr int smem = attn::fwd_smem_bytes<D>();
   auto kernel = attn::_attention_fwd_kernel<T, D>;
   set_smem(kernel, smem);
@@ -157,7 +96,7 @@ void fwd_impl(const void* q, const void* k, const void* v, void* o, float* lse, 
 template <typename T, int D>
 void bwd_impl(const void* dout, const void* q, const void* k, const void* v, const void* o, const float* lse,
               void* dq, void* dk, void* dv, float* delta, float* dq_accum, int BH, int seqlen, bool causal,
-              cudaStream_t stream) {
+              bool wgmma, cudaStream_t stream) {
   const int64_t rows = (int64_t)BH * seqlen;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   FS_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, sizeof(float) * rows * D, stream));
@@ -169,17 +108,8 @@ void bwd_impl(const void* dout, const void* q, const void* k, const void* v, con
         static_cast<const T*>(dout), static_cast<const T*>(o), delta, rows);
     FS_CHECK_LAUNCH();
   }
-  const Sm90Pick pick = sm90_pick();
-  if (pick.bwd == 1) {
-    bwd_sm90<T, D, 1>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
-  } else if (pick.bwd == 2) {
-    bwd_sm90<T, D, 2>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
-  } else if (pick.bwd == 3) {
-    bwd_sm90<T, D, 3>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
-  } else if (pick.bwd == 5) {
-    bwd_sm90_ws<T, D, false>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
-  } else if (pick.bwd == 6) {
-    bwd_sm90_ws<T, D, true>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
+  if (wgmma) {
+    bwd_sm90<T, D>(dout, q, k, v, lse, dk, dv, delta, dq_accum, BH, seqlen, causal, stream);
   } else {
     constexpr int smem = attn::bwd_smem_bytes<D>();
     auto kernel = attn::_attention_bwd_kernel<T, D>;
@@ -209,34 +139,38 @@ void check_shape(int B, int H, int T, int D, DType dtype) {
 }  // namespace
 
 void attention_fwd(const void* q, const void* k, const void* v, void* o, float* lse, int B, int H, int T, int D,
-                   bool causal, DType dtype, cudaStream_t stream) {
+                   bool causal, int kernel, DType dtype, cudaStream_t stream) {
   check_shape(B, H, T, D, dtype);
+  const bool wgmma = use_wgmma(kernel);
   const int BH = B * H;
   if (dtype == DType::kFloat16) {
-    if (D == 64) fwd_impl<__half, 64>(q, k, v, o, lse, BH, T, causal, stream);
-    else fwd_impl<__half, 128>(q, k, v, o, lse, BH, T, causal, stream);
+    if (D == 64) fwd_impl<__half, 64>(q, k, v, o, lse, BH, T, causal, wgmma, stream);
+    else fwd_impl<__half, 128>(q, k, v, o, lse, BH, T, causal, wgmma, stream);
   } else {
-    if (D == 64) fwd_impl<__nv_bfloat16, 64>(q, k, v, o, lse, BH, T, causal, stream);
-    else fwd_impl<__nv_bfloat16, 128>(q, k, v, o, lse, BH, T, causal, stream);
+    if (D == 64) fwd_impl<__nv_bfloat16, 64>(q, k, v, o, lse, BH, T, causal, wgmma, stream);
+    else fwd_impl<__nv_bfloat16, 128>(q, k, v, o, lse, BH, T, causal, wgmma, stream);
   }
 }
 
 void attention_bwd(const void* dout, const void* q, const void* k, const void* v, const void* o, const float* lse,
                    void* dq, void* dk, void* dv, float* delta, float* dq_accum, int B, int H, int T, int D,
-                   bool causal, DType dtype, cudaStream_t stream) {
+                   bool causal, int kernel, DType dtype, cudaStream_t stream) {
   check_shape(B, H, T, D, dtype);
+  const bool wgmma = use_wgmma(kernel);
   const int BH = B * H;
   if (dtype == DType::kFloat16) {
-    if (D == 64) bwd_impl<__half, 64>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, stream);
-    else bwd_impl<__half, 128>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, stream);
+    if (D == 64) bwd_impl<__half, 64>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, wgmma, stream);
+    else bwd_impl<__half, 128>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, wgmma, stream);
   } else {
-    if (D == 64) bwd_impl<__nv_bfloat16, 64>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, stream);
-    else bwd_impl<__nv_bfloat16, 128>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, stream);
+    if (D == 64) bwd_impl<__nv_bfloat16, 64>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, wgmma, stream);
+    else bwd_impl<__nv_bfloat16, 128>(dout, q, k, v, o, lse, dq, dk, dv, delta, dq_accum, BH, T, causal, wgmma, stream);
   }
 }
 
-void attention_tiles(int D, int tiles[4]) {
-  if (sm90_pick().fwd != 0) {
+const char* attention_kernel_name(int kernel) { return use_wgmma(kernel) ? "wgmma" : "mma_sync"; }
+
+void attention_tiles(int D, int kernel, int tiles[4]) {
+  if (use_wgmma(kernel)) {
     tiles[0] = attn::sm90::kFwdBlockM;
     tiles[1] = attn::sm90::kFwdBlockN;
     tiles[2] = D <= 64 ? attn::sm90::Bwd<64>::kBlockM : attn::sm90::Bwd<128>::kBlockM;

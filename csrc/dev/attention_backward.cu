@@ -1,42 +1,49 @@
 // Kernel-variant lab: causal attention backward (bf16 in/out, fp32 accumulate), llm.c dev/cuda style.
+// Variant numbers are the lab's one scheme (csrc/dev/README.md): the same number is the same idea
+// in attention_forward.cu, where both directions have it (the backward has no naive variant 1).
 //
-//   variant 1  mma.sync m16n8k16 (FlashAttention-2 order): 64 keys per CTA on 4 warps, dK / dV
+//   variant 2  mma.sync m16n8k16 (FlashAttention-2 order): 64 keys per CTA on 4 warps, dK / dV
 //              in registers, query tiles of 64 (D = 64) or 32 (D = 128, two cp.async stages),
-//              dQ through 8-byte fp32 atomics.  attn::_attention_bwd_kernel, the extension's
-//              kernel off Hopper.
-//   variant 2  Hopper (sm_90a only): warpgroup MMAs (wgmma) from 128-byte-swizzled shared
+//              dQ through 8-byte fp32 atomics.  Shipped: attn::_attention_bwd_kernel
+//              (csrc/attention/attention_kernels.cuh), what the extension runs off Hopper.
+//   variant 3  Hopper (sm_90a only): warpgroup MMAs (wgmma) from 128-byte-swizzled shared
 //              memory, 128 keys per CTA on two warpgroups, query tiles of 8192 / D two stages
-//              deep; P^T from registers into dV, dS^T through shared memory into dK and dQ.
-//              attn::sm90::_attention_bwd_sm90_kernel<.., 1>, the first wgmma backward.
-//   variant 3  as 2, with lse / delta prefetched in the tile's cp.async group and one CTA
-//              barrier fewer per query tile (kVariant 2).
-//   variant 4  as 3, with the CTA's dQ tile staged in shared memory and added to the fp32
-//              buffer by one bulk reduce (cp.reduce.async.bulk) instead of 8-byte atomics
-//              (kVariant 3).
-//   variant 5  as 3, with fewer waits on the tensor cores: dV issued as soon as S^T is done
+//              deep; P^T from registers into dV, dS^T through shared memory into dK and dQ: the
+//              first wgmma backward, attn::sm90::lab::_attention_bwd_sm90_kernel<T, D, 3>.
+//   variant 4  as 3, with lse / delta prefetched in the tile's cp.async group and one CTA
+//              barrier fewer per query tile.  Shipped: attn::sm90::_attention_bwd_sm90_kernel
+//              (csrc/attention/attention_sm90.cuh), what the extension runs on sm_90a.
+//   variant 5  as 4, with fewer waits on the tensor cores: dV issued as soon as S^T is done
 //              (dP^T still running), dS^T formed and stashed under dV, dK and dQ waited for
-//              together (kVariant 4).  Written without a GPU; not yet run.
-//   variant 6  variant 3's per-tile work, warp-specialized: a producer warpgroup (24 registers)
+//              together: lab::_attention_bwd_sm90_kernel<T, D, 5>.  Written without a GPU;
+//              not yet run.
+//   variant 6  as 4, with the CTA's dQ tile staged in shared memory and added to the fp32
+//              buffer by one bulk reduce (cp.reduce.async.bulk) instead of 8-byte atomics:
+//              lab::_attention_bwd_sm90_kernel<T, D, 6>.
+//   variant 7  variant 4's per-tile work, warp-specialized: a producer warpgroup (24 registers)
 //              loads Q / dO by TMA and lse / delta into shared memory three stages ahead on
 //              mbarriers, two consumer warpgroups (240 registers) own 64 keys each, dS^T is
 //              double-buffered, one barrier between the consumers per tile and none for the
-//              CTA: attn::sm90::_attention_bwd_sm90_ws_kernel, FLOPSCALE_ATTN_SM90=5 in the
-//              extension.  Written without a GPU; not yet run.
-//   variant 7  as 6, with dQ staged by the consumers in a swizzled fp32 tile and added to the
+//              CTA: lab::_attention_bwd_sm90_ws_kernel<T, D, false>.  Written without a GPU;
+//              not yet run.
+//   variant 8  as 7, with dQ staged by the consumers in a swizzled fp32 tile and added to the
 //              buffer with one TMA reduce per tile by a dQ-writer warp, instead of atomics:
-//              FLOPSCALE_ATTN_SM90=6.  Written without a GPU; not yet run.
-// Both use the same delta preprocess and dQ cast kernels (attention_kernels.cuh).
+//              lab::_attention_bwd_sm90_ws_kernel<T, D, true>.  Written without a GPU; not yet run.
+// All use the same delta preprocess and dQ cast kernels (attention_kernels.cuh).
 //
 // Build and run (from the repository root):
 //   nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc \
-//        csrc/dev/attention_backward.cu -o /tmp/attention_backward && /tmp/attention_backward [variant]
+//        csrc/dev/attention_backward.cu -o /tmp/attention_backward
+//   /tmp/attention_backward            # every variant;  /tmp/attention_backward 7   # one
+//   /tmp/attention_backward 7 check    # validation only;  /tmp/attention_backward list
 // Each variant is checked against a float64 CPU reference (dQ, dK, dV; relative Frobenius
 // error under 1e-2, outputs poisoned with NaN first) at (B * H, T) = (2, 77) and (2, 300) for
 // head dims 64 and 128, then timed at (B, H, T) = (2, 16, 4096) causal, median of 20 runs, in
 // TFLOP/s with FlashAttention's causal-halved backward count 2.5 * 4 * B * H * T^2 * D / 2.
 #include "../attention/attention_kernels.cuh"
 #include "../attention/attention_sm90.cuh"
-#include "../attention/tensor_map.h"
+#include "attention_sm90_lab.cuh"
+#include "tensor_map.h"
 #include "timing.cuh"
 
 #include <algorithm>
@@ -53,25 +60,38 @@ struct Buffers {
   float *lse, *delta, *dq_accum;
 };
 
+// variants 3, 5 and 6 (the lab's copies of the wgmma backward loop)
 template <int D, int kVariant>
-void launch_sm90(const Buffers& b, int BH, int T, float scale) {
-  constexpr int smem = attn::sm90::bwd_smem_bytes<D, kVariant>();
-  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_bwd_sm90_kernel<bf16, D, kVariant>,
+void launch_sm90_lab(const Buffers& b, int BH, int T, float scale) {
+  constexpr int smem = attn::sm90::lab::bwd_smem_bytes<D, kVariant>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::lab::_attention_bwd_sm90_kernel<bf16, D, kVariant>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid(BH, (T + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
-  attn::sm90::_attention_bwd_sm90_kernel<bf16, D, kVariant><<<grid, attn::sm90::kThreads, smem>>>(
+  attn::sm90::lab::_attention_bwd_sm90_kernel<bf16, D, kVariant><<<grid, attn::sm90::kThreads, smem>>>(
       b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dq_accum, b.dk, b.dv, T, scale, true);
 }
 
+// variant 4: the extension's kernel on sm_90a, launched as attention.cu launches it
+template <int D>
+void launch_sm90(const Buffers& b, int BH, int T, float scale) {
+  constexpr int smem = attn::sm90::bwd_smem_bytes<D>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_bwd_sm90_kernel<bf16, D>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid(BH, (T + attn::sm90::kBwdBlockN - 1) / attn::sm90::kBwdBlockN);
+  attn::sm90::_attention_bwd_sm90_kernel<bf16, D><<<grid, attn::sm90::kThreads, smem>>>(
+      b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dq_accum, b.dk, b.dv, T, scale, true);
+}
+
+// variants 7 (kDqTma false) and 8 (true)
 template <int D, bool kDqTma>
 void launch_sm90_ws(const Buffers& b, int BH, int T, float scale) {
-  constexpr int smem = attn::sm90::bwd_ws_smem_bytes<D, kDqTma>();
-  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_bwd_sm90_ws_kernel<bf16, D, kDqTma>,
+  constexpr int smem = attn::sm90::lab::bwd_ws_smem_bytes<D, kDqTma>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::lab::_attention_bwd_sm90_ws_kernel<bf16, D, kDqTma>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   constexpr int BM = attn::sm90::Bwd<D>::kBlockM, BN = attn::sm90::kBwdBlockN;
   const int64_t rows = (int64_t)BH * T;
   const dim3 grid(BH, (T + BN - 1) / BN);
-  attn::sm90::_attention_bwd_sm90_ws_kernel<bf16, D, kDqTma><<<grid, attn::sm90::kWsThreads, smem>>>(
+  attn::sm90::lab::_attention_bwd_sm90_ws_kernel<bf16, D, kDqTma><<<grid, attn::sm90::lab::kWsThreads, smem>>>(
       attn::tile_map(b.q, rows, D, true, BM), attn::tile_map(b.k, rows, D, true, BN),
       attn::tile_map(b.v, rows, D, true, BN), attn::tile_map(b.dout, rows, D, true, BM),
       attn::tile_map_f32(b.dq_accum, rows, D, BM), b.lse, b.delta,
@@ -85,22 +105,22 @@ void launch(int variant, const Buffers& b, int BH, int T) {
   FS_CUDA_CHECK(cudaMemsetAsync(b.dq_accum, 0, sizeof(float) * rows * D));
   attn::_attention_bwd_preprocess_kernel<bf16, D><<<(unsigned)((rows + 7) / 8), 256>>>(b.dout, b.o, b.delta, rows);
   FS_CHECK_LAUNCH();
-  if (variant == 1) {
+  if (variant == 2) {  // the extension's kernel off Hopper
     constexpr int smem = attn::bwd_smem_bytes<D>();
     FS_CUDA_CHECK(cudaFuncSetAttribute(attn::_attention_bwd_kernel<bf16, D>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const dim3 grid(BH, (T + attn::BwdTiles<D>::kBlockN - 1) / attn::BwdTiles<D>::kBlockN);
     attn::_attention_bwd_kernel<bf16, D><<<grid, attn::kThreads, smem>>>(
         b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dq_accum, b.dk, b.dv, T, scale, true);
-  } else if (variant == 2) {
-    launch_sm90<D, 1>(b, BH, T, scale);
   } else if (variant == 3) {
-    launch_sm90<D, 2>(b, BH, T, scale);
+    launch_sm90_lab<D, 3>(b, BH, T, scale);
   } else if (variant == 4) {
-    launch_sm90<D, 3>(b, BH, T, scale);
+    launch_sm90<D>(b, BH, T, scale);
   } else if (variant == 5) {
-    launch_sm90<D, 4>(b, BH, T, scale);
+    launch_sm90_lab<D, 5>(b, BH, T, scale);
   } else if (variant == 6) {
+    launch_sm90_lab<D, 6>(b, BH, T, scale);
+  } else if (variant == 7) {
     launch_sm90_ws<D, false>(b, BH, T, scale);
   } else {
     launch_sm90_ws<D, true>(b, BH, T, scale);
@@ -127,7 +147,7 @@ void release(Buffers& b) {
 }
 
 template <int D>
-int run(int first, int last) {
+int run(const LabRun& lab) {
   int failures = 0;
   auto rnd = [] { return (float)rand() / RAND_MAX * 2.f - 1.f; };
   for (const int T : {77, 300}) {
@@ -187,7 +207,7 @@ int run(int first, int last) {
     FS_CUDA_CHECK(cudaMemcpy(b.o, ho.data(), n * 2, cudaMemcpyHostToDevice));
     FS_CUDA_CHECK(cudaMemcpy(b.dout, hdo.data(), n * 2, cudaMemcpyHostToDevice));
     FS_CUDA_CHECK(cudaMemcpy(b.lse, hlse.data(), rows * sizeof(float), cudaMemcpyHostToDevice));
-    for (int var = first; var <= last; ++var) {
+    for (const int var : lab.variants) {
       for (bf16* p : {b.dq, b.dk, b.dv}) FS_CUDA_CHECK(cudaMemset(p, 0xFF, n * 2));  // NaN: unwritten rows fail
       launch<D>(var, b, BH, T);
       FS_CUDA_CHECK(cudaDeviceSynchronize());
@@ -213,7 +233,7 @@ int run(int first, int last) {
     }
     release(b);
   }
-  {
+  if (lab.time) {
     const int B = 2, H = 16, T = 4096, BH = B * H;
     const size_t n = (size_t)BH * T * D, rows = (size_t)BH * T;
     Buffers b = alloc(n, rows);
@@ -224,7 +244,7 @@ int run(int first, int last) {
     }
     std::vector<float> hl(rows, 4.f);  // any finite lse: timing only
     FS_CUDA_CHECK(cudaMemcpy(b.lse, hl.data(), rows * sizeof(float), cudaMemcpyHostToDevice));
-    for (int var = first; var <= last; ++var) {
+    for (const int var : lab.variants) {
       launch<D>(var, b, BH, T);  // warm-up
       const double med = median_ms([&] { launch<D>(var, b, BH, T); }, 20);
       const double flops = 2.5 * 4.0 * B * H * (double)T * T * D / 2;
@@ -237,9 +257,9 @@ int run(int first, int last) {
 }
 
 int main(int argc, char** argv) {
-  int first, last;
-  if (!lab_variants(argc, argv, 7, 2, &first, &last)) return 0;
+  const LabRun lab = lab_variants(argc, argv, {2, 3, 4, 5, 6, 7, 8}, 3);
+  if (lab.variants.empty()) return 0;
   srand(0);
-  const int failures = run<64>(first, last) + run<128>(first, last);
+  const int failures = run<64>(lab) + run<128>(lab);
   return failures ? 1 : 0;
 }

@@ -1,4 +1,6 @@
 // Kernel-variant lab: causal attention forward (bf16 in/out, fp32 accumulate), llm.c dev/cuda style.
+// Variant numbers are the lab's one scheme (csrc/dev/README.md): the same number is the same idea
+// in attention_backward.cu, where both directions have it.
 //
 //   variant 1  naive: one thread per (query row, 32 output dims), one pass with an online
 //              softmax over the keys in fp32 CUDA cores, O in registers.  No reuse of K/V across queries
@@ -6,33 +8,36 @@
 //   variant 2  flash-style tiles on tensor cores (mma.sync m16n8k16): 64 queries per CTA, K/V
 //              tiles of 64 keys through shared memory with cp.async (next K tile loads during
 //              P V, next V tile during Q K^T), online softmax in registers, P re-packed from
-//              the S accumulators as the A operand.  The promoted kernel,
-//              attn::_attention_fwd_kernel, included from csrc/attention/.
+//              the S accumulators as the A operand.  Shipped: attn::_attention_fwd_kernel
+//              (csrc/attention/attention_kernels.cuh), what the extension runs off Hopper.
 //   variant 3  Hopper (sm_90a only): warpgroup MMAs (wgmma) from 128-byte-swizzled shared
 //              memory, 128 queries per CTA on two warpgroups, 128-key tiles two stages deep,
-//              P fed to P V from registers.  attn::sm90::_attention_fwd_sm90_kernel, what the
-//              extension ran first on an H100 / H200 (attention_sm90.cuh, its kVariant 1).
+//              P fed to P V from registers: the first wgmma forward,
+//              attn::sm90::lab::_attention_fwd_sm90_kernel<T, D, 3> (attention_sm90_lab.cuh).
 //   variant 4  as 3, with the next tile's Q K^T issued together with the last tile's P V so the
 //              softmax overlaps the tensor cores' P V, and K/V three stages deep (one barrier
-//              per tile): the wgmma forward's kVariant 2.
+//              per tile).  Shipped: attn::sm90::_attention_fwd_sm90_kernel
+//              (csrc/attention/attention_sm90.cuh), what the extension runs on sm_90a.
 //   variant 5  as 4, with warpgroup 1 issuing its GEMMs after warpgroup 0 each tile (a named
-//              barrier), FlashAttention-3's ping-pong within a tile: kVariant 3.  Written
-//              without a GPU; not yet run.
+//              barrier), FlashAttention-3's ping-pong within a tile:
+//              lab::_attention_fwd_sm90_kernel<T, D, 5>.  Written without a GPU; not yet run.
 //   variant 6  as 4, with K, V (and Q) brought in by the tensor-memory accelerator on
 //              mbarriers (one full and one empty barrier per stage, tid 0 issuing) instead of
 //              cp.async by every thread and a CTA barrier per tile, so the warpgroups wait
-//              only for their own data: attn::sm90::_attention_fwd_sm90_tma_kernel.  Written
+//              only for their own data: lab::_attention_fwd_sm90_tma_kernel.  Written
 //              without a GPU; not yet run.
 //   variant 7  FlashAttention-3's warp specialization on variant 4's steps: a producer
 //              warpgroup (24 registers, setmaxnreg) issues every copy by TMA, separate full
 //              barriers for K and V, and two consumer warpgroups (240 registers) take turns
 //              issuing their GEMMs (named barriers), so one's softmax runs under the other's
-//              GEMMs; no CTA barrier per tile: attn::sm90::_attention_fwd_sm90_ws_kernel,
-//              FLOPSCALE_ATTN_SM90=4 in the extension.  Written without a GPU; not yet run.
+//              GEMMs; no CTA barrier per tile: lab::_attention_fwd_sm90_ws_kernel.  Written
+//              without a GPU; not yet run.
 //
 // Build and run (from the repository root):
 //   nvcc -O3 --use_fast_math -gencode arch=compute_90a,code=sm_90a -Icsrc \
-//        csrc/dev/attention_forward.cu -o /tmp/attention_forward && /tmp/attention_forward [variant]
+//        csrc/dev/attention_forward.cu -o /tmp/attention_forward
+//   /tmp/attention_forward            # every variant;  /tmp/attention_forward 5   # one
+//   /tmp/attention_forward 5 check    # validation only;  /tmp/attention_forward list
 // Each variant is checked against a float64 CPU reference at (B, H, T) = (1, 2, 77) and
 // (1, 2, 300) for head
 // dims 64 and 128 (ragged T: a partial last tile), then timed at (4, 16, 2048) causal, median
@@ -40,7 +45,8 @@
 // FlashAttention reports).
 #include "../attention/attention_kernels.cuh"
 #include "../attention/attention_sm90.cuh"
-#include "../attention/tensor_map.h"
+#include "attention_sm90_lab.cuh"
+#include "tensor_map.h"
 #include "timing.cuh"
 
 #include <algorithm>
@@ -88,37 +94,51 @@ __global__ void _attention_fwd_naive_kernel(const bf16* Q, const bf16* K, const 
   for (int d = 0; d < kNaiveChunk; ++d) out[d] = __float2bfloat16(o[d] / l);
 }
 
+// variant 6
 template <int D>
 void launch_sm90_tma(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int BH, int T) {
-  constexpr int smem = attn::sm90::fwd_tma_smem_bytes<D>();
-  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_fwd_sm90_tma_kernel<bf16, D>,
+  constexpr int smem = attn::sm90::lab::fwd_tma_smem_bytes<D>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::lab::_attention_fwd_sm90_tma_kernel<bf16, D>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const int64_t rows = (int64_t)BH * T;
   const dim3 grid(BH, (T + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
-  attn::sm90::_attention_fwd_sm90_tma_kernel<bf16, D><<<grid, attn::sm90::kThreads, smem>>>(
+  attn::sm90::lab::_attention_fwd_sm90_tma_kernel<bf16, D><<<grid, attn::sm90::kThreads, smem>>>(
       attn::tile_map(q, rows, D, true), attn::tile_map(k, rows, D, true),
       attn::tile_map(v, rows, D, true), o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
 }
 
+// variant 7
 template <int D>
 void launch_sm90_ws(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int BH, int T) {
-  constexpr int smem = attn::sm90::fwd_ws_smem_bytes<D>();
-  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_fwd_sm90_ws_kernel<bf16, D>,
+  constexpr int smem = attn::sm90::lab::fwd_ws_smem_bytes<D>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::lab::_attention_fwd_sm90_ws_kernel<bf16, D>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const int64_t rows = (int64_t)BH * T;
   const dim3 grid(BH, (T + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
-  attn::sm90::_attention_fwd_sm90_ws_kernel<bf16, D><<<grid, attn::sm90::kWsThreads, smem>>>(
+  attn::sm90::lab::_attention_fwd_sm90_ws_kernel<bf16, D><<<grid, attn::sm90::lab::kWsThreads, smem>>>(
       attn::tile_map(q, rows, D, true), attn::tile_map(k, rows, D, true),
       attn::tile_map(v, rows, D, true), o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
 }
 
+// variants 3 and 5 (the lab's copies of the wgmma forward loop)
 template <int D, int kVariant>
-void launch_sm90(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int BH, int T) {
-  constexpr int smem = attn::sm90::fwd_smem_bytes<D, kVariant>();
-  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_fwd_sm90_kernel<bf16, D, kVariant>,
+void launch_sm90_lab(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int BH, int T) {
+  constexpr int smem = attn::sm90::lab::fwd_smem_bytes<D, kVariant>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::lab::_attention_fwd_sm90_kernel<bf16, D, kVariant>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid(BH, (T + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
-  attn::sm90::_attention_fwd_sm90_kernel<bf16, D, kVariant><<<grid, attn::sm90::kThreads, smem>>>(
+  attn::sm90::lab::_attention_fwd_sm90_kernel<bf16, D, kVariant><<<grid, attn::sm90::kThreads, smem>>>(
+      q, k, v, o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
+}
+
+// variant 4: the extension's kernel on sm_90a, launched as attention.cu launches it
+template <int D>
+void launch_sm90(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int BH, int T) {
+  constexpr int smem = attn::sm90::fwd_smem_bytes<D>();
+  FS_CUDA_CHECK(cudaFuncSetAttribute(attn::sm90::_attention_fwd_sm90_kernel<bf16, D>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid(BH, (T + attn::sm90::kFwdBlockM - 1) / attn::sm90::kFwdBlockM);
+  attn::sm90::_attention_fwd_sm90_kernel<bf16, D><<<grid, attn::sm90::kThreads, smem>>>(
       q, k, v, o, lse, T, 1.4426950408889634f / std::sqrt((float)D), true);
 }
 
@@ -127,16 +147,16 @@ void launch(int variant, const bf16* q, const bf16* k, const bf16* v, bf16* o, f
   if (variant == 1) {
     _attention_fwd_naive_kernel<D><<<(BH * T * (D / kNaiveChunk) + 127) / 128, 128>>>(q, k, v, o, BH, T, 1.f / std::sqrt((float)D));
   } else if (variant == 3) {
-    launch_sm90<D, 1>(q, k, v, o, lse, BH, T);
+    launch_sm90_lab<D, 3>(q, k, v, o, lse, BH, T);
   } else if (variant == 4) {
-    launch_sm90<D, 2>(q, k, v, o, lse, BH, T);
+    launch_sm90<D>(q, k, v, o, lse, BH, T);
   } else if (variant == 5) {
-    launch_sm90<D, 3>(q, k, v, o, lse, BH, T);
+    launch_sm90_lab<D, 5>(q, k, v, o, lse, BH, T);
   } else if (variant == 6) {
     launch_sm90_tma<D>(q, k, v, o, lse, BH, T);
   } else if (variant == 7) {
     launch_sm90_ws<D>(q, k, v, o, lse, BH, T);
-  } else {
+  } else {  // variant 2: the extension's kernel off Hopper
     constexpr int smem = attn::fwd_smem_bytes<D>();
     FS_CUDA_CHECK(cudaFuncSetAttribute(attn::_attention_fwd_kernel<bf16, D>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -150,7 +170,7 @@ void launch(int variant, const bf16* q, const bf16* k, const bf16* v, bf16* o, f
 float bf(bf16 v) { return __bfloat162float(v); }
 
 template <int D>
-int run(int first, int last) {
+int run(const LabRun& lab) {
   int failures = 0;
   auto rnd = [] { return (float)rand() / RAND_MAX * 2.f - 1.f; };
   // ---- validation at small ragged shapes (one partial tile; several, with the diagonal inside) ----
@@ -190,7 +210,7 @@ int run(int first, int last) {
     FS_CUDA_CHECK(cudaMemcpy(q, hq.data(), n * 2, cudaMemcpyHostToDevice));
     FS_CUDA_CHECK(cudaMemcpy(k, hk.data(), n * 2, cudaMemcpyHostToDevice));
     FS_CUDA_CHECK(cudaMemcpy(v, hv.data(), n * 2, cudaMemcpyHostToDevice));
-    for (int var = first; var <= last; ++var) {
+    for (const int var : lab.variants) {
       FS_CUDA_CHECK(cudaMemset(o, 0xFF, n * 2));  // NaN: unwritten rows fail
       launch<D>(var, q, k, v, o, lse, BH, T);
       FS_CUDA_CHECK(cudaDeviceSynchronize());
@@ -209,7 +229,7 @@ int run(int first, int last) {
     cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); cudaFree(lse);
   }
   // ---- timing ----
-  {
+  if (lab.time) {
     const int B = 4, H = 16, T = 2048, BH = B * H;
     const size_t n = (size_t)BH * T * D;
     std::vector<bf16> h(n);
@@ -220,7 +240,7 @@ int run(int first, int last) {
     FS_CUDA_CHECK(cudaMalloc(&v, n * 2)); FS_CUDA_CHECK(cudaMalloc(&o, n * 2));
     FS_CUDA_CHECK(cudaMalloc(&lse, BH * T * sizeof(float)));
     for (bf16* p : {q, k, v}) FS_CUDA_CHECK(cudaMemcpy(p, h.data(), n * 2, cudaMemcpyHostToDevice));
-    for (int var = first; var <= last; ++var) {
+    for (const int var : lab.variants) {
       launch<D>(var, q, k, v, o, lse, BH, T);  // warm-up
       const double med = median_ms([&] { launch<D>(var, q, k, v, o, lse, BH, T); }, var == 1 ? 3 : 20);
       const double flops = 4.0 * B * H * (double)T * T * D / 2;  // causal-halved
@@ -233,9 +253,9 @@ int run(int first, int last) {
 }
 
 int main(int argc, char** argv) {
-  int first, last;
-  if (!lab_variants(argc, argv, 7, 3, &first, &last)) return 0;
+  const LabRun lab = lab_variants(argc, argv, {1, 2, 3, 4, 5, 6, 7}, 3);
+  if (lab.variants.empty()) return 0;
   srand(0);
-  const int failures = run<64>(first, last) + run<128>(first, last);
+  const int failures = run<64>(lab) + run<128>(lab);
   return failures ? 1 : 0;
 }

@@ -1,5 +1,5 @@
-// Host side of the TMA attention kernels (attention_sm90.cuh): the tensor map a kernel reads
-// Q, K or V through.  Shared by attention.cu and the lab (csrc/dev/attention_forward.cu).
+// Host side of the lab's TMA attention kernels (attention_sm90_lab.cuh): the tensor map a kernel
+// reads Q, K, V or dO through, or reduces dQ into.  Lab code: the extension ships no TMA kernel.
 #pragma once
 
 #include "../common.cuh"
@@ -40,14 +40,14 @@ inline CUtensorMap encode_map_128b(const void* base, CUtensorMapDataType dtype, 
 }
 
 // Q, K, V or dO, (rows, D) fp16 / bf16: boxes of box_rows rows x 64 columns, the layout the
-// wgmma descriptors read (attention_sm90.cuh's tma_tile).
+// wgmma descriptors read (attention_sm90_lab.cuh's tma_tile).
 inline CUtensorMap tile_map(const void* base, int64_t rows, int D, bool bf16, int box_rows = 128) {
   return encode_map_128b(base, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, rows, D,
                          box_rows);
 }
 
 // The fp32 dQ accumulator, (rows, D): boxes of box_rows rows x 32 columns, reduced into by
-// attention_sm90.cuh's tma_reduce_add_f32.
+// attention_sm90_lab.cuh's tma_reduce_add_f32.
 inline CUtensorMap tile_map_f32(float* base, int64_t rows, int D, int box_rows) {
   return encode_map_128b(base, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, rows, D, box_rows);
 }

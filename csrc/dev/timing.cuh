@@ -11,31 +11,52 @@
 #include <string>
 #include <vector>
 
-// Variants 1..last_variant, or the one named as argv[1]; those from first_sm90 on need an
-// sm_90 GPU and are dropped, with a line saying so, on any other.  false: none is left to run.
-// argv[1] = "count" prints last_variant and exits (bench/gpu_all.sh runs each variant in a
-// process of its own, so that a hang in one loses only that one); a variant out of range exits 2.
-inline bool lab_variants(int argc, char** argv, int last_variant, int first_sm90, int* first, int* last) {
-  *first = 1;
-  *last = last_variant;
-  if (argc > 1 && std::string(argv[1]) == "count") {
-    printf("%d\n", last_variant);
+// Which variants a run takes, from argv:
+//   (none)        every variant of `all` (the lab's numbers, csrc/dev/README.md)
+//   N             variant N alone (bench/gpu_all.sh runs each in a process of its own, so that a
+//                 hang or a trap in one loses only that one); a number not in `all` exits 2
+//   list          prints `all` (space-separated) and exits
+//   N check       variant N, validation only (no timing: for compute-sanitizer)
+// Variants from first_sm90 on need an sm_90 GPU and are dropped, with a line saying so, on any
+// other.  An empty `variants` means none is left to run.
+struct LabRun {
+  std::vector<int> variants;
+  bool time = true;
+};
+inline LabRun lab_variants(int argc, char** argv, const std::vector<int>& all, int first_sm90) {
+  LabRun run;
+  if (argc > 1 && std::string(argv[1]) == "list") {
+    for (size_t i = 0; i < all.size(); ++i) printf(i ? " %d" : "%d", all[i]);
+    printf("\n");
     exit(0);
   }
+  run.variants = all;
   if (argc > 1) {
-    *first = *last = atoi(argv[1]);
-    if (*first < 1 || *first > last_variant) {
-      fprintf(stderr, "no variant '%s': this lab has variants 1-%d\n", argv[1], last_variant);
+    const int v = atoi(argv[1]);
+    if (std::find(all.begin(), all.end(), v) == all.end()) {
+      fprintf(stderr, "no variant '%s' in this lab (`%s list` prints them)\n", argv[1], argv[0]);
       exit(2);
     }
+    run.variants = {v};
+  }
+  if (argc > 2) {
+    if (std::string(argv[2]) != "check") {
+      fprintf(stderr, "unknown argument '%s' (expected: check)\n", argv[2]);
+      exit(2);
+    }
+    run.time = false;
   }
   int major = 0;
   FS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
-  if (major != 9 && *last >= first_sm90) {
-    printf("variants %d-%d need an sm_90 GPU (this one is sm_%d0): skipped\n", first_sm90, last_variant, major);
-    *last = first_sm90 - 1;
+  if (major != 9) {
+    std::vector<int> kept;
+    for (int v : run.variants) {
+      if (v < first_sm90) kept.push_back(v);
+      else printf("variant %d needs an sm_90 GPU (this one is sm_%d0): skipped\n", v, major);
+    }
+    run.variants = kept;
   }
-  return *first <= *last;
+  return run;
 }
 
 template <typename Launch>

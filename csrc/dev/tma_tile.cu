@@ -1,6 +1,7 @@
 // Lab check, no variants: the TMA tile path that the TMA and warp-specialized attention kernels
-// (attention_sm90.cuh) stand on, tested apart from any GEMM, so that when one of those kernels
-// fails its float64 check this says at once whether the copies themselves are at fault.
+// (attention_sm90_lab.cuh: forward variants 6, 7; backward 7, 8) stand on, tested apart from any
+// GEMM, so that when one of those kernels fails its float64 check this says at once whether the
+// copies themselves are at fault.
 //
 // For D in {64, 128} and box heights R in {64, 128}: a (300, D) bf16 matrix of small integers
 // (exact in bf16) is read through a tile_map (tensor_map.h) with tma_tile<D, R> into one shared
@@ -16,8 +17,8 @@
 //
 // Build and run (from the repository root; needs an sm_90 GPU):
 //   nvcc -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc csrc/dev/tma_tile.cu -o /tmp/tma_tile && /tmp/tma_tile
-#include "../attention/attention_sm90.cuh"
-#include "../attention/tensor_map.h"
+#include "attention_sm90_lab.cuh"
+#include "tensor_map.h"
 
 #include <cstdio>
 #include <vector>
@@ -39,19 +40,19 @@ __global__ void __launch_bounds__(128) _tma_roundtrip_kernel(const __grid_consta
   unsigned char* const tile_ptr = smem_raw + (tile - smem_u32(smem_raw));
   const int tid = threadIdx.x;
   if (tid == 0) {
-    attn::sm90::mbar_init(bar, 32);
-    attn::sm90::mbar_init_fence();
+    attn::sm90::lab::mbar_init(bar, 32);
+    attn::sm90::lab::mbar_init_fence();
   }
   __syncthreads();
   for (int load = 0; load < kLoads; ++load) {
     if (tid < 32) {
       if (tid == 0) {
-        attn::sm90::mbar_expect_tx_only(bar, R * D * 2);
-        attn::sm90::tma_tile<D, R>(tile, &map, start_row(load), bar);
+        attn::sm90::lab::mbar_expect_tx_only(bar, R * D * 2);
+        attn::sm90::lab::tma_tile<D, R>(tile, &map, start_row(load), bar);
       }
-      attn::sm90::mbar_arrive(bar);
+      attn::sm90::lab::mbar_arrive(bar);
     }
-    attn::sm90::mbar_wait(bar, load & 1);
+    attn::sm90::lab::mbar_wait(bar, load & 1);
     bf16* dst = out + (size_t)load * R * D;
     for (int e = tid; e < R * D; e += blockDim.x) {
       const int r = e / D, c = e % D;
@@ -72,12 +73,12 @@ __global__ void __launch_bounds__(128) _tma_reduce_kernel(const __grid_constant_
     for (int e = threadIdx.x; e < R * D; e += blockDim.x) {
       const int r = e / D, c = e % D;
       const float v = (float)(load * 1000 + r * 3 + c);
-      asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(tile + attn::sm90::sw128_f32_offset<R>(r, c)), "f"(v) : "memory");
+      asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(tile + attn::sm90::lab::sw128_f32_offset<R>(r, c)), "f"(v) : "memory");
     }
     attn::sm90::fence_proxy_async();
     __syncthreads();
     if (threadIdx.x == 0) {
-      attn::sm90::tma_reduce_add_f32<D, R>(&map, tile, start_row(load));
+      attn::sm90::lab::tma_reduce_add_f32<D, R>(&map, tile, start_row(load));
       asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
       asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     }

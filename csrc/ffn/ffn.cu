@@ -14,7 +14,7 @@
 // the bias-gradient epilogues reduce over the 16384-row dimension inside the GEMM.  Now the
 // GEMMs run plain and one bandwidth-bound pass (read dh and h_pre, write dh_pre: 3 x M x F
 // elements, ~0.1 ms at that shape) does the GELU backward and db_in; predicted ~0.88 ms.
-// FLOPSCALE_FFN_LT_EPILOGUES=1 restores the fused epilogues, to time both on a new GPU.
+// ffn_bwd(..., lt_epilogues = true, ...) runs the fused epilogues, to time both on a new GPU.
 //
 // cuBLASLt's GELU epilogues use the tanh approximation, the GPT-2 GELU of the reference
 // (kernels/ffn.py); tests/test_cuda_ops.py checks it against feedforward_ref.
@@ -31,7 +31,6 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 
@@ -397,16 +396,6 @@ void bwd_elementwise(void* dh_pre, const void* h_pre, void* db_in, const void* d
             workspace_bytes, stream);
 }
 
-// FLOPSCALE_FFN_LT_EPILOGUES=1: the backward with cuBLASLt's DGELU_BGRAD / BGRADB epilogues
-// (slower on an H200, see the top of this file); kept to re-time on other GPUs and libraries.
-bool use_lt_epilogues() {
-  static const bool on = [] {
-    const char* e = std::getenv("FLOPSCALE_FFN_LT_EPILOGUES");
-    return e != nullptr && e[0] == '1';
-  }();
-  return on;
-}
-
 void check(int M, int d, int F) {
   FS_REQUIRE(M > 0 && d > 0 && F > 0, "ffn: rows, d_model and d_ff must be positive");
   FS_REQUIRE(F % 8 == 0, "ffn: cuBLASLt's GELU epilogue needs d_ff % 8 == 0, got " + std::to_string(F));
@@ -434,9 +423,11 @@ void ffn_fwd(const void* x, const void* w_in, const void* b_in, const void* w_ou
 
 void ffn_bwd(const void* dy, const void* x, const void* w_in, const void* w_out, const void* h_pre, const void* h,
              void* dx, void* dw_in, void* db_in, void* dw_out, void* db_out, void* dh_pre, int M, int d, int F,
-             DType dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+             bool lt_epilogues, DType dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   check(M, d, F);
-  if (use_lt_epilogues()) {
+  // lt_epilogues: cuBLASLt's DGELU_BGRAD / BGRADB epilogues (slower on an H200, see the top of
+  // this file), kept so that other GPUs and cuBLAS versions can be timed both ways.
+  if (lt_epilogues) {
     // dh_pre^T (F, M) = W_out^T (F, d) dy^T (d, M), times gelu'(h_pre); db_in = row sums of it.
     Gemm g1{CUBLAS_OP_N, CUBLAS_OP_N, F, M, d, w_out, F, dy, d, dh_pre, F};
     g1.epilogue = CUBLASLT_EPILOGUE_DGELU_BGRAD;
