@@ -31,7 +31,7 @@ BUILD_CUDA = os.environ.get("FLOPSCALE_BUILD_CUDA")
 # FLOPSCALE_CUDA_ARCHS: semicolon list of compute capabilities to build for. Hopper's wgmma
 # needs the arch-specific 90a target, Ampere-class cards take 80.
 CUDA_ARCHS = os.environ.get("FLOPSCALE_CUDA_ARCHS", "80;90a")
-# nvcc flags of the extension (kept in step with .ci/check_cuda.sh).  --use_fast_math: exp2f
+# nvcc flags of the extension (.ci/check_cuda.sh reads them from here).  --use_fast_math: exp2f
 # becomes one MUFU.EX2 in the attention softmax; -lineinfo: ncu and compute-sanitizer map
 # SASS back to source lines.
 NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "-U__CUDA_NO_HALF_OPERATORS__",
@@ -99,7 +99,9 @@ def _cuda_extensions():
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*/*.cu")) + sorted(glob.glob("csrc/*.cpp"))
-    # csrc/dev/ is the kernel-variant lab: standalone programs with their own main().
+    # csrc/dev/ is the kernel-variant lab: standalone programs with their own main(), never part
+    # of the extension.  What remains: attention/attention.cu, ffn/ffn.cu, layernorm/layernorm.cu
+    # and bindings.cpp.
     sources = [s for s in sources if not s.startswith("csrc/dev/")]
     if not sources:
         return [], {}
@@ -110,8 +112,8 @@ def _cuda_extensions():
     cublas_inc, cublas_libdirs, cublas_link = _cublaslt_paths()
     # No -std flag: torch's BuildExtension picks the standard its headers need (C++17 or 20);
     # the kernels use C++17 (if constexpr) and build under either.
-    # NVCC_FLAGS is shared with .ci/check_cuda.sh's resource check so the registers it reports
-    # are the ones the extension gets.
+    # NVCC_FLAGS is read by .ci/check_cuda.sh's resource check so the registers it reports are
+    # the ones the extension gets.
     ext = CUDAExtension(
         name="flopscale._C",
         sources=sources,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Compile every .cu file under csrc/ (the kernel-variant lab csrc/dev/ included) with nvcc for
-# sm_80 and sm_90a with `-Xptxas -v`, and fail on any compile error or any register spill.
+# Compile every .cu file under csrc/ with nvcc for sm_80 and sm_90a with `-Xptxas -v`, and fail on
+# any compile error or any register spill: the extension's sources (csrc/<op>/*.cu, what setup.py
+# builds) and the kernel-variant lab (csrc/dev/*.cu, standalone programs), with the extension's
+# nvcc flags (setup.py's NVCC_FLAGS, read from there).
 # Prints one row per kernel: registers, static shared memory, stack, spill stores/loads.
 # Needs only nvcc (no torch, no GPU); runs in about a minute on 2 cores.
 #
@@ -20,8 +22,21 @@ cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 ARCHS=${FLOPSCALE_CHECK_ARCHS:-"80 90a"}
 JOBS=${FLOPSCALE_CHECK_JOBS:-2}
-# The extension's nvcc flags (setup.py NVCC_FLAGS), so the registers reported are the ones it gets.
-FLAGS="-O3 --use_fast_math -lineinfo -U__CUDA_NO_HALF_OPERATORS__ -U__CUDA_NO_BFLOAT16_CONVERSIONS__ --expt-relaxed-constexpr -std=c++17 -Icsrc"
+# The extension's nvcc flags, read from setup.py's NVCC_FLAGS (their one home) so the registers
+# reported are the ones it gets; -std=c++17 (torch's BuildExtension adds its own) and -Icsrc as
+# setup.py's include_dirs.
+EXT_FLAGS=$(python3 - <<'PY' 2>/dev/null
+import ast
+for node in ast.parse(open("setup.py").read()).body:
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "NVCC_FLAGS" for t in node.targets):
+        print(" ".join(ast.literal_eval(node.value)))
+PY
+)
+if [ -z "$EXT_FLAGS" ]; then
+  echo "check_cuda: FAIL: could not read NVCC_FLAGS from setup.py (needs python3)" >&2
+  exit 1
+fi
+FLAGS="$EXT_FLAGS -std=c++17 -Icsrc"
 
 if [ ! -x "$NVCC" ]; then
   echo "check_cuda: FAIL: nvcc not found (set NVCC)" >&2
@@ -69,7 +84,16 @@ PY
 }
 CUBLAS_INC=$(find_cublas_include)
 
-if [ $# -gt 0 ]; then FILES="$*"; else FILES=$(find csrc -name '*.cu' | sort); fi
+# The extension's sources by setup.py's rule (csrc/<op>/*.cu outside csrc/dev/), then the lab's.
+if [ $# -gt 0 ]; then FILES="$*"; else FILES="$(ls csrc/*/*.cu | grep -v '^csrc/dev/' | sort) $(ls csrc/dev/*.cu | sort)"; fi
+stray=$(find csrc -name '*.cu' | grep -vE '^csrc/[^/]+/[^/]+\.cu$' || true)
+if [ -n "$stray" ]; then
+  echo "check_cuda: FAIL: .cu files that neither setup.py nor the lab picks up: $stray" >&2
+  exit 1
+fi
+echo "check_cuda: flags: $FLAGS"
+echo "check_cuda: extension: $(echo $FILES | tr ' ' '\n' | grep -v '^csrc/dev/' | tr '\n' ' ')"
+echo "check_cuda: lab:       $(echo $FILES | tr ' ' '\n' | grep '^csrc/dev/' | tr '\n' ' ')"
 : > "$WORK/jobs"
 for f in $FILES; do for a in $ARCHS; do echo "$f $a" >> "$WORK/jobs"; done; done
 
@@ -136,8 +160,8 @@ while read -r f a; do
 done < "$WORK/jobs"
 echo "(smem: static shared memory per CTA; the attention kernels add dynamic shared memory at launch:"
 echo " mma.sync fwd 27648 B (D 64) / 52224 B (D 128), bwd 46592 B (D 64) / 75008 B (D 128, two Q/dO stages);"
-echo " sm90 (wgmma, default variants) fwd 115712 B / 230400 B, bwd 134144 B / 149504 B (1 CTA per SM);"
-echo " sm90 warp-specialized (384 threads, setmaxnreg 24 / 240) fwd 115792 B / 230480 B, bwd 200760 B / 199224 B;"
+echo " sm90 (wgmma, lab variant 4, shipped) fwd 115712 B / 230400 B, bwd 134144 B / 149504 B (1 CTA per SM);"
+echo " lab only: sm90 warp-specialized (384 threads, setmaxnreg 24 / 240) fwd 115792 B / 230480 B, bwd 200760 B / 199224 B;"
 echo " LayerNorm bwd up to 8*C B when a CTA holds several rows.)"
 
 elapsed=$(( $(date +%s) - start ))
