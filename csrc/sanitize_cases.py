@@ -2,9 +2,14 @@
 
     compute-sanitizer --tool memcheck python csrc/sanitize_cases.py all
     compute-sanitizer --tool racecheck python csrc/sanitize_cases.py attention
+
+Attention runs twice: through the backend (the kernels kernel=0 picks: wgmma on sm_90a) and
+straight through flopscale._C with kernel=1 (mma.sync, what every other GPU runs).  The lab's
+variants are sanitized as lab programs: `compute-sanitizer /tmp/fs_dev_attention_forward 7 check`.
 """
 import sys
 import torch
+from flopscale import _C
 from flopscale.kernels import get_backend
 
 ops = get_backend("cuda")
@@ -16,6 +21,8 @@ if which in ("all", "attention"):
         for causal in (True, False):
             q, k, v = (torch.randn(1, 2, 45, D, device=dev, dtype=bf, requires_grad=True) for _ in range(3))
             ops.attention(q, k, v, causal).backward(torch.randn(1, 2, 45, D, device=dev, dtype=bf))
+            o, lse = _C.attention_fwd(q.detach(), k.detach(), v.detach(), causal, 1)  # 1: mma.sync
+            _C.attention_bwd(torch.randn_like(o), q.detach(), k.detach(), v.detach(), o, lse, causal, 1)
 if which == "all":
     x = torch.randn(37, 200, device=dev, dtype=bf, requires_grad=True)
     r = torch.randn(37, 200, device=dev, dtype=bf, requires_grad=True)
@@ -38,5 +45,8 @@ if which == "all":
     xf = torch.randn(37, 64, device=dev, dtype=bf, requires_grad=True)
     params = [torch.randn(*s, device=dev, dtype=bf, requires_grad=True) for s in ((256, 64), (256,), (64, 256), (64,))]
     ops.feedforward(xf, *params).float().sum().backward()
+    # the other feedforward backward (cuBLASLt's DGELU_BGRAD / BGRADB epilogues), straight through _C
+    y, h_pre, h = _C.ffn_fwd(xf.detach(), *(p.detach() for p in params))
+    _C.ffn_bwd(torch.randn_like(y), xf.detach(), params[0].detach(), params[2].detach(), h_pre, h, True)
 torch.cuda.synchronize()
 print("sanitizer cases done:", which)
