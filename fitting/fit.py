@@ -37,7 +37,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ._threads import single_thread_blas
-from .laws import LAWS, Law
+from .laws import LAWS, Law, chinchilla_allocation
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, approach 3
 N_BOOT = 200
@@ -48,12 +48,28 @@ class FitError(ValueError):
     """Input a fit cannot use. The message is one line, meant for the user."""
 
 
+class NonNumericColumn:
+    """A table column holding text (read_csv keeps it so that a law not using it can ignore it).
+
+    check_points raises `message` (which names the file, line and value) only when a law needs it.
+    """
+
+    def __init__(self, message: str, size: int):
+        self.message, self.size = message, size
+
+    def __len__(self) -> int:
+        return self.size
+
+
 # ------------------------------------------------------------------------------------------------
 # Input checks
 # ------------------------------------------------------------------------------------------------
 
-def check_points(law: str, cols: Dict[str, object]) -> Dict[str, np.ndarray]:
-    """Validate and convert the columns a law needs; raise FitError with one line otherwise."""
+def check_points(law: str, cols: Dict[str, object], n_fixed: int = 0) -> Dict[str, np.ndarray]:
+    """Validate and convert the columns a law needs; raise FitError with one line otherwise.
+
+    A fit needs more points than free parameters (n_params - n_fixed): with as many, it
+    interpolates, the residuals are zero and every bootstrap interval would have zero width."""
     if law not in LAWS:
         raise FitError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
     L = LAWS[law]
@@ -64,6 +80,8 @@ def check_points(law: str, cols: Dict[str, object]) -> Dict[str, np.ndarray]:
     out = {}
     n = None
     for k in need:
+        if isinstance(cols[k], NonNumericColumn):
+            raise FitError(cols[k].message)
         try:
             v = np.asarray(cols[k], dtype=float).ravel()
         except (TypeError, ValueError):
@@ -78,8 +96,16 @@ def check_points(law: str, cols: Dict[str, object]) -> Dict[str, np.ndarray]:
             i = int(np.argmax(v <= 0))
             raise FitError(f"column {k!r} must be positive for a log-space fit; row {i} is {v[i]:g}")
         out[k] = v
-    if n < L.n_params:
-        raise FitError(f"law {law!r} has {L.n_params} parameters but only {n} point(s) were given")
+    n_free = L.n_params - n_fixed
+    if n <= n_free:
+        raise FitError(f"law {law!r} has {n_free} free parameter(s) but only {n} point(s) were given; "
+                       f"a fit needs more points than free parameters")
+    if "U" in out and "D" in out:
+        over = out["U"] > out["D"] * (1 + 1e-9)
+        if over.any():
+            i = int(np.argmax(over))
+            raise FitError(f"column 'U' (unique tokens) exceeds 'D' (tokens seen) at row {i}: "
+                           f"{out['U'][i]:g} > {out['D'][i]:g}")
     for k in L.inputs:
         if np.unique(out[k]).size < 2:
             raise FitError(f"law {law!r} needs at least 2 distinct values of {k}; all {n} points have {k} = {out[k][0]:g}")
@@ -153,15 +179,30 @@ def hoffmann_grid() -> np.ndarray:
     return np.array([(a, b, ee, al, be) for a, b, ee, al, be in itertools.product(ab, ab, e, alpha, alpha)])
 
 
+def _coarse_hoffmann() -> np.ndarray:
+    # a 3-point-per-axis subset of Hoffmann's grid (243 starts)
+    g = hoffmann_grid()
+    keep = (np.isin(g[:, 0], [0, 10, 20]) & np.isin(g[:, 1], [0, 10, 20]) & np.isin(g[:, 2], [-1, 0, 1])
+            & np.isin(g[:, 3], [0, 0.5, 1]) & np.isin(g[:, 4], [0, 0.5, 1]))
+    return g[keep]
+
+
+# Decay constants the data-constrained starts take (Muennighoff et al. fit 15.4 and 5.3).
+R_STAR_STARTS = {"R_D_star": (4.0, 15.0, 50.0), "R_N_star": (1.5, 5.0, 15.0)}
+
+
 def _start_grid(law: Law, x, logy, grid: str) -> np.ndarray:
+    if law.name == "data-constrained":
+        # Hoffmann's coarse 243 x 9 decay constants (2187 starts): the full 4500 x 9 would take
+        # minutes. The usual two-stage fit (--fix of the five Chinchilla constants) leaves 9.
+        base = _coarse_hoffmann()
+        rs = [(np.log(d), np.log(n)) for d in R_STAR_STARTS["R_D_star"] for n in R_STAR_STARTS["R_N_star"]]
+        return np.array([np.concatenate([b, r]) for b in base for r in rs])
     if law.name == "chinchilla":
         if grid == "full":
             return hoffmann_grid()
         # "coarse": a 3-point-per-axis subset for quick interactive use; documented, never default
-        g = hoffmann_grid()
-        keep = (np.isin(g[:, 0], [0, 10, 20]) & np.isin(g[:, 1], [0, 10, 20]) & np.isin(g[:, 2], [-1, 0, 1])
-                & np.isin(g[:, 3], [0, 0.5, 1]) & np.isin(g[:, 4], [0, 0.5, 1]))
-        return g[keep]
+        return _coarse_hoffmann()
     ybar = float(np.mean(logy))  # log loss at the centre of the data
     rows = []
     if law.name == "nd":
@@ -222,7 +263,7 @@ def _solve(law: Law, x, logy, delta, grid="full", starts: Optional[np.ndarray] =
 # Public entry point
 # ------------------------------------------------------------------------------------------------
 
-def _holdout_mask(law: Law, cols) -> Optional[np.ndarray]:
+def _holdout_mask(law: Law, cols, n_fixed: int = 0) -> Optional[np.ndarray]:
     """Points at the largest eighth (at least one) of the distinct values of the scale variable."""
     key = law.holdout_on
     v = cols[key] if key != "loss" else 1.0 / cols[key]  # low loss is the "large" end for bcrit
@@ -231,33 +272,192 @@ def _holdout_mask(law: Law, cols) -> Optional[np.ndarray]:
         return None
     k = max(1, distinct.size // 8)
     mask = np.round(np.log(v), 9) >= distinct[-k]
-    if (~mask).sum() < law.n_params + 1:
+    if (~mask).sum() < law.n_params - n_fixed + 1:
         return None
     return mask
 
 
+# ------------------------------------------------------------------------------------------------
+# Fixed parameters (--fix): the two-stage fits of the papers
+# ------------------------------------------------------------------------------------------------
+
+def _log_scaled(name: str) -> bool:
+    # exponents move on their own scale; constants (N_c, E, A, B, R_D_star, ...) on a log scale
+    return not (name.startswith("alpha") or name == "beta" or name in ("a", "b"))
+
+
+def parse_fix(spec) -> Dict[str, float]:
+    """'alpha=0.34,beta=0.28' (or a dict) -> {name: value}; FitError on a malformed entry."""
+    if not spec:
+        return {}
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    else:
+        items = []
+        for part in str(spec).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise FitError(f"--fix expects NAME=VALUE[,NAME=VALUE...], got {part!r}")
+            k, v = part.split("=", 1)
+            items.append((k.strip(), v.strip()))
+    out = {}
+    for k, v in items:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise FitError(f"--fix {k}: value {v!r} is not a number") from None
+        if not math.isfinite(f):
+            raise FitError(f"--fix {k}: value must be finite, got {v!r}")
+        out[k] = f
+    return out
+
+
+def check_fix(law: Law, fixed: Dict[str, float]) -> Dict[str, float]:
+    for k, v in fixed.items():
+        if k not in law.params:
+            raise FitError(f"--fix {k}: not a parameter of law {law.name!r} (its parameters: {', '.join(law.params)})")
+        if _log_scaled(k) and not v > 0:
+            raise FitError(f"--fix {k}: must be positive, got {v:g}")
+    if len(fixed) >= law.n_params:
+        raise FitError(f"--fix holds every parameter of law {law.name!r}; nothing is left to fit")
+    return fixed
+
+
+class _Fixed:
+    """The free public parameters z (log scale for constants) <-> the law's internal theta.
+
+    With some public parameters held, the internal coordinates of a centred law are coupled
+    (in L = (N_c/N)^alpha, fixing N_c ties m to alpha), so the optimizer moves z and the chain
+    rule goes through d theta / d z, by central differences of to_internal (smooth, cheap)."""
+
+    def __init__(self, law: Law, fixed: Dict[str, float], centres):
+        self.law, self.fixed, self.centres = law, dict(fixed), centres
+        self.free = [k for k in law.params if k not in fixed]
+
+    def public(self, z) -> Dict[str, float]:
+        p = dict(self.fixed)
+        for k, v in zip(self.free, z):
+            p[k] = float(np.exp(v)) if _log_scaled(k) else float(v)
+        return p
+
+    def theta(self, z) -> np.ndarray:
+        return np.asarray(self.law.to_internal(self.public(z), self.centres), float)
+
+    def jac(self, z) -> np.ndarray:
+        z = np.asarray(z, float)
+        cols = []
+        for j in range(z.size):
+            h = 1e-6 * max(1.0, abs(z[j]))
+            zp, zm = z.copy(), z.copy()
+            zp[j] += h
+            zm[j] -= h
+            cols.append((self.theta(zp) - self.theta(zm)) / (2 * h))
+        return np.stack(cols, axis=1)
+
+    def project(self, theta) -> Optional[np.ndarray]:
+        with np.errstate(all="ignore"):
+            p = self.law.to_public(theta, self.centres)
+        z = []
+        for k in self.free:
+            v = p[k]
+            if _log_scaled(k):
+                if not (v > 0 and math.isfinite(v)):
+                    return None
+                v = math.log(v)
+            if not math.isfinite(v):
+                return None
+            z.append(v)
+        return np.array(z)
+
+
+def _objective_z(z, prob: _Fixed, x, logy, delta):
+    th = prob.theta(z)
+    val, g = _objective(th, prob.law, x, logy, delta)
+    if not np.isfinite(val):
+        return val, np.zeros_like(z)
+    return val, g @ prob.jac(z)
+
+
+def _lbfgs_z(z0, prob, x, logy, delta, options=TIGHT):
+    return minimize(_objective_z, np.asarray(z0, float), args=(prob, x, logy, delta), jac=True,
+                    method="L-BFGS-B", options=options)
+
+
+def _solve_fixed(prob: _Fixed, x, logy, delta, grid="full", starts_z: Optional[List[np.ndarray]] = None):
+    """Best z by summed Huber objective from projected starts; returns (z, objective, optima, n_starts)."""
+    L = prob.law
+    if starts_z is None:
+        if L.linear:
+            th0 = _irls(_linear_design(L, x)[None], logy[None], delta)[0]
+            internal = [th0]
+        else:
+            internal = list(_start_grid(L, x, logy, grid))
+        starts_z = [z for z in (prob.project(t) for t in internal) if z is not None]
+        starts_z = _distinct(starts_z, len(starts_z) or 1, tol=1e-9)
+    if not starts_z:
+        raise FitError(f"law {L.name!r}: no usable start with the fixed parameters")
+    opts = GRID if len(starts_z) > 100 else TIGHT
+    results = []
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for z in starts_z:
+            r = _lbfgs_z(z, prob, x, logy, delta, opts)
+            if np.isfinite(r.fun) and np.all(np.isfinite(r.x)):
+                results.append((r.fun, r.x))
+        if not results:
+            raise FitError(f"law {L.name!r}: the optimizer diverged from every start")
+        results.sort(key=lambda t: t[0])
+        if opts is not TIGHT:
+            polished = []
+            for z in _distinct([t for _, t in results], 2 * MAX_GRID_STARTS_BOOT, tol=1e-3):
+                r = _lbfgs_z(z, prob, x, logy, delta)
+                f0 = _objective_z(z, prob, x, logy, delta)[0]
+                polished.append((r.fun, r.x) if r.fun <= f0 else (f0, z))
+            results = sorted(polished, key=lambda t: t[0])
+    optima = _distinct([t for _, t in results], MAX_GRID_STARTS_BOOT)
+    return results[0][1], results[0][0], optima, len(starts_z)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public entry point
+# ------------------------------------------------------------------------------------------------
+
 def fit(law: str, cols: Dict[str, object], *, delta: float = HUBER_DELTA, n_boot: int = N_BOOT,
-        seed: int = 0, grid: str = "full", holdout: bool = True, return_boot: bool = False):
-    """Fit one law to points; cols maps column names (N, D, C, S, B, loss) to arrays.
+        seed: int = 0, grid: str = "full", holdout: bool = True, return_boot: bool = False,
+        fix=None):
+    """Fit one law to points; cols maps column names (N, D, C, S, B, U, loss) to arrays.
 
-    Returns {"law", "params", "ci95", "n_points", "loss_fn", "rmse_log", "formula", "holdout",
-    "n_boot", "seed", "ranges", "warnings"}; with return_boot=True also the (n_boot, n_params)
-    array of bootstrap public parameters (columns in the law's parameter order), for bands.
+    fix: {name: value} or "name=value,..." holds public parameters fixed (reported under "fixed",
+    with ci95 null). Returns {"law", "params", "ci95", "n_points", "loss_fn", "rmse_log",
+    "formula", "holdout", "n_boot", "seed", "ranges", "warnings", "fixed"} (plus "allocation" for
+    chinchilla and data-constrained); with return_boot=True also the (n_boot, n_params) array of
+    bootstrap public parameters (columns in the law's parameter order, fixed ones constant).
     """
-    data = check_points(law, cols)
+    if law not in LAWS:
+        raise FitError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
+    fixed = check_fix(LAWS[law], parse_fix(fix))
+    data = check_points(law, cols, n_fixed=len(fixed))
     with single_thread_blas():
-        return _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot)
+        return _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed)
 
 
-def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot):
+def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None):
     L = LAWS[law]
+    fixed = fixed or {}
     centres = L.centres(data)
     x = L.design(data, centres)
     logy = np.log(data[L.target])
     n = logy.size
 
-    theta, obj, optima, n_starts = _solve(L, x, logy, delta, grid)
+    prob = _Fixed(L, fixed, centres) if fixed else None
+    if prob is None:
+        theta, obj, optima, n_starts = _solve(L, x, logy, delta, grid)
+    else:
+        z, obj, optima, n_starts = _solve_fixed(prob, x, logy, delta, grid)
+        theta = prob.theta(z)
     params = L.to_public(theta, centres)
+    params.update(fixed)  # exact values, not round-tripped through the internal vector
     f, _ = L.log_fn(theta, x)
     rmse = float(np.sqrt(np.mean((f - logy) ** 2)))
 
@@ -266,7 +466,7 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot):
     idx = rng.integers(0, n, size=(n_boot, n))
     boot = np.full((n_boot, L.n_params), np.nan)
     if n_boot:
-        if L.linear:
+        if L.linear and prob is None:
             X = _linear_design(L, x)
             # a resample with one distinct x cannot fix a slope; draw those again (rare for n >= 5)
             for r in range(n_boot):
@@ -283,29 +483,39 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot):
                     xr = {k: v[idx[r]] for k, v in x.items()}
                     best = None
                     for s in starts:
-                        res = _lbfgs(s, L, xr, logy[idx[r]], delta)
+                        res = (_lbfgs(s, L, xr, logy[idx[r]], delta) if prob is None
+                               else _lbfgs_z(s, prob, xr, logy[idx[r]], delta))
                         if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
                             best = res
                     if best is not None:
-                        p = L.to_public(best.x, centres)
+                        p = L.to_public(best.x if prob is None else prob.theta(best.x), centres)
+                        p.update(fixed)
                         boot[r] = [p[k] for k in L.params]
     ci95 = {}
     for j, k in enumerate(L.params):
+        if k in fixed:
+            ci95[k] = None  # held fixed: no interval
+            continue
         col = boot[:, j][np.isfinite(boot[:, j])]
         ci95[k] = [float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5))] if col.size else [float("nan")] * 2
 
     # --- leave-largest-out ----------------------------------------------------------------------
     hold = None
     if holdout:
-        mask = _holdout_mask(L, data)
+        mask = _holdout_mask(L, data, len(fixed))
         if mask is None:
             hold = {"skipped": "too few distinct values of " + L.holdout_on}
         else:
             sub = {k: v[~mask] for k, v in data.items()}
             xs = {k: v[~mask] for k, v in x.items()}
-            starts = None if L.linear else np.array(optima)
-            th_h, _, _, _ = _solve(L, xs, logy[~mask], delta, grid, starts=starts)
+            if prob is None:
+                starts = None if L.linear else np.array(optima)
+                th_h, _, _, _ = _solve(L, xs, logy[~mask], delta, grid, starts=starts)
+            else:
+                z_h, _, _, _ = _solve_fixed(prob, xs, logy[~mask], delta, grid, starts_z=list(optima))
+                th_h = prob.theta(z_h)
             p_h = L.to_public(th_h, centres)
+            p_h.update(fixed)
             pred = L.predict(p_h, **{k: data[k][mask] for k in L.inputs})
             rel = pred / data[L.target][mask] - 1.0
             key = L.holdout_on
@@ -330,18 +540,36 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot):
         "seed": int(seed),
         "ranges": ranges,
         "holdout": hold,
+        "fixed": {k: float(v) for k, v in fixed.items()},
         "warnings": identifiability_warnings(L, data, params, ci95),
     }
+    if law in ("chinchilla", "data-constrained"):
+        out["allocation"] = _allocation_with_ci(out["params"], boot, L.params)
     if return_boot:
         return out, boot
     return out
+
+
+def _allocation_with_ci(params, boot, names) -> Dict:
+    """Approach 3's N_opt = G (C/6)^a, D_opt = (C/6)^b / G from the fit and each bootstrap refit."""
+    al = chinchilla_allocation(params)
+    rows = [chinchilla_allocation(dict(zip(names, r))) for r in boot if np.all(np.isfinite(r))]
+    ci = {}
+    for k in ("a", "b", "G"):
+        v = np.array([r[k] for r in rows], float)
+        v = v[np.isfinite(v)]
+        ci[k] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else [float("nan")] * 2
+    return dict(al, ci95=ci, formula="N_opt = G (C/6)^a, D_opt = (C/6)^b / G, a = beta/(alpha+beta), "
+                                     "b = alpha/(alpha+beta), G = (alpha A/(beta B))^(1/(alpha+beta))")
 
 
 def identifiability_warnings(L: Law, data, params, ci95) -> List[str]:
     """Plain-language warnings when the data cannot pin the exponents down."""
     w = []
     for k in L.inputs:
-        if k == "loss":  # B_crit(L): losses never span a decade; the interval check below covers it
+        # B_crit(L): losses never span a decade (the interval check below covers it); U: one
+        # unique-token budget is a normal data-constrained design, the repetition check covers it
+        if k in ("loss", "U"):
             continue
         v = data[k]
         nd = np.unique(np.round(np.log(v), 9)).size
@@ -352,11 +580,19 @@ def identifiability_warnings(L: Law, data, params, ci95) -> List[str]:
     for k in L.params:
         if not (k.startswith("alpha") or k == "beta"):
             continue
+        if ci95[k] is None:  # held fixed
+            continue
         lo, hi = ci95[k]
         v = params[k]
         if not np.isfinite(lo) or (v != 0 and (hi - lo) > 0.5 * abs(v)):
             w.append(f"{k}: 95% interval [{lo:.3g}, {hi:.3g}] is wider than half the estimate {v:.3g}; "
                      f"the data do not determine it")
+    if "U" in L.inputs:
+        rep = data["D"] / np.minimum(data["U"], data["D"])
+        if not (rep > 1.0 + 1e-9).any():
+            w.append("no point repeats its data (D <= U everywhere): R_D_star is not determined")
+        elif np.unique(np.round(np.log(rep[rep > 1 + 1e-9]), 6)).size < 2:
+            w.append("a single repetition count: R_D_star rests on one epoch number")
     return w
 
 
@@ -369,7 +605,9 @@ def fit_power(x, y, *, delta: float = HUBER_DELTA, n_boot: int = N_BOOT, seed: i
     """
     x = np.asarray(x, float)
     y = np.asarray(y, float)
-    if x.size < 2 or np.unique(x).size < 2:
+    if x.size <= 2:
+        raise FitError(f"a power-law fit has 2 parameters and needs at least 3 points, got {x.size}")
+    if np.unique(x).size < 2:
         raise FitError("a power-law fit needs at least two distinct x values")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and (x > 0).all() and (y > 0).all()):
         raise FitError("a power-law fit needs finite, positive x and y")

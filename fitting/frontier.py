@@ -3,7 +3,7 @@
     from flopscale.fitting.runs import load_runs
     from flopscale.fitting.frontier import frontier
     fr = frontier(load_runs(["sweeps/cpu-small"]))
-    fr["L_C"]["params"]["alpha_C"], fr["N_opt"]["exponent"], fr["isoflop"]["slices"]
+    fr["L_C"]["params"]["alpha_C"], fr["N_opt"]["exponent"]
 
 Approach 1 (envelope): each run's loss curve is interpolated (log loss against log C, C the
 measured cumulative non-embedding FLOPs) on a shared log-spaced grid of C; the frontier at each
@@ -16,37 +16,38 @@ bootstrap intervals of these fits are narrower than the truth; read them as a lo
 C is the measured compute, not the paper's C_min: for runs at B << B_crit they agree; otherwise
 pass the curves through laws.c_min first.
 
-Approach 2 (isoFLOP): runs whose final compute agrees within `tol_dex` decades form a slice; a
-parabola in log N through a slice's final losses gives N_opt at that C (needs >= 3 sizes, and the
-minimum inside them), and N_opt(C) is fitted across >= 2 slices.
+Approach 2 (isoFLOP slices) lives in fitting/isoflop.py.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 
 from .fit import FitError, fit, fit_power
-from .runs import Run, run_point, smooth
+from .runs import Run, smooth
 
 
-def run_curve(run: Run, skip_frac: float = 0.1):
+def run_curve(run: Run, skip_frac: float = 0.1, compute: str = "nonembedding"):
     """(C, loss) of one run: validation losses when it has >= 3 evaluations, else its train loss
     smoothed by a centred moving average (train loss is logged densely but noisy)."""
-    keep = (run.step > skip_frac * np.nanmax(run.step)) & (run.flops > 0)
+    C = run.compute(compute)
+    with np.errstate(invalid="ignore"):
+        keep = (run.step > skip_frac * np.nanmax(run.step)) & np.isfinite(C) & (C > 0)
     ev = keep & np.isfinite(run.val_loss)
     if ev.sum() >= 3:
-        return run.flops[ev], run.val_loss[ev]
+        return C[ev], run.val_loss[ev]
     tr = keep & np.isfinite(run.train_loss)
     if tr.sum() < 3:
         return None
-    return run.flops[tr], smooth(run.train_loss[tr])
+    return C[tr], smooth(run.train_loss[tr])
 
 
-def lower_envelope(runs: Sequence[Run], per_decade: int = 16, skip_frac: float = 0.1) -> Dict[str, np.ndarray]:
+def lower_envelope(runs: Sequence[Run], per_decade: int = 16, skip_frac: float = 0.1,
+                   compute: str = "nonembedding") -> Dict[str, np.ndarray]:
     """Grid of C (FLOPs) with the lowest loss over runs there, and N and run index attaining it."""
-    curves = [(i, run_curve(r, skip_frac)) for i, r in enumerate(runs)]
+    curves = [(i, run_curve(r, skip_frac, compute)) for i, r in enumerate(runs)]
     curves = [(i, c) for i, c in curves if c is not None]
     if not curves:
         raise FitError("no run has a usable loss curve for the frontier")
@@ -71,53 +72,11 @@ def lower_envelope(runs: Sequence[Run], per_decade: int = 16, skip_frac: float =
             "run": who[ok]}
 
 
-def isoflop(points: Dict[str, np.ndarray], tol_dex: float = 0.1, names: Optional[List[str]] = None) -> Dict:
-    """Hoffmann approach 2 on per-run final points {N, C, loss}: slices, parabola minima, N_opt(C)."""
-    lc = np.log10(points["C"])
-    order = np.argsort(lc)
-    groups, cur = [], [order[0]]
-    for a, b in zip(order[:-1], order[1:]):
-        if lc[b] - lc[a] <= tol_dex:
-            cur.append(b)
-        else:
-            groups.append(cur)
-            cur = [b]
-    groups.append(cur)
-    slices = []
-    for g in groups:
-        g = np.array(g)
-        Ns = points["N"][g]
-        if np.unique(Ns).size < 3:
-            continue
-        x, y = np.log(Ns), np.log(points["loss"][g])
-        a, b, c = np.polyfit(x, y, 2)
-        C = float(10 ** lc[g].mean())
-        s = {"C": C, "n_runs": int(g.size), "N": Ns.tolist(), "loss": points["loss"][g].tolist(),
-             "parabola": [float(a), float(b), float(c)]}
-        if a <= 0:
-            s["note"] = "no minimum (loss not convex in log N): add sizes around the optimum"
-        else:
-            xm = -b / (2 * a)
-            s["N_opt"] = float(np.exp(xm))
-            s["loss_opt"] = float(np.exp(np.polyval([a, b, c], xm)))
-            s["D_opt"] = C / (6.0 * s["N_opt"])  # C = 6 N D, the usual training-compute rule
-            if not x.min() <= xm <= x.max():
-                s["note"] = "minimum outside the sampled sizes: extrapolated"
-        slices.append(s)
-    out: Dict = {"slices": slices, "tol_dex": tol_dex}
-    good = [s for s in slices if "N_opt" in s and "note" not in s]
-    if len(good) >= 2:
-        out["N_opt"] = fit_power([s["C"] for s in good], [s["N_opt"] for s in good], n_boot=0)
-    else:
-        out["note"] = f"{len(good)} usable isoFLOP slice(s); N_opt(C) needs >= 2 with >= 3 sizes each"
-    return out
-
-
 def frontier(runs: Sequence[Run], *, per_decade: int = 16, skip_frac: float = 0.1, point: str = "best",
-             n_boot: int = 200, seed: int = 0, tol_dex: float = 0.1, return_boot: bool = False) -> Dict:
-    """Envelope, L(C) and N_opt(C) along it (approach 1), and isoFLOP slices (approach 2)."""
-    env = lower_envelope(runs, per_decade, skip_frac)
-    out: Dict = {"envelope": {k: v.tolist() for k, v in env.items() if k != "run"},
+             n_boot: int = 200, seed: int = 0, compute: str = "nonembedding", return_boot: bool = False) -> Dict:
+    """Envelope, L(C) and N_opt(C) along it (approach 1); C is `compute` ("nonembedding" or "all")."""
+    env = lower_envelope(runs, per_decade, skip_frac, compute)
+    out: Dict = {"compute": compute, "envelope": {k: v.tolist() for k, v in env.items() if k != "run"},
                  "envelope_runs": [runs[j].name for j in env["run"]]}
     boot = None
     if env["C"].size >= 3:
@@ -130,8 +89,6 @@ def frontier(runs: Sequence[Run], *, per_decade: int = 16, skip_frac: float = 0.
         out["N_opt"]["n_sizes_on_frontier"] = int(np.unique(env["N"]).size)
     else:
         out["N_opt_note"] = "a single model size spans the whole frontier"
-    pts = [run_point(r, point) for r in runs]
-    out["isoflop"] = isoflop({k: np.array([p[k] for p in pts]) for k in ("N", "C", "loss")}, tol_dex)
     if return_boot:
         return out, boot
     return out

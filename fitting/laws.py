@@ -39,7 +39,15 @@ PAPER: Dict[str, Dict[str, float]] = {
     # B_star: 2e8 tokens in the paper's text, 2.1e8 in its summary table; we quote the text.
     "bcrit": {"B_star": 2e8, "alpha_B": 0.21},
     "chinchilla": {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
+    # Muennighoff et al. 2023, their C4 fit as published in the paper's repository
+    # (github.com/huggingface/datablations, README "Parametric Fit": a, b, e = log A, log B, log E).
+    "data-constrained": {"E": float(np.exp(0.6254804)), "A": float(np.exp(6.255414)), "B": float(np.exp(7.3049974)),
+                         "alpha": 0.3526596, "beta": 0.3526596, "R_D_star": 15.387756, "R_N_star": 5.309743},
 }
+
+# Hoffmann et al. 2022, Table 2: N_opt ~ C^a, D_opt ~ C^b by their three approaches (and Kaplan's).
+PAPER_ALLOCATION_HOFFMANN = {"approach 1": {"a": 0.50, "b": 0.50}, "approach 2": {"a": 0.49, "b": 0.51},
+                             "approach 3": {"a": 0.46, "b": 0.54}, "Kaplan et al.": {"a": 0.73, "b": 0.27}}
 
 # The paper's empirical compute-efficient exponents (N, B, S against C_min; section 6.1, Fig. 14).
 PAPER_ALLOCATION_EMPIRICAL = {"N": 0.73, "B": 0.24, "S": 0.03}
@@ -204,6 +212,73 @@ def _chin_internal(p, c):
     return np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
 
 
+# --- data-constrained: Muennighoff et al. 2023, eq. (5) -------------------------------------------
+# L = E + A/N'^alpha + B/D'^beta with effective data and parameters
+#   D' = U_D + U_D R_D* (1 - exp(-R_D/R_D*)),  R_D = D/U_D - 1   (repetitions: epochs - 1, >= 0)
+#   N' = U_N + U_N R_N* (1 - exp(-R_N/R_N*)),  R_N = N/U_N - 1   (excess parameters, >= 0)
+# U_D = unique tokens (min(U, D): a run cannot see more unique tokens than it trained on) and
+# U_N = min(N, N_opt(U_D)), the compute-optimal size for U_D tokens under the law's own Chinchilla
+# allocation: N_opt = G (C/6)^(beta/(alpha+beta)), D_opt = (C/6)^(alpha/(alpha+beta)) / G,
+# G = (alpha A / (beta B))^(1/(alpha+beta)), so N_opt(D) = G (G D)^(beta/alpha) (the paper's
+# repository, `D_to_N`). In logs: log N_opt(U) = (a - b + log(alpha/beta) + beta log U) / alpha.
+# theta = (a, b, e, alpha, beta, rd, rn): Hoffmann's five (uncentred, so his grid applies) plus
+# rd = log R_D*, rn = log R_N* (positive decay constants).
+
+def _decay(lR, s):
+    """log(1 + s (1 - exp(-R/s))) for R = exp(lR) - 1 >= 0, and its derivative in log s."""
+    R = np.maximum(np.expm1(lR), 0.0)
+    t = R / s
+    ex = np.exp(-t)
+    h = 1.0 + s * (1.0 - ex)
+    return np.log(h), s * ((1.0 - ex) - ex * t) / h, R, ex, h
+
+
+def _log_data_constrained(theta, x):
+    a, b, e, alpha, beta, rd, rn = theta
+    lN, lD = x["N"], x["D"]
+    lU = np.minimum(x["U"], lD)
+    sD, sN = np.exp(rd), np.exp(rn)
+    gD, dgD, _, _, _ = _decay(lD - lU, sD)
+    lDp = lU + gD                                          # log D'
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lopt = (a - b + np.log(alpha / beta) + beta * lU) / alpha   # log N_opt(U_D)
+    lopt = np.where(np.isfinite(lopt), lopt, np.inf)
+    cons = lopt < lN                                        # U_N = N_opt(U_D) < N: excess parameters
+    lUN = np.where(cons, lopt, lN)
+    gN, dgN, RN, exN, hN = _decay(lN - lUN, sN)
+    lNp = lUN + gN                                          # log N'
+    # d log N' / d log U_N at fixed N (zero where U_N = N, continuous at the kink)
+    g = np.where(cons, 1.0 - exN * (RN + 1.0) / hN, 0.0)
+    z1, z2 = a - alpha * lNp, b - beta * lDp
+    m = np.maximum(np.maximum(z1, z2), e)
+    e1, e2, e3 = np.exp(z1 - m), np.exp(z2 - m), np.exp(e - m)
+    s = e1 + e2 + e3
+    w1, w2, w3 = e1 / s, e2 / s, e3 / s
+    # d log U_N / d (a, b, alpha, beta) where constrained
+    dU_a, dU_b = g / alpha, -g / alpha
+    dU_al = g * (1.0 / alpha ** 2 - np.where(cons, lopt, 0.0) / alpha)
+    dU_be = g * (lU - 1.0 / beta) / alpha
+    J = np.empty((lN.size, 7))
+    J[:, 0] = w1 * (1.0 - alpha * dU_a)
+    J[:, 1] = w2 - w1 * alpha * dU_b
+    J[:, 2] = w3
+    J[:, 3] = -w1 * (lNp + alpha * dU_al)
+    J[:, 4] = -w2 * lDp - w1 * alpha * dU_be
+    J[:, 5] = -w2 * beta * dgD
+    J[:, 6] = -w1 * alpha * np.where(cons, dgN, 0.0)
+    return m + np.log(s), J
+
+
+def _dc_public(theta, c):
+    p = _chin_public(theta[:5], c)
+    p["R_D_star"], p["R_N_star"] = float(np.exp(theta[5])), float(np.exp(theta[6]))
+    return p
+
+
+def _dc_internal(p, c):
+    return np.concatenate([_chin_internal(p, c), [np.log(p["R_D_star"]), np.log(p["R_N_star"])]])
+
+
 LAWS: Dict[str, Law] = {
     "n": _power_law("n", "N", "alpha_N", "N_c", "L = (N_c/N)^alpha_N", "N"),
     "d": _power_law("d", "D", "alpha_D", "D_c", "L = (D_c/D)^alpha_D", "D"),
@@ -220,6 +295,11 @@ LAWS: Dict[str, Law] = {
     "chinchilla": Law("chinchilla", ("E", "A", "B", "alpha", "beta"), ("N", "D"), "loss",
                       "L = E + A/N^alpha + B/D^beta", _log_chinchilla, _chin_public, _chin_internal,
                       centred=False, holdout_on="N"),
+    "data-constrained": Law("data-constrained", ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star"),
+                            ("N", "D", "U"), "loss",
+                            "L = E + A/N'^alpha + B/D'^beta, D' = U_D + U_D R_D* (1 - exp(-R_D/R_D*)), "
+                            "N' = U_N + U_N R_N* (1 - exp(-R_N/R_N*))",
+                            _log_data_constrained, _dc_public, _dc_internal, centred=False, holdout_on="N"),
 }
 
 
@@ -323,3 +403,17 @@ def allocation(C, ns: Dict[str, float] = PAPER["ns"], bcrit: Dict[str, float] = 
         for k, v in zip(out, (c, N, S, B, B * S, L)):
             out[k].append(v)
     return {k: np.array(v) for k, v in out.items()}
+
+
+def chinchilla_allocation(p: Dict[str, float]) -> Dict[str, float]:
+    """Hoffmann et al.'s approach-3 allocation from fitted L = E + A/N^alpha + B/D^beta.
+
+    Minimising L at fixed C = 6 N D (the 6ND training-compute rule, as in the paper) gives
+    N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b with a = beta/(alpha+beta), b = alpha/(alpha+beta),
+    G = (alpha A / (beta B))^(1/(alpha+beta)). At the paper's rounded constants a = 0.452, not the
+    0.46 of its Table 2 (the unrounded alpha 0.3392, beta 0.2849 give 0.457; Besiroglu et al. 2024).
+    """
+    al, be = p["alpha"], p["beta"]
+    with np.errstate(all="ignore"):
+        G = float(np.power(al * p["A"] / (be * p["B"]), 1.0 / (al + be)))
+    return {"a": be / (al + be), "b": al / (al + be), "G": G}

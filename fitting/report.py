@@ -6,6 +6,8 @@
     write_report("report/", [FitEntry(res, boot, cols, source="csv")])
     # report/fits.json, report/n.png, report/report.md
 
+Every file goes through flopscale.fileio's atomic writes (PNGs via fig.savefig(f, format="png")).
+
 Each PNG shows the data, the fitted law, its 95% band (pointwise 2.5/97.5 percentiles of the
 bootstrap fits' predictions) and the extrapolation to 100x the largest scale (dashed), with the
 paper's law dotted for reference. Units: loss in nats/token, N non-embedding parameters, D and B
@@ -14,7 +16,6 @@ tokens, S optimizer steps, C non-embedding training FLOPs (tables add PF-days, 8
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -22,9 +23,13 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .laws import LAWS, PAPER, PAPER_ALLOCATION_EMPIRICAL, PF_DAY, allocation_exponents
+from flopscale.fileio import atomic_write, atomic_write_json, atomic_write_text
 
-UNITS = {"N_c": "params", "D_c": "tokens", "C_c": "FLOPs", "S_c": "steps", "B_star": "tokens",
+from .laws import (LAWS, PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PF_DAY,
+                   allocation_exponents)
+
+UNITS = {"k_N": "params / FLOP^a", "k_D": "tokens / FLOP^b", "R_D_star": "repetitions", "R_N_star": "excess-parameter ratio",
+         "N_c": "params", "D_c": "tokens", "C_c": "FLOPs", "S_c": "steps", "B_star": "tokens",
          "E": "nats/token", "A": "nats/token * N^alpha", "B": "nats/token * D^beta"}
 AXIS = {"N": "N (non-embedding parameters)", "D": "D (tokens)", "C": "C (non-embedding FLOPs)",
         "S": "S (steps)", "B": "B (tokens)", "loss": "loss (nats/token)"}
@@ -149,10 +154,17 @@ def plot_fit(entry: FitEntry, path: str) -> str:
         ax.set_title(f"law {res['law']}: rmse_log {res['rmse_log']:.4f}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
+
+
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
 
 
 def plot_frontier(fr: dict, curves, path: str) -> str:
@@ -177,17 +189,102 @@ def plot_frontier(fr: dict, curves, path: str) -> str:
     if "N_opt" in fr:
         q = fr["N_opt"]
         a2.plot(C / PF_DAY, q["coef"] * C ** q["exponent"], color="C1", label=f"N_opt ~ C^{q['exponent']:.2f}")
-    for s in fr.get("isoflop", {}).get("slices", []):
-        if "N_opt" in s:
-            a2.scatter([s["C"] / PF_DAY], [s["N_opt"]], marker="*", s=80, color="C3")
     a2.set_xscale("log"); a2.set_yscale("log")
     a2.set_xlabel("C (PF-days)"); a2.set_ylabel("N"); a2.legend(fontsize=7)
     for a in (a1, a2):
         a.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
+
+
+def plot_isoflop(entry: FitEntry, path: str) -> str:
+    """Loss against N per budget with each slice's parabola and minimum; N_opt(C), D_opt(C)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res, cols = entry.fit, entry.cols
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for i, sl in enumerate(res["slices"]):
+        rows = np.array(sl["rows"])
+        c = f"C{i % 10}" if "N_opt" in sl else "0.6"
+        used = np.isin(rows, sl.get("used", []))
+        a1.scatter(cols["N"][rows[used]], cols["loss"][rows[used]], s=14, color=c, zorder=3,
+                   label=f"C = {sl['C']:.2g}" + ("" if "N_opt" in sl else " (dropped)"))
+        a1.scatter(cols["N"][rows[~used]], cols["loss"][rows[~used]], s=14, facecolors="none", edgecolors=c, zorder=3)
+        if "N_opt" in sl:
+            par = sl["parabola"]
+            lo, hi = sl["parabola"]["centre_lnN"] - sl["window_dex"] * np.log(10), \
+                sl["parabola"]["centre_lnN"] + sl["window_dex"] * np.log(10)
+            x = np.linspace(lo, hi, 80)
+            p2, p1, p0 = par["coef"]
+            u = x - par["centre_lnN"]
+            a1.plot(np.exp(x), p2 * u * u + p1 * u + p0, color=c, lw=1)
+            a1.scatter([sl["N_opt"]], [sl["loss_opt"]], marker="*", s=110, color=c, edgecolors="k", zorder=4)
+    a1.set_xscale("log")
+    a1.set_xlabel(AXIS["N"]); a1.set_ylabel(AXIS["loss"])
+    a1.set_title("isoFLOP slices: parabola in the window (hollow: outside it), star: minimum", fontsize=8)
+    a1.legend(fontsize=6, ncol=2)
+    good = [sl for sl in res["slices"] if "N_opt" in sl]
+    C = np.array([sl["C"] for sl in good])
+    p = res["params"]
+    grid = np.logspace(np.log10(C.min()), np.log10(C.max() * EXTRAPOLATE), 100)
+    for key, col, coef, expo in (("N_opt", "C0", "k_N", "a"), ("D_opt", "C1", "k_D", "b")):
+        a2.scatter(C, [sl[key] for sl in good], color=col, zorder=3, label=f"{key} per slice")
+        a2.plot(grid, p[coef] * grid ** p[expo], color=col, label=f"{key} ~ C^{p[expo]:.3f}")
+        if entry.boot is not None and len(entry.boot):
+            j, k = list(res["params"]).index(expo), list(res["params"]).index(coef)
+            ok = np.all(np.isfinite(entry.boot[:, [j, k]]), axis=1)
+            if ok.sum() >= 10:
+                pr = entry.boot[ok, k][:, None] * grid[None, :] ** entry.boot[ok, j][:, None]
+                a2.fill_between(grid, np.percentile(pr, 2.5, axis=0), np.percentile(pr, 97.5, axis=0), color=col,
+                                alpha=0.2, lw=0)
+    a2.set_xscale("log"); a2.set_yscale("log")
+    a2.set_xlabel(AXIS["C"] + (f", {res['compute']}" if res.get("compute") else ""))
+    a2.set_ylabel("N (params), D (tokens)")
+    a2.legend(fontsize=7)
+    for a in (a1, a2):
+        a.grid(True, which="both", alpha=0.3)
+    _save(fig, path)
+    return path
+
+
+def plot_data_constrained(entry: FitEntry, path: str) -> str:
+    """Loss against epochs D/U per model-size group, with the law at each group's N and U."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res, cols = entry.fit, entry.cols
+    law = LAWS[res["law"]]
+    ep = cols["D"] / cols["U"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for i, (gv, m) in enumerate(_groups(cols["N"])):
+        c = f"C{i % 10}"
+        a1.scatter(ep[m], cols["loss"][m], s=12, color=c, zorder=3)
+        U = float(np.exp(np.mean(np.log(cols["U"][m]))))
+        e = np.logspace(0, np.log10(max(ep.max(), 1.0) * 3), 80)
+        a1.plot(e, law.predict(res["params"], N=np.full_like(e, gv), D=U * e, U=np.full_like(e, U)), color=c,
+                label=f"N = {gv:.3g}, U = {U:.3g}")
+    a1.set_xscale("log"); a1.set_xlabel("epochs D/U"); a1.set_ylabel(AXIS["loss"]); a1.legend(fontsize=6)
+    pred = law.predict(res["params"], **{k: cols[k] for k in law.inputs})
+    a2.scatter(cols["loss"], pred, s=10)
+    lim = [min(cols["loss"].min(), pred.min()), max(cols["loss"].max(), pred.max())]
+    a2.plot(lim, lim, color="0.5", ls=":")
+    a2.set_xlabel("observed loss"); a2.set_ylabel("fitted loss")
+    a2.set_title(f"rmse_log {res['rmse_log']:.4f}", fontsize=9)
+    for a in (a1, a2):
+        a.grid(True, which="both", alpha=0.3)
+    _save(fig, path)
+    return path
+
+
+def plot_entry(entry: FitEntry, path: str) -> str:
+    if entry.fit["law"] == "isoflop":
+        return plot_isoflop(entry, path)
+    if entry.fit["law"] == "data-constrained":
+        return plot_data_constrained(entry, path)
+    return plot_fit(entry, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,17 +305,52 @@ def _param_cell(k, v):
     return s
 
 
+def _interval(r, k) -> str:
+    if r["ci95"].get(k) is None:
+        return "fixed"
+    lo, hi = r["ci95"][k]
+    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
 def _fit_section(e: FitEntry, png: Optional[str]) -> List[str]:
     r = e.fit
     paper = PAPER.get(r["law"], {})
+    if r["law"] == "isoflop":
+        paper = PAPER_ALLOCATION_HOFFMANN["approach 2"]
     out = [f"## `{e.stem}`: {r['formula']}", ""]
     if e.source:
-        out += [f"Points: {e.source}.", ""]
+        out += [f"Points: {e.source}." + (f" C: {r['compute']}." if r.get("compute") else ""), ""]
     out += ["| parameter | fitted | 95% interval | paper | units |", "| --- | --- | --- | --- | --- |"]
     for k, v in r["params"].items():
-        lo, hi = r["ci95"][k]
-        out.append(f"| {k} | {_param_cell(k, v)} | [{_fmt(lo)}, {_fmt(hi)}] | {_param_cell(k, paper.get(k))} | "
+        out.append(f"| {k} | {_param_cell(k, v)} | {_interval(r, k)} | {_param_cell(k, paper.get(k))} | "
                    f"{UNITS.get(k, '—')} |")
+    if r.get("fixed"):
+        out += ["", "Held fixed (`--fix`, no interval): " + ", ".join(f"{k} = {_fmt(v)}" for k, v in r["fixed"].items())
+                + "."]
+    if r["law"] == "isoflop":
+        bc = r["budget_correction"]
+        out += ["", f"n_points {r['n_points']} in {len(r['slices'])} slices (budgets within {r['tol_dex']:g} dex), "
+                    f"{r['n_slices_used']} used; {r['loss_fn']}; {r['n_boot']} bootstrap resamples within slices "
+                    f"(seed {r['seed']}). Unequal budgets within a slice "
+                    + (f"moved to the slice's C (dL*/dlnC {bc['dL_dlnC']:.4g}, dlnN_opt/dlnC {bc['dlnN_opt_dlnC']:.3g})."
+                       if bc["applied"] else "not corrected (equal, or too few slices)."), "",
+                "| C (FLOPs) | points | used | N_opt | D_opt | D/N | loss_opt | note |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for sl in r["slices"]:
+            out.append(f"| {_fmt(sl['C'])} | {sl['n_points']} | {sl.get('n_used', 0)} | {_fmt(sl.get('N_opt'))} | "
+                       f"{_fmt(sl.get('D_opt'))} | {_fmt(sl.get('tokens_per_param'))} | {_fmt(sl.get('loss_opt'))} | "
+                       f"{sl.get('note', '')} |")
+        if r.get("warnings"):
+            out += [""] + [f"- {w}" for w in r["warnings"]]
+        if png:
+            out += ["", f"![{e.stem}]({os.path.basename(png)})"]
+        return out + [""]
+    if r.get("allocation"):
+        al = r["allocation"]
+        out += ["", f"Approach 3 allocation: N_opt = G (C/6)^a with a = {_fmt(al['a'])} "
+                    f"[{_fmt(al['ci95']['a'][0])}, {_fmt(al['ci95']['a'][1])}], b = {_fmt(al['b'])} "
+                    f"[{_fmt(al['ci95']['b'][0])}, {_fmt(al['ci95']['b'][1])}], G = {_fmt(al['G'])} "
+                    f"[{_fmt(al['ci95']['G'][0])}, {_fmt(al['ci95']['G'][1])}]."]
     out += ["", f"n_points {r['n_points']}, rmse_log {r['rmse_log']:.4g} (log-space residual RMS), "
                 f"loss {r['loss_fn']}, {r['n_starts']} optimizer start(s), {r['n_boot']} bootstrap resamples "
                 f"(seed {r['seed']})."]
@@ -261,21 +393,46 @@ def _allocation_section(entries: List[FitEntry]) -> List[str]:
     return out + [""]
 
 
-def write_report(out_dir: str, entries: List[FitEntry], *, frontier: Optional[dict] = None,
-                 frontier_curves=None, batch: Optional[dict] = None, inputs: str = "",
-                 skipped: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """Write fits.json, one PNG per fit and report.md into out_dir; returns {name: path}."""
-    os.makedirs(out_dir, exist_ok=True)
-    written: Dict[str, str] = {}
-    pngs = {}
+def _approaches_section(entries: List[FitEntry], frontiers: Optional[dict]) -> List[str]:
+    """Approaches 1, 2 and 3 side by side: the exponents of N_opt, D_opt against C."""
+    rows = []
+    for conv, fr in (frontiers or {}).items():
+        if "N_opt" in fr:
+            q = fr["N_opt"]
+            rows.append((f"1 (envelope, C {conv})", q["exponent"], q["ci95"]["exponent"], None, None, "—"))
     for e in entries:
-        pngs[e.stem] = plot_fit(e, os.path.join(out_dir, f"{e.stem}.png"))
-        written[e.stem] = pngs[e.stem]
-    if frontier is not None:
-        written["frontier"] = plot_frontier(frontier, frontier_curves or [], os.path.join(out_dir, "frontier.png"))
+        r = e.fit
+        if r["law"] == "isoflop":
+            rows.append((f"2 (`{e.stem}`" + (f", C {r['compute']})" if r.get("compute") else ")"), r["params"]["a"],
+                         r["ci95"]["a"], r["params"]["b"], r["ci95"]["b"], "—"))
+        elif r.get("allocation"):
+            al = r["allocation"]
+            rows.append((f"3 (`{e.stem}`)", al["a"], al["ci95"]["a"], al["b"], al["ci95"]["b"], _fmt(al["G"])))
+    if not rows:
+        return []
+
+    def iv(ci):
+        return "fixed" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+    out = ["## Compute-optimal allocation: approaches 1, 2, 3", "",
+           "N_opt ~ C^a, D_opt ~ C^b. Approach 1: N along the lower envelope of the curves; 2: minima of isoFLOP "
+           "slices; 3: from the fitted L(N, D), a = beta/(alpha+beta), b = alpha/(alpha+beta), "
+           "N_opt = G (C/6)^a. Hoffmann et al. 2022 (Table 2) found a = 0.50, 0.49, 0.46 by approaches 1, 2, 3; "
+           "Kaplan et al. 0.73.", "",
+           "| approach | a | 95% interval | b | 95% interval | G |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, a, ca, b, cb, G in rows:
+        out.append(f"| {name} | {_fmt(a)} | {iv(ca)} | {_fmt(b)} | {iv(cb) if b is not None else '—'} | {G} |")
+    return out + [""]
+
+
+def build_payload(entries: List[FitEntry], *, frontiers: Optional[dict] = None, compute: str = "nonembedding",
+                  batch: Optional[dict] = None, inputs: str = "", skipped: Optional[Dict[str, str]] = None) -> dict:
+    """The fits.json content (strict JSON: NaN and inf as null)."""
     payload = {"inputs": inputs, "fits": [dict(e.fit, source=e.source, name=e.stem) for e in entries]}
-    if frontier is not None:
-        payload["frontier"] = {k: v for k, v in frontier.items() if k != "L_C"}
+    frontiers = frontiers or {}
+    for conv, fr in frontiers.items():
+        key = "frontier" if conv == compute else f"frontier_{conv}"
+        payload[key] = {k: v for k, v in fr.items() if k != "L_C"}
     if batch is not None:
         payload["batch"] = batch
     if skipped:
@@ -286,47 +443,60 @@ def write_report(out_dir: str, entries: List[FitEntry], *, frontier: Optional[di
                                                      by["bcrit"]["params"]["alpha_B"])
     payload["allocation_paper"] = {"derived": allocation_exponents(PAPER["ns"]["alpha_N"], PAPER["ns"]["alpha_S"],
                                                                    PAPER["bcrit"]["alpha_B"]),
-                                   "empirical": PAPER_ALLOCATION_EMPIRICAL}
+                                   "empirical": PAPER_ALLOCATION_EMPIRICAL,
+                                   "hoffmann_table2": PAPER_ALLOCATION_HOFFMANN}
+    return clean_json(payload)
+
+
+def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, frontier_curves=None) -> Dict[str, str]:
+    """Write fits.json (payload), one PNG per fit and report.md into out_dir; returns {name: path}."""
+    os.makedirs(out_dir, exist_ok=True)
+    written: Dict[str, str] = {}
+    pngs = {}
+    for e in entries:
+        pngs[e.stem] = plot_entry(e, os.path.join(out_dir, f"{e.stem}.png"))
+        written[e.stem] = pngs[e.stem]
+    frontier = payload.get("frontier")
+    frontiers = {k[len("frontier_"):] if k != "frontier" else (frontier or {}).get("compute", "nonembedding"): v
+                 for k, v in payload.items() if k == "frontier" or k.startswith("frontier_")}
+    if frontier is not None:
+        written["frontier"] = plot_frontier(frontier, frontier_curves or [], os.path.join(out_dir, "frontier.png"))
     fj = os.path.join(out_dir, "fits.json")
-    with open(fj, "w") as f:
-        json.dump(clean_json(payload), f, indent=1)
+    atomic_write_json(fj, payload, indent=1)
     written["fits.json"] = fj
 
+    skipped = payload.get("skipped")
+    inputs = payload.get("inputs", "")
+    batch = payload.get("batch")
     md = ["# flopscale fit report", ""]
     if inputs:
         md += [f"Inputs: {inputs}.", ""]
     md += ["Units: loss in nats/token; N non-embedding parameters; D and B in tokens; S optimizer steps; "
-           "C non-embedding training FLOPs (1 PF-day = 8.64e19 FLOPs). Fits minimise a Huber loss "
-           "(delta 1e-3) on log residuals, summed over points; intervals are bootstrap percentiles. "
-           "The paper column quotes Kaplan et al. 2020 (Hoffmann et al. 2022 for `chinchilla`); "
-           "small-scale runs are not expected to match it.", ""]
-    md += ["| law | formula | n_points | rmse_log | warnings |", "| --- | --- | --- | --- | --- |"]
+           "C training FLOPs, non-embedding unless an entry says `compute: all` (1 PF-day = 8.64e19 FLOPs). "
+           "Fits minimise a Huber loss (delta 1e-3) on log residuals, summed over points; intervals are "
+           "bootstrap percentiles. The paper column quotes Kaplan et al. 2020 (Hoffmann et al. 2022 for "
+           "`chinchilla` and `isoflop`, Muennighoff et al. 2023 for `data-constrained`); small-scale runs are "
+           "not expected to match it.", ""]
+    md += ["| fit | formula | compute | n_points | rmse_log | warnings |", "| --- | --- | --- | --- | --- | --- |"]
     for e in entries:
-        md.append(f"| `{e.stem}` | {e.fit['formula']} | {e.fit['n_points']} | {e.fit['rmse_log']:.4g} | "
-                  f"{len(e.fit.get('warnings') or [])} |")
+        md.append(f"| `{e.stem}` | {e.fit['formula']} | {e.fit.get('compute', '—')} | {e.fit['n_points']} | "
+                  f"{e.fit['rmse_log']:.4g} | {len(e.fit.get('warnings') or [])} |")
     md.append("")
     if skipped:
         md += ["Not fitted: " + "; ".join(f"`{k}` ({v})" for k, v in skipped.items()) + ".", ""]
     for e in entries:
         md += _fit_section(e, pngs.get(e.stem))
+    md += _approaches_section(entries, frontiers)
     if frontier is not None:
         md += ["## Compute-efficient frontier", "",
-               "Lower envelope of the runs' loss curves against measured C (Kaplan Fig. 1, Hoffmann approach 1); "
-               "envelope points are neighbours on the same curves, so their bootstrap intervals understate "
-               "the uncertainty.", ""]
+               f"Lower envelope of the runs' loss curves against measured C ({frontier.get('compute', 'nonembedding')}; "
+               "Kaplan Fig. 1, Hoffmann approach 1); envelope points are neighbours on the same curves, so their "
+               "bootstrap intervals understate the uncertainty.", ""]
         if "N_opt" in frontier:
             q = frontier["N_opt"]
             md.append(f"- N_opt(C) along the envelope: N ~ C^{q['exponent']:.3f} "
                       f"(95% [{_fmt(q['ci95']['exponent'][0])}, {_fmt(q['ci95']['exponent'][1])}]), "
                       f"from {q.get('n_sizes_on_frontier', '?')} model sizes on the envelope; paper 0.73.")
-        iso = frontier.get("isoflop", {})
-        for s in iso.get("slices", []):
-            md.append(f"- isoFLOP slice at C = {_fmt(s['C'])} FLOPs ({_fmt(s['C'] / PF_DAY)} PF-days), "
-                      f"{s['n_runs']} runs: N_opt {_fmt(s.get('N_opt'))}" + (f" ({s['note']})" if "note" in s else ""))
-        if "N_opt" in iso:
-            md.append(f"- isoFLOP N_opt(C): N ~ C^{iso['N_opt']['exponent']:.3f}")
-        elif "note" in iso:
-            md.append(f"- isoFLOP: {iso['note']}")
         md += ["", "![frontier](frontier.png)", ""]
     if batch is not None:
         md += ["## Critical batch size", ""]
@@ -335,7 +505,21 @@ def write_report(out_dir: str, entries: List[FitEntry], *, frontier: Optional[di
         md.append("")
     md += _allocation_section(entries)
     rp = os.path.join(out_dir, "report.md")
-    with open(rp, "w") as f:
-        f.write("\n".join(md))
+    atomic_write_text(rp, "\n".join(md))
     written["report.md"] = rp
     return written
+
+
+def print_summary(entries: List[FitEntry], skipped: Optional[Dict[str, str]], out: Optional[str]) -> None:
+    for e in entries:
+        r = e.fit
+        ps = ", ".join(f"{k}={v:.4g} " + ("(fixed)" if r["ci95"].get(k) is None
+                                          else f"[{r['ci95'][k][0]:.4g}, {r['ci95'][k][1]:.4g}]")
+                       for k, v in r["params"].items())
+        print(f"{e.stem:11s} n={r['n_points']:<5d} rmse_log={r['rmse_log']:.4f}  {ps}")
+        for w in r["warnings"]:
+            print(f"{'':11s} warning: {w}")
+    for k, v in (skipped or {}).items():
+        print(f"{k:11s} skipped: {v}")
+    if out:
+        print(f"report: {out}/report.md")

@@ -9,11 +9,15 @@ Per-run point (one row per run, `run_points`), the choices and why:
 - loss: validation loss (nats/token) at the run's best evaluation (point="best", the paper's early
   stopping, which keeps overfitting out of L(N) and L(N,D)), or its last one (point="final"). A run
   that never evaluated falls back to its mean train loss over the last 5% of logged steps.
-- N: config["N"], non-embedding parameters (recomputed from config["model"] when absent).
-- S: the step of that evaluation; C: cumulative non-embedding model FLOPs (`flops`) at that step.
+- N: config["N"], the non-embedding parameters the engine counted (required: a config.json
+  without it is an error naming the file, never a count recomputed here from the model shape).
+- S: the step of that evaluation; C: cumulative model FLOPs at that step, non-embedding (`flops`,
+  the paper's C, compute="nonembedding") or all rows (`flops_total`, compute="all").
 - B: tokens per optimizer step, tokens / step at that point (batch_size * n_ctx for a fixed batch).
 - D: unique training tokens seen, min(tokens, data.n_train_tokens): the dataset size for multi-epoch
   runs (Kaplan's D in L(D), L(N,D)), the tokens trained on for single-epoch runs (Chinchilla's D).
+  With tokens_seen=True (the data-constrained law and isoFLOP slices): D is the tokens trained on
+  and U = min(D, data.n_train_tokens), the unique tokens (a `--max-tokens` cap, or the corpus).
 
 Which rows each law gets from runs (`law_points`): `n` takes, per distinct N, the lowest loss over
 runs (the best-trained model of that size approximates the converged L(N)); `d` likewise per
@@ -33,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .fit import FitError
+from .fit import FitError, NonNumericColumn
 
 COLUMNS = ("N", "D", "C", "S", "B", "loss")
 
@@ -47,7 +51,8 @@ class Run:
     n_train_tokens: Optional[float]  # None: unbounded (a stream, or not recorded)
     step: np.ndarray          # (T,) every logged row
     tokens: np.ndarray
-    flops: np.ndarray
+    flops: np.ndarray         # cumulative non-embedding model FLOPs
+    flops_total: np.ndarray   # cumulative FLOPs of all rows; NaN where not logged
     train_loss: np.ndarray    # NaN where not logged
     val_loss: np.ndarray      # NaN where not evaluated
     gns: np.ndarray           # gradient noise scale in tokens, NaN where not estimated
@@ -67,6 +72,14 @@ class Run:
 
     def unique_tokens(self, tokens):
         return np.minimum(tokens, self.n_train_tokens) if self.n_train_tokens else tokens
+
+    def compute(self, kind: str = "nonembedding") -> np.ndarray:
+        """Cumulative C per logged row: "nonembedding" (`flops`) or "all" (`flops_total`)."""
+        if kind == "nonembedding":
+            return self.flops
+        if kind == "all":
+            return self.flops_total
+        raise FitError(f"compute must be 'nonembedding' or 'all', got {kind!r}")
 
 
 def find_run_dirs(paths: Sequence[str]) -> List[str]:
@@ -88,12 +101,6 @@ def find_run_dirs(paths: Sequence[str]) -> List[str]:
     return sorted(set(found))
 
 
-def _non_embedding_params(model: dict) -> float:
-    d, L = model["d_model"], model["n_layer"]
-    # N = 2 d_model n_layer (2 d_attn + d_ff), the paper's Table 1
-    return 2.0 * d * L * (2 * (model.get("d_attn") or d) + (model.get("d_ff") or 4 * d))
-
-
 def load_run(path: str) -> Run:
     cfg_path = os.path.join(path, "config.json")
     try:
@@ -101,13 +108,15 @@ def load_run(path: str) -> Run:
             cfg = json.load(f)
     except json.JSONDecodeError as e:
         raise FitError(f"{cfg_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    model = cfg.get("model", {})
-    if "N" in cfg:
+    model = cfg.get("model", {}) or {}
+    if "N" not in cfg:
+        raise FitError(f"{cfg_path}: no 'N' (non-embedding parameters, written by `flopscale train`)")
+    try:
         N = float(cfg["N"])
-    elif {"d_model", "n_layer"} <= set(model):
-        N = _non_embedding_params(model)
-    else:
-        raise FitError(f"{cfg_path}: no 'N' and no model shape to compute it from")
+    except (TypeError, ValueError):
+        raise FitError(f"{cfg_path}: 'N' is {cfg['N']!r}, not a number") from None
+    if not (math.isfinite(N) and N > 0):
+        raise FitError(f"{cfg_path}: 'N' must be a positive number, got {cfg['N']!r}")
     n_ctx = int(model.get("n_ctx", 1024))
     data = cfg.get("data", {}) or {}
     n_train = data.get("n_train_tokens") or (cfg.get("train", {}) or {}).get("max_tokens")
@@ -142,6 +151,7 @@ def load_run(path: str) -> Run:
     return Run(path=path, config=cfg, N=N, n_ctx=n_ctx,
                n_train_tokens=float(n_train) if n_train else None,
                step=col("step", True), tokens=col("tokens", True), flops=col("flops", True),
+               flops_total=col("flops_total"),
                train_loss=col("train_loss"), val_loss=col("val_loss"), gns=gns)
 
 
@@ -149,8 +159,9 @@ def load_runs(paths: Sequence[str]) -> List[Run]:
     return [load_run(p) for p in find_run_dirs(paths)]
 
 
-def run_point(run: Run, point: str = "best") -> Dict[str, float]:
-    """One run's (N, D, C, S, B, loss) row; see the module docstring for the choices."""
+def run_point(run: Run, point: str = "best", compute: str = "nonembedding",
+              tokens_seen: bool = False) -> Dict[str, float]:
+    """One run's (N, D, C, S, B, U, loss) row; see the module docstring for the choices."""
     ev = np.flatnonzero(np.isfinite(run.val_loss))
     if ev.size:
         i = int(ev[np.argmin(run.val_loss[ev])]) if point == "best" else int(ev[-1])
@@ -162,13 +173,20 @@ def run_point(run: Run, point: str = "best") -> Dict[str, float]:
         tail = tr[-max(1, len(tr) // 20):]
         i = int(tail[-1])
         loss = float(np.mean(run.train_loss[tail]))
-    return {"N": run.N, "D": float(run.unique_tokens(run.tokens[i])), "C": float(run.flops[i]),
-            "S": float(run.step[i]), "B": run.batch_tokens, "loss": loss}
+    C = float(run.compute(compute)[i])
+    if not math.isfinite(C):
+        raise FitError(f"{run.path}: no {'flops_total' if compute == 'all' else 'flops'} logged at step "
+                       f"{int(run.step[i])} (--compute {compute})")
+    U = float(run.unique_tokens(run.tokens[i]))
+    return {"N": run.N, "D": float(run.tokens[i]) if tokens_seen else U, "C": C,
+            "S": float(run.step[i]), "B": run.batch_tokens, "U": U, "loss": loss}
 
 
-def run_points(runs: Sequence[Run], point: str = "best") -> Dict[str, np.ndarray]:
-    rows = [run_point(r, point) for r in runs]
-    return {k: np.array([r[k] for r in rows]) for k in COLUMNS}
+def run_points(runs: Sequence[Run], point: str = "best", compute: str = "nonembedding",
+               tokens_seen: bool = False) -> Dict[str, np.ndarray]:
+    rows = [run_point(r, point, compute, tokens_seen) for r in runs]
+    keys = COLUMNS + (("U",) if tokens_seen else ())
+    return {k: np.array([r[k] for r in rows]) for k in keys}
 
 
 def best_per(pts: Dict[str, np.ndarray], key: str) -> Dict[str, np.ndarray]:
@@ -193,8 +211,10 @@ def curve_points(runs: Sequence[Run], skip_frac: float = 0.2) -> Dict[str, np.nd
     return {k: np.array(v) for k, v in out.items()}
 
 
-def read_csv(path: str) -> Dict[str, np.ndarray]:
-    """Columns of a CSV with a header row; values must parse as numbers (checked per law later)."""
+def read_csv(path: str) -> Dict[str, object]:
+    """Columns of a CSV with a header row. A column holding anything that is not a number (names,
+    notes) becomes a NonNumericColumn: ignored unless a law needs it, then its first bad value is
+    the error (file, line, column)."""
     if not os.path.exists(path):
         raise FitError(f"no such file: {path}")
     with open(path, newline="") as f:
@@ -207,6 +227,7 @@ def read_csv(path: str) -> Dict[str, np.ndarray]:
     if not rows:
         raise FitError(f"{path}: header but no rows")
     cols: Dict[str, list] = {h: [] for h in header}
+    bad: Dict[str, str] = {}
     for ln, r in enumerate(rows, 2):
         if len(r) != len(header):
             raise FitError(f"{path}:{ln}: {len(r)} fields, header has {len(header)}")
@@ -215,8 +236,9 @@ def read_csv(path: str) -> Dict[str, np.ndarray]:
             try:
                 cols[h].append(float(v) if v else math.nan)
             except ValueError:
-                raise FitError(f"{path}:{ln}: column {h!r} value {v!r} is not a number") from None
-    return {h: np.array(v) for h, v in cols.items()}
+                bad.setdefault(h, f"{path}:{ln}: column {h!r} value {v!r} is not a number")
+                cols[h].append(math.nan)
+    return {h: (NonNumericColumn(bad[h], len(v)) if h in bad else np.array(v)) for h, v in cols.items()}
 
 
 def smooth(v: np.ndarray, frac: float = 0.02) -> np.ndarray:

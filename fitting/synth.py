@@ -17,6 +17,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from flopscale.fileio import atomic_write, atomic_write_json
+
 from .laws import LAWS, PAPER, b_crit
 
 
@@ -74,12 +76,11 @@ def write_run(path: str, N: float, batch_seqs: int = 64, steps: int = 1000, n_ct
                      "max_tokens": n_train_tokens, "eval_every": eval_every},
            "N": int(N) if N_exact else 2 * model["d_model"] * model["n_layer"] * 6 * model["d_model"],
            "data": {"n_train_tokens": n_train_tokens, "source": "synthetic"}}
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(cfg, f)
+    atomic_write_json(os.path.join(path, "config.json"), cfg)
     S = np.arange(log_every, steps + 1, log_every, dtype=float)
     tokens = S * B
     L = curve_loss(N, S, B, ns, bcrit, use_bcrit)
-    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+    with atomic_write(os.path.join(path, "metrics.jsonl"), "w") as f:
         for s, t, l in zip(S, tokens, L):
             s = int(s)
             # evaluate at the first logged step past each multiple of eval_every

@@ -14,7 +14,8 @@ import pytest
 from flopscale.fitting.batch import bcrit_from_pairs, gns_points, se_points, steps_to_loss
 from flopscale.fitting.fit import fit
 from flopscale.fitting.frontier import frontier, lower_envelope
-from flopscale.fitting.runs import load_runs
+from flopscale.fitting.isoflop import fit_isoflop
+from flopscale.fitting.runs import load_runs, run_points
 from flopscale.fitting.synth import write_run
 
 aN, aS = 0.077, 0.76
@@ -44,10 +45,11 @@ def test_isoflop(tmp_path):
             S = int(C / (6 * N * 32 * 128))
             write_run(str(tmp_path / f"c{j}n{i}"), N=N, batch_seqs=32, steps=S, log_every=max(1, S // 50),
                       eval_every=max(1, S // 5), use_bcrit=False, seed=i)
-    iso = frontier(load_runs([str(tmp_path)]), point="final", n_boot=0)["isoflop"]
+    pts = run_points(load_runs([str(tmp_path)]), "final", tokens_seen=True)
+    iso = fit_isoflop({k: pts[k] for k in ("N", "C", "loss", "D")}, n_boot=0)
     assert len(iso["slices"]) == 3 and all("N_opt" in s and "note" not in s for s in iso["slices"])
-    print(f"\nisoFLOP N_opt exponent {iso['N_opt']['exponent']:.4f} (truth {N_EXP:.4f})")
-    assert abs(iso["N_opt"]["exponent"] - N_EXP) < 0.02
+    print(f"\nisoFLOP N_opt exponent {iso['params']['a']:.4f} (truth {N_EXP:.4f})")
+    assert abs(iso["params"]["a"] - N_EXP) < 0.02
 
 
 def test_bcrit_from_two_batch_sizes_exact():

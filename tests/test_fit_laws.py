@@ -14,7 +14,11 @@ RNG = np.random.default_rng(0)
 
 def _inputs(law):
     ranges = {"N": (1e6, 1e10), "D": (1e8, 1e12), "C": (1e15, 1e21), "S": (1e3, 1e5), "loss": (2.0, 5.0)}
-    return {k: np.exp(RNG.uniform(*np.log(ranges[k]), size=17)) for k in LAWS[law].inputs}
+    cols = {k: np.exp(RNG.uniform(*np.log(ranges[k]), size=17)) for k in LAWS[law].inputs if k != "U"}
+    if "U" in LAWS[law].inputs:
+        # unique tokens: 1 to 60 epochs, a few single-epoch points; both sides of the U_N kink occur
+        cols["U"] = cols["D"] / np.where(np.arange(17) < 4, 1.0, np.exp(RNG.uniform(0, np.log(60), 17)))
+    return cols
 
 
 def test_formulas_at_paper_constants():

@@ -1,0 +1,289 @@
+"""The function behind `flopscale fit`: plan which laws the inputs support, fit them, report.
+
+    from flopscale.fitting import fit_and_report
+    fits = fit_and_report(["sweeps/s/runs"], out="sweeps/s/report", n_boot=200)   # fits.json content
+    fits = fit_and_report(csv="isoflops.csv", laws="isoflop", fix="a=0.5")
+
+fitting/cli.py is the argparse layer over it (flag names are the CLI contract of DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .fit import HUBER_DELTA, N_BOOT, FitError, check_fix, check_points, fit, parse_fix
+from .isoflop import PARAMS as ISOFLOP_PARAMS, TOL_DEX, WINDOW_DEX, fit_isoflop
+from .laws import LAWS
+
+AUTO_FROM_CSV = ("n", "d", "c", "nd", "ns", "chinchilla", "data-constrained", "isoflop")
+ALL_LAWS = tuple(LAWS) + ("isoflop",)
+C_BASED = ("c", "isoflop")          # laws whose input is the compute C
+COMPUTE = {"nonembedding": "flops", "all": "flops_total"}  # --compute -> metrics.jsonl key
+
+
+def _parse_laws(spec) -> Optional[List[str]]:
+    if spec is None or spec in ("auto", ""):
+        return None
+    laws = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    for l in laws:
+        if l not in ALL_LAWS:
+            raise FitError(f"unknown law {l!r}; choose one of {', '.join(ALL_LAWS)} (or auto)")
+    return laws
+
+
+def _law_params(law: str):
+    return ISOFLOP_PARAMS if law == "isoflop" else LAWS[law].params
+
+
+def _fix_for(law: str, fixed: Dict[str, float], explicit: bool) -> Optional[Dict[str, float]]:
+    """The fixed values that apply to a law: all of them, or None (auto: the law is skipped)."""
+    if not fixed:
+        return {}
+    names = _law_params(law)
+    if all(k in names for k in fixed):
+        if law != "isoflop":
+            check_fix(LAWS[law], dict(fixed))
+        return dict(fixed)
+    if explicit:
+        bad = [k for k in fixed if k not in names][0]
+        raise FitError(f"--fix {bad}: not a parameter of law {law!r} (its parameters: {', '.join(names)})")
+    return None
+
+
+def _enough_for_auto(law: str, cols, n_fixed: int = 0) -> None:
+    """auto mode fits a law only where it is testable: >= 3 distinct values of each scale input
+    and at least one point more than parameters (an explicit --law fits anyway, with warnings)."""
+    L = LAWS[law]
+    for k in L.inputs:
+        if k not in ("loss", "U") and np.unique(cols[k]).size < 3:
+            raise FitError(f"{np.unique(cols[k]).size} distinct value(s) of {k}, auto needs 3")
+    if len(cols[L.target]) <= L.n_params - n_fixed:
+        raise FitError(f"{len(cols[L.target])} points for {L.n_params - n_fixed} free parameters")
+    if law == "data-constrained" and not (np.asarray(cols["D"], float) > np.asarray(cols["U"], float) * (1 + 1e-9)).any():
+        raise FitError("no point repeats its data (D <= U everywhere)")
+
+
+def _item(law, cols, source, name="", compute=None, fix=None):
+    return {"law": law, "cols": cols, "source": source, "name": name or law, "compute": compute, "fix": fix or {}}
+
+
+def _plan_csv(path: str, laws: Optional[List[str]], fixed, compute):
+    from .runs import best_per, read_csv
+
+    cols = read_csv(path)
+    plan, skipped = [], {}
+    for law in laws or AUTO_FROM_CSV:
+        fx = _fix_for(law, fixed, laws is not None)
+        if fx is None:
+            skipped[law] = "--fix names are not its parameters"
+            continue
+        conv = compute if law in C_BASED else None
+        if law == "isoflop":
+            if laws is None and not all(k in cols for k in ("N", "C", "loss")):
+                continue
+            c = {k: cols[k] for k in ("N", "C", "loss", "D") if k in cols}
+            plan.append(_item(law, c, path, compute=conv, fix=fx))
+            continue
+        L = LAWS[law]
+        need = list(L.inputs) + [L.target]
+        if laws is None and not all(k in cols for k in need):
+            continue  # auto: only the laws whose columns are present
+        c = {k: cols[k] for k in need if k in cols}
+        if laws is None:
+            check_points(law, c, len(fx))
+            try:
+                _enough_for_auto(law, c, len(fx))
+            except FitError as e:
+                skipped[law] = str(e)
+                continue
+        # L(N) (L(D)) from a table that also varies D (N): the best loss per N (D), as for runs
+        other = {"n": "D", "d": "N"}.get(law)
+        if other and other in cols and not hasattr(cols[other], "message") and np.unique(cols[other]).size > 1 \
+                and len(c) == len(need):
+            check_points(law, c, len(fx))  # report bad values before the selection could hide them
+            plan.append(_item(law, best_per(c, L.inputs[0]), f"{path}: lowest loss per {L.inputs[0]}", compute=conv,
+                              fix=fx))
+        else:
+            plan.append(_item(law, c, path, compute=conv, fix=fx))
+    if laws is None and "isoflop" in [p["law"] for p in plan]:
+        # auto: isoflop only where the table holds slices (several sizes at several budgets)
+        from .isoflop import group_slices
+        it = [p for p in plan if p["law"] == "isoflop"][0]
+        try:
+            from .isoflop import check_isoflop_points
+            C = check_isoflop_points(it["cols"])["C"]
+            ok = sum(g.size >= 3 for g in group_slices(C)) >= 3
+        except FitError as e:
+            ok, skipped["isoflop"] = False, str(e)
+        if not ok:
+            plan.remove(it)
+            skipped.setdefault("isoflop", "fewer than 3 budgets with 3 or more points")
+    return plan, skipped, {"csv": path}
+
+
+def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: int, seed: int, fixed, compute,
+               slice_tol: float):
+    from . import batch as B
+    from .frontier import frontier, run_curve
+    from .runs import best_per, curve_points, load_runs, run_points
+
+    runs = load_runs(paths)
+    pts = run_points(runs, point)
+    want = laws or list(ALL_LAWS)
+    plan, skipped, extra = [], {}, {"runs": [r.path for r in runs]}
+    src = f"{len(runs)} runs, {point} val_loss per run"
+    convs = [compute] + [c for c in COMPUTE if c != compute]
+    have_total = all(np.isfinite(r.flops_total).any() for r in runs)
+
+    def add(law, cols, source, name="", conv=None):
+        fx = _fix_for(law, fixed, laws is not None)
+        if fx is None:
+            skipped[name or law] = "--fix names are not its parameters"
+            return
+        try:
+            if law == "isoflop":
+                from .isoflop import check_isoflop_points, group_slices
+                C = check_isoflop_points(cols)["C"]
+                if laws is None and sum(g.size >= 3 for g in group_slices(C, slice_tol)) < 3:
+                    raise FitError("fewer than 3 budgets with 3 or more runs")
+            else:
+                check_points(law, cols, len(fx))
+                if laws is None:
+                    _enough_for_auto(law, cols, len(fx))
+        except FitError as e:
+            if laws is not None and (conv in (None, compute)):
+                raise FitError(f"law {law!r} from runs: {e}") from None
+            skipped[name or law] = str(e)
+            return
+        plan.append(_item(law, cols, source, name, conv, fx))
+
+    if "n" in want:
+        add("n", best_per(pts, "N"), f"{src}, lowest per N")
+    if "d" in want:
+        add("d", best_per(pts, "D"), f"{src}, lowest per D (D = unique tokens seen)")
+    if "nd" in want:
+        add("nd", pts, src)
+    if "chinchilla" in want:
+        add("chinchilla", pts, src)
+    if "data-constrained" in want:
+        dc = run_points(runs, point, tokens_seen=True)
+        add("data-constrained", {k: dc[k] for k in ("N", "D", "U", "loss")}, f"{src}; D tokens seen, U unique tokens "
+            "(the run's data cap, or its corpus size)")
+    if "bcrit" in want or "ns" in want:
+        g = B.gns_points(runs)
+        se = B.se_points(runs)
+        extra["batch"] = {"gns_points": int(g["B"].size), "se_points": int(se["points"]["B"].size),
+                          "se_detail": se["detail"]}
+        if g["B"].size:
+            add("bcrit", g, "logged grad_noise_scale (tokens) against smoothed train loss")
+        if se["points"]["B"].size:
+            add("bcrit", se["points"], "B_crit from steps and tokens to reach a loss at several batch sizes",
+                name="bcrit_se")
+        if not g["B"].size and not se["points"]["B"].size:
+            skipped["bcrit"] = "no grad_noise_scale logged and no runs differing only in batch size"
+            if laws is not None and "bcrit" in laws:
+                raise FitError("law 'bcrit' from runs: no grad_noise_scale logged and no runs differing only in batch size")
+    if "ns" in want:
+        cp = curve_points(runs)
+        source = "every evaluation past 20% of each run"
+        have_bcrit = [p for p in plan if p["law"] == "bcrit"]
+        if have_bcrit:
+            # S -> S_min with the B_crit(L) measured here (paper eq. 5.4)
+            bc = fit("bcrit", have_bcrit[0]["cols"], n_boot=0, holdout=False)["params"]
+            from .laws import b_crit, s_min
+            cp = dict(cp, S=s_min(cp["S"], cp["B"], b_crit(cp["loss"], **bc)))
+            source += ", S converted to S_min with the fitted B_crit(L)"
+        else:
+            source += ", S as run (no B_crit available to convert to S_min)"
+        add("ns", {k: cp[k] for k in ("N", "S", "loss")}, source)
+    extra["frontiers"] = {}
+    for conv in convs:
+        sfx = "" if conv == compute else f"_{conv}"
+        if conv != compute and not have_total:
+            for law in C_BASED:
+                if law in want:
+                    skipped[law + sfx] = "runs without flops_total in metrics.jsonl"
+            continue
+        if "c" in want:
+            fr = None
+            try:
+                fr = frontier(runs, point=point, n_boot=n_boot, seed=seed, compute=conv)
+            except FitError as e:
+                if laws is not None and conv == compute:
+                    raise
+                skipped["c" + sfx] = str(e)
+            if fr is not None:
+                env = fr["envelope"]
+                add("c", {"C": np.array(env["C"]), "loss": np.array(env["loss"])},
+                    f"lower envelope of the loss curves (compute frontier), C = {conv}", name="c" + sfx, conv=conv)
+                extra["frontiers"][conv] = fr
+                if conv == compute:
+                    extra["frontier_curves"] = [c for c in (run_curve(r, compute=conv) for r in runs) if c is not None]
+        if "isoflop" in want:
+            ip = run_points(runs, point, compute=conv, tokens_seen=True)
+            add("isoflop", {k: ip[k] for k in ("N", "C", "loss", "D")},
+                f"{src} (one point per run, slices by its C = {conv})", name="isoflop" + sfx, conv=conv)
+    # keep the order of the laws for the report
+    order = {k: i for i, k in enumerate(ALL_LAWS)}
+    plan.sort(key=lambda p: order[p["law"]])
+    return plan, skipped, extra
+
+
+def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_boot: int = N_BOOT, seed: int = 0,
+                   compute: str = "nonembedding", fix=None, quiet: bool = True, csv: Optional[str] = None,
+                   huber_delta: float = HUBER_DELTA, grid: str = "full", slice_tol: float = TOL_DEX,
+                   slice_window: float = WINDOW_DEX) -> dict:
+    """Fit runs (paths: run or sweep directories) or a table (csv=FILE); returns the fits.json
+    content ({"inputs", "fits": [...], "skipped", ...}) and, with out=REPORT_DIR, writes fits.json,
+    one PNG per fit and report.md there. laws: None (auto), a list or a comma string; fix: a dict or
+    "NAME=VALUE,..."; compute: "nonembedding" or "all". Bad input raises FitError (one line)."""
+    from .report import FitEntry, build_payload, print_summary, write_report
+
+    laws = _parse_laws(laws)
+    fixed = parse_fix(fix)
+    paths = [str(p) for p in (paths or [])]
+    if csv and paths:
+        raise FitError("give run/sweep directories or --csv FILE, not both")
+    if not csv and not paths:
+        raise FitError("nothing to fit: give run or sweep directories, or --csv FILE")
+    if n_boot < 0:
+        raise FitError(f"--n-boot must be >= 0, got {n_boot}")
+    if not huber_delta > 0:
+        raise FitError(f"--huber-delta must be positive, got {huber_delta}")
+    if compute not in COMPUTE:
+        raise FitError(f"--compute must be one of {', '.join(COMPUTE)}, got {compute!r}")
+    if csv:
+        plan, skipped, extra = _plan_csv(str(csv), laws, fixed, compute)
+        inputs = f"CSV {csv}"
+    else:
+        plan, skipped, extra = _plan_runs(paths, laws, point, n_boot, seed, fixed, compute, slice_tol)
+        inputs = f"{len(extra['runs'])} run directories under {', '.join(paths)}"
+    if not plan:
+        why = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no law's columns are present"
+        raise FitError(f"no law could be fitted ({why})")
+
+    entries = []
+    for it in plan:
+        law, cols = it["law"], it["cols"]
+        if law == "isoflop":
+            res, boot = fit_isoflop(cols, tol_dex=slice_tol, window_dex=slice_window, n_boot=n_boot, seed=seed,
+                                    fix=it["fix"], return_boot=True)
+            used = cols
+        else:
+            res, boot = fit(law, cols, delta=huber_delta, n_boot=n_boot, seed=seed, grid=grid, return_boot=True,
+                            fix=it["fix"])
+            used = check_points(law, cols, len(it["fix"]))
+        if it["compute"]:
+            res["compute"] = it["compute"]
+            if csv:
+                res["compute_source"] = "CSV column C, in the convention declared by --compute"
+        entries.append(FitEntry(res, boot, used, source=str(it["source"]), name=it["name"]))
+    payload = build_payload(entries, frontiers=extra.get("frontiers"), compute=compute, batch=extra.get("batch"),
+                            inputs=inputs, skipped=skipped)
+    if out:
+        write_report(str(out), entries, payload, frontier_curves=extra.get("frontier_curves"))
+    if not quiet:
+        print_summary(entries, skipped, out)
+    return payload
