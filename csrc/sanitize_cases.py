@@ -3,16 +3,16 @@
     compute-sanitizer --tool memcheck python csrc/sanitize_cases.py all
     compute-sanitizer --tool racecheck python csrc/sanitize_cases.py attention
 
-Attention runs twice: through the backend (the kernels kernel=0 picks: wgmma on sm_90a) and
-straight through flopscale._C with kernel=1 (mma.sync, what every other GPU runs).  The lab's
-variants are sanitized as lab programs: `compute-sanitizer /tmp/fs_dev_attention_forward 7 check`.
+Each case runs under both choices of the cuda backend's options: the defaults (attention "auto":
+wgmma on sm_90a; ffn_backward "split") and the others (attention "mma_sync", what every other
+GPU runs; ffn_backward "lt_epilogues").  The lab's variants are sanitized as lab programs, e.g.
+`compute-sanitizer --tool memcheck /tmp/fs_dev/attention_forward 7 check` (bench/gpu_all.sh).
 """
 import sys
 import torch
-from flopscale import _C
 from flopscale.kernels import get_backend
 
-ops = get_backend("cuda")
+OPTIONS = (None, {"attention": "mma_sync", "ffn_backward": "lt_epilogues"})
 which = sys.argv[1] if len(sys.argv) > 1 else "all"
 dev, bf = "cuda", torch.bfloat16
 torch.manual_seed(0)
@@ -20,10 +20,11 @@ if which in ("all", "attention"):
     for D in (64, 128):
         for causal in (True, False):
             q, k, v = (torch.randn(1, 2, 45, D, device=dev, dtype=bf, requires_grad=True) for _ in range(3))
-            ops.attention(q, k, v, causal).backward(torch.randn(1, 2, 45, D, device=dev, dtype=bf))
-            o, lse = _C.attention_fwd(q.detach(), k.detach(), v.detach(), causal, 1)  # 1: mma.sync
-            _C.attention_bwd(torch.randn_like(o), q.detach(), k.detach(), v.detach(), o, lse, causal, 1)
+            for opts in OPTIONS:
+                ops = get_backend("cuda", opts)
+                ops.attention(q, k, v, causal).backward(torch.randn(1, 2, 45, D, device=dev, dtype=bf))
 if which == "all":
+    ops = get_backend("cuda")
     x = torch.randn(37, 200, device=dev, dtype=bf, requires_grad=True)
     r = torch.randn(37, 200, device=dev, dtype=bf, requires_grad=True)
     w = torch.randn(200, device=dev, dtype=bf, requires_grad=True)
@@ -44,9 +45,7 @@ if which == "all":
         ops.layer_norm(xw.detach(), ww, bw, 1e-5).float().sum().backward()
     xf = torch.randn(37, 64, device=dev, dtype=bf, requires_grad=True)
     params = [torch.randn(*s, device=dev, dtype=bf, requires_grad=True) for s in ((256, 64), (256,), (64, 256), (64,))]
-    ops.feedforward(xf, *params).float().sum().backward()
-    # the other feedforward backward (cuBLASLt's DGELU_BGRAD / BGRADB epilogues), straight through _C
-    y, h_pre, h = _C.ffn_fwd(xf.detach(), *(p.detach() for p in params))
-    _C.ffn_bwd(torch.randn_like(y), xf.detach(), params[0].detach(), params[2].detach(), h_pre, h, True)
+    for opts in OPTIONS:
+        get_backend("cuda", opts).feedforward(xf, *params).float().sum().backward()
 torch.cuda.synchronize()
 print("sanitizer cases done:", which)
