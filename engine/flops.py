@@ -2,8 +2,10 @@
 
 Convention everywhere in this file: **FLOPs, a multiply-add counts 2** (a matmul of (M, K) by
 (K, N) is 2*M*N*K FLOPs).  Element-wise ops count one FLOP per arithmetic operation, with a
-transcendental (exp, tanh, sqrt, rsqrt, log) counted as 1; the per-element constants below say
-how each is derived.
+transcendental (exp, tanh, sqrt, rsqrt, log) counted as 1.  The per-op formulas and the
+per-element constants of the extra rows (LN_*, SOFTMAX_*, GELU_*, ...), each derived in a
+comment, live a layer down in kernels/flop_counts.py, where the kernels book from them; this
+module re-exports them (``fl.softmax_flops``, ``fl.LN_FWD``).
 
 Three views of the same run (DESIGN.md, "FLOP accounting"):
 
@@ -17,8 +19,10 @@ Three views of the same run (DESIGN.md, "FLOP accounting"):
                 used for fitting.
 * ``executed``: what the backend's kernels really computed (full T x T scores in the eager
                 reference, whole tiles on the causal diagonal and recompute in a flash-style
-                backward).  Each backend reports it through ``Backend.executed``; ops it does
-                not override equal the model view.
+                backward).  Ops in the backend's ``books`` book it from each launch, with the
+                tile autotune picked (kernels/accounting.py; the ledger is a sink there);
+                the others take ``Backend.executed(op, **shape)`` or, failing that, the model
+                view, precomputed per shape with the other two views.
 
 Rows: the paper's Table 1 rows, then extra rows kept apart.  ``non-embedding`` rows are the
 paper's C (attention_qkv, attention_mask, attention_project, feedforward).
@@ -30,63 +34,20 @@ import threading
 
 import torch
 
+from flopscale.kernels import accounting
+from flopscale.kernels.flop_counts import (  # re-exported (__all__): fl.LN_FWD, fl.softmax_flops, ...
+    ADAMW_DECAY_PER_PARAM, ADAMW_PER_PARAM, BIAS_BWD, BIAS_FWD, CLIP_PER_PARAM, GELU_BWD, GELU_FWD,
+    LN_BWD, LN_BWD_PER_ROW, LN_FWD, LN_FWD_PER_ROW, LOSS_BWD, LOSS_BWD_PER_ROW, LOSS_FWD,
+    LOSS_FWD_PER_ROW, RESIDUAL_BWD, RESIDUAL_FWD, SOFTMAX_BWD, SOFTMAX_FWD, SOFTMAX_FWD_PER_ROW,
+    attention_op_model, bias_flops, causal_attention_flops, causal_tile_pairs, feedforward_op_model,
+    gelu_flops, layernorm_flops, linear_flops, loss_flops, optimizer_flops, residual_flops,
+    softmax_flops)
+
 TABLE1_ROWS = ("embed", "attention_qkv", "attention_mask", "attention_project", "feedforward", "deembed")
 NONEMBEDDING_ROWS = ("attention_qkv", "attention_mask", "attention_project", "feedforward")
 EXTRA_ROWS = ("layernorm", "softmax", "gelu", "bias", "residual", "loss", "optimizer")
 ROWS = TABLE1_ROWS + EXTRA_ROWS
 VIEWS = ("paper", "model", "executed")
-
-# ---------------------------------------------------------------------------------------------
-# Per-element constants of the extra rows (FLOPs per element unless "PER_ROW").
-# ---------------------------------------------------------------------------------------------
-# LayerNorm forward, per element: mean (1 add), x - mean (1 sub), square (1 mul), variance
-# sum (1 add), multiply by rstd (1 mul), affine w*xhat + b (1 mul + 1 add) = 7.
-# Per row: mean /C, var /C, + eps, rsqrt = 4.
-LN_FWD = 7
-LN_FWD_PER_ROW = 4
-# LayerNorm backward, per element (xhat kept from forward): dxhat = dy*w (1), dW += dy*xhat
-# (2), dB += dy (1), sum(xhat*dxhat) (2), sum(dxhat) (1), dx = (dxhat - xhat*c1 - c2) * rstd
-# (mul, sub, sub, mul = 4) = 11.  Per row: c1 /C, c2 /C = 2.
-LN_BWD = 11
-LN_BWD_PER_ROW = 2
-# Softmax forward over attention scores, per score element: scale by 1/sqrt(D) (1 mul), row
-# max (1 cmp), subtract max (1), exp (1), row sum (1 add), normalise (1 mul by 1/sum) = 6.
-# Per row: the reciprocal of the sum = 1.
-SOFTMAX_FWD = 6
-SOFTMAX_FWD_PER_ROW = 1
-# Softmax backward, per element: dP*P (1 mul), row sum of it (1 add), dP - sum (1 sub),
-# times P (1 mul), times the scale (1 mul) = 5.
-SOFTMAX_BWD = 5
-# GELU (tanh approximation) forward, per element: x*x*x (2 mul), 0.044715*x^3 (1 mul), + x (1),
-# * sqrt(2/pi) (1 mul), tanh (1), 1 + t (1), x * (1 + t) (1 mul), * 0.5 (1 mul) = 9.
-GELU_FWD = 9
-# GELU backward, per element: recompute u and t = tanh(u) (x*x, *x, *a, +x, *c, tanh = 6);
-# 0.5*(1+t) (2); 1 - t*t (2); 1 + 3a*x^2 (2, x^2 reused); * c (1); * (1 - t^2) (1);
-# * 0.5*x (2); sum of the two terms (1); * dy (1) = 6 + 13 = 19.
-GELU_BWD = 19
-# Bias: forward 1 add per output element; backward the column sum, 1 add per element.
-BIAS_FWD = 1
-BIAS_BWD = 1
-# Residual add: forward 1 add per element; backward, where the skip and the branch gradients
-# meet, 1 add per element.
-RESIDUAL_FWD = 1
-RESIDUAL_BWD = 1
-# Cross-entropy over the vocabulary, per logit: max (1 cmp), subtract (1), exp (1), sum (1) = 4.
-# Per row: log of the sum (1), + max (1), - the target logit (1), add into the mean (1) = 4.
-LOSS_FWD = 4
-LOSS_FWD_PER_ROW = 4
-# Backward per logit: recompute p = exp(x - lse) (2), scale by 1/n_rows (1) = 3.
-# Per row: subtract 1 at the target (1).
-LOSS_BWD = 3
-LOSS_BWD_PER_ROW = 1
-# AdamW, per parameter and step: m = b1*m + (1-b1)*g (3); v = b2*v + (1-b2)*g*g (4);
-# m/bc1 (1), v/bc2 (1), sqrt (1), + eps (1), divide (1), * lr (1), p - update (1) = 14.
-# Decoupled weight decay p *= (1 - lr*wd): 1 more on decayed parameters.
-ADAMW_PER_PARAM = 14
-ADAMW_DECAY_PER_PARAM = 1
-# Gradient clipping by global norm, per parameter: square (1), add into the norm (1), scale
-# by the clip coefficient (1) = 3.  (The scale is applied whether or not it clips.)
-CLIP_PER_PARAM = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,71 +94,13 @@ def forward_flops_per_token(cfg) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Exact per-op counts for the shapes that ran.  Each returns {row: (fwd, bwd)}.
-# ---------------------------------------------------------------------------------------------
-def linear_flops(rows: int, d_in: int, d_out: int) -> tuple:
-    """(fwd, bwd) of y = x W^T for x (rows, d_in): fwd 2*rows*d_in*d_out; bwd dX + dW = 2x."""
-    f = 2 * rows * d_in * d_out
-    return f, 2 * f
-
-
-def causal_attention_flops(B: int, H: int, T: int, d_head: int) -> tuple:
-    """Model-view (fwd, bwd) of causal QK^T and AV: 2*T*(T+1)*d_head per (b, h) forward."""
-    f = 2 * B * H * T * (T + 1) * d_head
-    return f, 2 * f
-
-
-def layernorm_flops(rows: int, C: int) -> tuple:
-    return LN_FWD * rows * C + LN_FWD_PER_ROW * rows, LN_BWD * rows * C + LN_BWD_PER_ROW * rows
-
-
-def softmax_flops(rows: int, elems: int) -> tuple:
-    return SOFTMAX_FWD * elems + SOFTMAX_FWD_PER_ROW * rows, SOFTMAX_BWD * elems
-
-
-def gelu_flops(elems: int) -> tuple:
-    return GELU_FWD * elems, GELU_BWD * elems
-
-
-def bias_flops(elems: int) -> tuple:
-    return BIAS_FWD * elems, BIAS_BWD * elems
-
-
-def residual_flops(elems: int) -> tuple:
-    return RESIDUAL_FWD * elems, RESIDUAL_BWD * elems
-
-
-def loss_flops(rows: int, V: int) -> tuple:
-    return (LOSS_FWD * rows * V + LOSS_FWD_PER_ROW * rows,
-            LOSS_BWD * rows * V + LOSS_BWD_PER_ROW * rows)
-
-
-def optimizer_flops(n_params: int, n_decayed: int, clip: bool) -> int:
-    return ADAMW_PER_PARAM * n_params + ADAMW_DECAY_PER_PARAM * n_decayed + (CLIP_PER_PARAM * n_params if clip else 0)
-
-
-def attention_op_model(B: int, H: int, T: int, d_head: int) -> dict:
-    """Model view of the attention op: the causal matmuls and the causal softmax."""
-    causal_elems = B * H * T * (T + 1) // 2
-    return {
-        "attention_mask": causal_attention_flops(B, H, T, d_head),
-        "softmax": softmax_flops(B * H * T, causal_elems),
-    }
-
-
-def feedforward_op_model(rows: int, d_model: int, d_ff: int) -> dict:
-    f1, b1 = linear_flops(rows, d_model, d_ff)
-    f2, b2 = linear_flops(rows, d_ff, d_model)
-    bf, bb = bias_flops(rows * (d_ff + d_model))
-    return {"feedforward": (f1 + f2, b1 + b2), "gelu": gelu_flops(rows * d_ff), "bias": (bf, bb)}
-
-
-# ---------------------------------------------------------------------------------------------
 # The model's ops for one (B, T) batch, and how often each runs in a forward pass.
 # ---------------------------------------------------------------------------------------------
-def op_counts(cfg, B: int, T: int, executed=None) -> dict:
+def op_counts(cfg, B: int, T: int, executed=None, booked=frozenset()) -> dict:
     """{op: {view: {row: (fwd, bwd)}}} for each op of the GPT (engine/model.py) on a (B, T)
-    batch.  ``executed(op, **shape)`` is the backend's override of the model view, or None."""
+    batch.  ``executed(op, **shape)`` is the backend's override of the model view, or None;
+    ``booked``: the backend ops ("layernorm", "attention", "feedforward") whose launches book
+    the executed view themselves (``Backend.books``), left empty here."""
     d, da, dff, V, H = cfg.d_model, cfg.d_attn, cfg.d_ff, cfg.n_vocab, cfg.n_heads
     Dh, BT = da // H, B * T
     per_tok = table1_forward_flops_per_token(cfg)
@@ -207,6 +110,8 @@ def op_counts(cfg, B: int, T: int, executed=None) -> dict:
         return {row: (f, 2 * f)}  # the paper's training = 3 x forward
 
     def with_exec(model_rows, op, **shape):
+        if op in booked:
+            return {"model": model_rows, "executed": {}}
         ex = executed(op, **shape) if executed else None
         return {"model": model_rows, "executed": {**model_rows, **ex} if ex else model_rows}
 
@@ -240,11 +145,12 @@ def op_multiplicity(cfg) -> dict:
     return {"embed": 1, "ln": 1, "add_ln": 2 * L, "qkv": L, "attn": L, "proj": L, "ffn": L, "deembed": 1, "loss": 1}
 
 
-def expected_rows(cfg, B: int, T: int, view: str = "model", executed=None) -> dict:
+def expected_rows(cfg, B: int, T: int, view: str = "model", executed=None, booked=frozenset()) -> dict:
     """{row: (fwd, bwd)} of one forward+backward of the GPT on a (B, T) batch, from
-    ``op_counts`` times ``op_multiplicity`` (no optimizer step)."""
+    ``op_counts`` times ``op_multiplicity`` (no optimizer step); in the executed view, without
+    what the ``booked`` ops' launches add."""
     out = {r: [0, 0] for r in ROWS}
-    counts = op_counts(cfg, B, T, executed)
+    counts = op_counts(cfg, B, T, executed, booked)
     for op, k in op_multiplicity(cfg).items():
         rows = counts[op].get(view, counts[op]["model"] if view == "executed" else {})
         for row, (f, b) in rows.items():
@@ -256,24 +162,28 @@ def expected_rows(cfg, B: int, T: int, view: str = "model", executed=None) -> di
 # ---------------------------------------------------------------------------------------------
 # The ledger.
 # ---------------------------------------------------------------------------------------------
-_local = threading.local()
+_local = threading.local()  # the backward bookings ``record`` holds until ``record_backward``
 
 
 def active_ledgers() -> tuple:
-    """The ledgers open on this thread (innermost last)."""
-    return getattr(_local, "stack", ())
+    """The ledgers open on this thread (innermost last): kernels/accounting.py's sink stack,
+    which every open FlopLedger is on (and only ledgers are)."""
+    return accounting.active_sinks()
 
 
 # Every (view, row) cell has a slot in two flat lists (forward, backward): ``record`` runs once
 # per op per pass, and a list index is the cheapest add Python has.
 _SLOT = {(v, r): i for i, (v, r) in enumerate((v, r) for v in VIEWS for r in ROWS)}
+_EXECUTED = {r: _SLOT[("executed", r)] for r in ROWS}  # the slots a launch books into
 
 
 class FlopLedger:
     """Counts the FLOPs of every op that runs inside ``with FlopLedger() as ledger:``.
 
-    Ops report through :func:`record`: forward counts when they run, backward counts when
-    autograd really runs their backward.  Counts are Python ints (exact, no overflow).
+    Ops report through :func:`record` (the views precomputed per shape): forward counts when
+    they run, backward counts when autograd really runs their backward.  Kernels book the
+    executed view of their launches through ``book_executed``: the ledger is a sink of
+    kernels/accounting.py while it is open.  Counts are Python ints (exact, no overflow).
     """
 
     def __init__(self):
@@ -283,11 +193,11 @@ class FlopLedger:
     # -- context -------------------------------------------------------------------------
     # The stack is a tuple, replaced on enter and exit, so ``record`` reads it without a copy.
     def __enter__(self):
-        _local.stack = active_ledgers() + (self,)
+        accounting.push(self)
         return self
 
     def __exit__(self, *exc):
-        _local.stack = tuple(led for led in active_ledgers() if led is not self)
+        accounting.pop(self)
         return False
 
     # -- recording -----------------------------------------------------------------------
@@ -295,6 +205,12 @@ class FlopLedger:
         i = _SLOT[(view, row)]
         self._fwd[i] += int(fwd)
         self._bwd[i] += int(bwd)
+
+    def book_executed(self, rows, backward: bool = False) -> None:
+        """A kernel launch's executed FLOPs, ((row, FLOPs), ...) (kernels/accounting.py)."""
+        c = self._bwd if backward else self._fwd
+        for row, f in rows:
+            c[_EXECUTED[row]] += f
 
     def merge(self, other: "FlopLedger", scale: int = 1) -> None:
         for i in range(len(_SLOT)):
@@ -371,7 +287,7 @@ def record(out: torch.Tensor, counts) -> torch.Tensor:
     one per op: a tap costs ~15 us of autograd bookkeeping, over 1% of a small model's step.)
     Views missing from ``counts`` get nothing; ``executed`` defaults to ``model``.
     """
-    ledgers = getattr(_local, "stack", ())
+    ledgers = accounting.active_sinks()
     if not ledgers:
         return out
     bookings = counts if type(counts) is tuple else compile_counts(counts)
@@ -402,3 +318,17 @@ def record_step(counts) -> None:
         for i, f, b in compile_counts(counts):
             led._fwd[i] += f
             led._bwd[i] += b
+
+# The module's API, the formulas it re-exports from kernels/flop_counts.py included.
+__all__ = [
+    "TABLE1_ROWS", "NONEMBEDDING_ROWS", "EXTRA_ROWS", "ROWS", "VIEWS", "table1_params",
+    "table1_forward_flops_per_token", "non_embedding_params", "forward_flops_per_token",
+    "op_counts", "op_multiplicity", "expected_rows", "active_ledgers", "FlopLedger",
+    "compile_counts", "record", "record_backward", "record_step", "ADAMW_DECAY_PER_PARAM",
+    "ADAMW_PER_PARAM", "BIAS_BWD", "BIAS_FWD", "CLIP_PER_PARAM", "GELU_BWD", "GELU_FWD", "LN_BWD",
+    "LN_BWD_PER_ROW", "LN_FWD", "LN_FWD_PER_ROW", "LOSS_BWD", "LOSS_BWD_PER_ROW", "LOSS_FWD",
+    "LOSS_FWD_PER_ROW", "RESIDUAL_BWD", "RESIDUAL_FWD", "SOFTMAX_BWD", "SOFTMAX_FWD",
+    "SOFTMAX_FWD_PER_ROW", "attention_op_model", "bias_flops", "causal_attention_flops",
+    "causal_tile_pairs", "feedforward_op_model", "gelu_flops", "layernorm_flops", "linear_flops",
+    "loss_flops", "optimizer_flops", "residual_flops", "softmax_flops",
+]

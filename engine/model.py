@@ -52,11 +52,13 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: str = "torch"):
+    def __init__(self, cfg: ModelConfig, backend: str = "torch", kernel_options: dict | None = None):
+        """``kernel_options``: the backend's kernel choices (flopscale.kernels.BACKEND_OPTIONS;
+        ``kernel_options_for`` builds them from a run's fields); None: the defaults."""
         super().__init__()
         self.cfg = cfg
         self.backend = backend
-        self.ops = get_backend(backend)
+        self.ops = get_backend(backend, kernel_options)
         self.wte = nn.Embedding(cfg.n_vocab, cfg.d_model)
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -85,9 +87,11 @@ class GPT(nn.Module):
 
     # -- FLOP bookkeeping -------------------------------------------------------------------
     def _counts(self, B: int, T: int) -> dict:
-        """Every op's compiled bookings for a (B, T) batch, built once per shape."""
+        """Every op's compiled bookings for a (B, T) batch, built once per shape: the paper and
+        model views, and the executed view of the ops whose launches do not book it themselves
+        (``Backend.books``: those book it per launch, from the tiles that ran)."""
         if (B, T) not in self._counts_cache:
-            counts = fl.op_counts(self.cfg, B, T, self.ops.executed)
+            counts = fl.op_counts(self.cfg, B, T, self.ops.executed, self.ops.books)
             self._counts_cache[(B, T)] = {op: fl.compile_counts(c) for op, c in counts.items()}
         return self._counts_cache[(B, T)]
 

@@ -4,9 +4,12 @@ Reference first (the ``torch`` backend, the tests and the benchmarks all call it
 flash-style kernels, launchers and autograd Function follow below it.
 """
 
+import functools
 import math
 
 import torch
+
+from .flop_counts import causal_tile_pairs, cdiv, softmax_flops
 
 
 def attention_ref(q, k, v, causal=True, upcast=False):
@@ -35,8 +38,6 @@ def attention_executed_ref(B, H, T, D, causal=True):
     Backward of eager attention: dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q, four
     T x T x D matmuls = exactly 2x forward.  Softmax over all T*T elements, masked or not.
     """
-    from flopscale.engine.flops import softmax_flops
-
     fwd = 4 * B * H * T * T * D
     return {"attention_mask": (fwd, 2 * fwd), "softmax": softmax_flops(B * H * T, B * H * T * T)}
 
@@ -52,7 +53,8 @@ def attention_executed_ref(B, H, T, D, causal=True):
 # Head dims that are not powers of two (40, 80) run in a BLOCK_D = next_power_of_2(D) tile,
 # masked on load and store; the tail of T is masked the same way.
 # =============================================================================================
-from .triton_backend import INTERPRET, add_count, best_kwargs, f32_dot, launch_counter, mma, tl, triton
+from . import accounting
+from .triton_utils import INTERPRET, add_count, best_kwargs, f32_dot, launch_counter, mma, tl, triton
 
 
 def _fwd_configs():
@@ -329,9 +331,6 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CNT, T, qk_scale, sm_s
 
 # --- launchers ---------------------------------------------------------------------------------
 _LOG2E = 1.4426950408889634
-# The tile each kernel last ran with, per (kernel, T, D, causal): what ``attention_executed``
-# counts.  Autotuning on a GPU may pick different tiles per shape; the interpreter has one.
-_TILES: dict = {}
 
 
 def _block_d(D):
@@ -348,8 +347,65 @@ def _check(q, k, v):
         raise ValueError(f"attention supports head dims up to 256; got {q.shape[-1]}")
 
 
-def attention_forward(q, k, v, causal=True, counter=None):
-    """Returns (o, lse): o (B, H, T, D) in q's dtype, lse (B, H, T) float32 in base 2 units."""
+# --- what the launches execute ------------------------------------------------------------------
+# Convention: FLOPs, a multiply-add is 2; matmuls run on whole (BLOCK_M, BLOCK_N, BLOCK_D) tiles,
+# so the ragged tail of T, the causal diagonal and the head-dim padding (40 -> 64) all count.
+# Per visited tile pair: the forward does 2 matmuls (S = QK^T, PV); the backward recomputes, the
+# dK/dV kernel doing 4 (S^T, dV, dP^T, dK) and the dQ kernel 3 (S, dP, dQ), 7 in all against
+# eager's 4.  Softmax: softmax_flops over the score elements each kernel touches, its per-row
+# term over the query rows of that kernel's padded grid; the backward kernels recompute P
+# (forward constants) and apply the softmax backward.  The kernels' COUNT_FLOPS atomics count
+# the same matmul FLOPs independently (tests/test_attention.py holds them equal).
+# Each function is the row tuple one launch books (kernels/accounting.py), cached per (shape,
+# config): a launch costs a cache lookup, not a recount.
+_MATMULS = {"fwd": 2, "dkdv": 4, "dq": 3}
+
+
+@functools.lru_cache(maxsize=None)
+def _executed_rows(kind, B, H, T, D, causal, BM, BN):
+    """((row, FLOPs), ...) of one launch of kernel ``kind`` ("fwd", "dkdv", "dq") run with
+    (BLOCK_M, BLOCK_N) = (BM, BN)."""
+    if causal and (BM % BN if kind != "dkdv" else BN % BM):
+        # The diagonal split of the causal loops needs it; so does causal_tile_pairs' count.
+        raise ValueError(f"causal attention's {kind} kernel needs tiles that divide each other "
+                         f"the kernel's way; got BLOCK_M={BM}, BLOCK_N={BN}")
+    pairs = B * H * causal_tile_pairs(T, BM, BN, causal)
+    mm = pairs * _MATMULS[kind] * 2 * BM * BN * _block_d(D)
+    rows_pad, elems = B * H * cdiv(T, BM) * BM, pairs * BM * BN
+    sm_fwd, sm_bwd = softmax_flops(rows_pad, elems)
+    return (("attention_mask", mm), ("softmax", sm_fwd if kind == "fwd" else sm_fwd + sm_bwd))
+
+
+def attention_executed(B, H, T, D, causal=True, tiles=None):
+    """{row: (fwd, bwd)} the Triton kernels compute for one call whose kernels ran with
+    ``tiles`` = {"fwd": (BM, BN), "dkdv": (BM, BN), "dq": (BM, BN)} (default: each kernel's
+    first autotune config, the only one under the interpreter).  What the launches book."""
+    tiles = tiles or configured_tiles()
+    out = {"attention_mask": [0, 0], "softmax": [0, 0]}
+    for kind, (BM, BN) in tiles.items():
+        for row, f in _executed_rows(kind, B, H, T, D, causal, BM, BN):
+            out[row][kind != "fwd"] += f
+    return {row: tuple(v) for row, v in out.items()}
+
+
+def configured_tiles():
+    """{kind: (BLOCK_M, BLOCK_N)} of each kernel's first autotune config."""
+    return {kind: (k.configs[0].kwargs["BLOCK_M"], k.configs[0].kwargs["BLOCK_N"])
+            for kind, k in (("fwd", _attention_fwd_kernel), ("dkdv", _attention_bwd_dkdv_kernel),
+                            ("dq", _attention_bwd_dq_kernel))}
+
+
+def _book(kind, kernel, sinks, B, H, T, D, causal):
+    """Book the launch just made of ``kernel`` into ``sinks``, with the config it ran."""
+    c = best_kwargs(kernel)
+    if sinks:
+        accounting.book(sinks, _executed_rows(kind, B, H, T, D, causal, c["BLOCK_M"], c["BLOCK_N"]),
+                        kind != "fwd")
+
+
+def attention_forward(q, k, v, causal=True, counter=None, sinks=None):
+    """Returns (o, lse): o (B, H, T, D) in q's dtype, lse (B, H, T) float32 in base 2 units.
+    Books its executed FLOPs into ``sinks`` (default: the open ones)."""
     _check(q, k, v)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     B, H, T, D = q.shape
@@ -362,13 +418,14 @@ def attention_forward(q, k, v, causal=True, counter=None):
         D=D, BLOCK_D=_block_d(D), CAUSAL=causal, F32_DOT=f32_dot(q.dtype),
         COUNT_FLOPS=counter is not None)
     add_count(counter, cnt)
-    c = best_kwargs(_attention_fwd_kernel)
-    _TILES[("fwd", T, D, causal)] = (c["BLOCK_M"], c["BLOCK_N"])
+    _book("fwd", _attention_fwd_kernel, accounting.active_sinks() if sinks is None else sinks, B, H, T, D, causal)
     return o, lse
 
 
-def attention_backward(do, q, k, v, o, lse, causal=True, counter=None):
-    """Returns (dq, dk, dv) in q's dtype."""
+def attention_backward(do, q, k, v, o, lse, causal=True, counter=None, sinks=None):
+    """Returns (dq, dk, dv) in q's dtype.  Books its executed FLOPs (backward) into ``sinks``
+    (default: the open ones; the autograd Function passes those of the forward)."""
+    sinks = accounting.active_sinks() if sinks is None else sinks
     do = do.contiguous()
     B, H, T, D = q.shape
     BLOCK_D = _block_d(D)
@@ -384,60 +441,14 @@ def attention_backward(do, q, k, v, o, lse, causal=True, counter=None):
     _attention_bwd_dkdv_kernel[grid](q, k, v, do, dk, dv, lse, delta, cnt, T,
                                      sm_scale * _LOG2E, sm_scale, **meta)
     add_count(counter, cnt)
-    c = best_kwargs(_attention_bwd_dkdv_kernel)
-    _TILES[("dkdv", T, D, causal)] = (c["BLOCK_M"], c["BLOCK_N"])
+    _book("dkdv", _attention_bwd_dkdv_kernel, sinks, B, H, T, D, causal)
     grid = lambda META: (triton.cdiv(T, META["BLOCK_M"]), B * H)  # noqa: E731
     cnt = launch_counter(q.device, counter is not None)
     _attention_bwd_dq_kernel[grid](q, k, v, do, dq, lse, delta, cnt, T,
                                    sm_scale * _LOG2E, sm_scale, **meta)
     add_count(counter, cnt)
-    c = best_kwargs(_attention_bwd_dq_kernel)
-    _TILES[("dq", T, D, causal)] = (c["BLOCK_M"], c["BLOCK_N"])
+    _book("dq", _attention_bwd_dq_kernel, sinks, B, H, T, D, causal)
     return dq, dk, dv
-
-
-def _tiles(kind, T, D, causal):
-    """The (BLOCK_M, BLOCK_N) a kernel ran with for this shape, else its first config's."""
-    if (kind, T, D, causal) in _TILES:
-        return _TILES[(kind, T, D, causal)]
-    kw = {"fwd": _fwd_configs, "dkdv": _dkdv_configs, "dq": _dq_configs}[kind]()[0].kwargs
-    return kw["BLOCK_M"], kw["BLOCK_N"]
-
-
-def attention_executed(B, H, T, D, causal=True):
-    """FLOPs the Triton kernels really compute for one call, tile by tile, as they loop.
-
-    Convention: FLOPs, a multiply-add is 2; matmuls run on whole (BLOCK_M, BLOCK_N, BLOCK_D)
-    tiles, so the ragged tail of T, the causal diagonal and the head-dim padding (40 -> 64)
-    all count.  Forward: 2 matmuls per visited tile (S = QK^T, PV).  Backward recomputes:
-    the dK/dV kernel does 4 per tile (S^T, dV, dP^T, dK), the dQ kernel 3 (S, dP, dQ), 7 in all
-    against eager's 4.  Softmax: softmax_flops over the score elements each pass touches; the
-    backward recomputes P (forward constants) and applies the softmax backward in both kernels.
-    """
-    from flopscale.engine.flops import softmax_flops
-
-    BD = _block_d(D)
-
-    def visited(kind):  # (number of tiles, BLOCK_M, BLOCK_N) summed over the programs
-        BM, BN = _tiles(kind, T, D, causal)
-        n = 0
-        if kind in ("fwd", "dq"):  # programs over query blocks, looping over key blocks
-            for m0 in range(0, T, BM):
-                n += triton.cdiv(min(m0 + BM, T), BN) if causal else triton.cdiv(T, BN)
-        else:  # programs over key blocks, looping over query blocks
-            for n0 in range(0, T, BN):
-                n += triton.cdiv(T - n0, BM) if causal else triton.cdiv(T, BM)
-        return n, BM, BN
-
-    nf, BMf, BNf = visited("fwd")
-    nk, BMk, BNk = visited("dkdv")
-    nq, BMq, BNq = visited("dq")
-    fwd = B * H * nf * 4 * BMf * BNf * BD
-    bwd = B * H * (nk * 8 * BMk * BNk * BD + nq * 6 * BMq * BNq * BD)
-    rows_pad = B * H * triton.cdiv(T, BMf) * BMf
-    e_f, e_k, e_q = (B * H * n * bm * bn for n, bm, bn in ((nf, BMf, BNf), (nk, BMk, BNk), (nq, BMq, BNq)))
-    sm_bwd = sum(softmax_flops(rows_pad, e)[0] + softmax_flops(rows_pad, e)[1] for e in (e_k, e_q))
-    return {"attention_mask": (fwd, bwd), "softmax": (softmax_flops(rows_pad, e_f)[0], sm_bwd)}
 
 
 class AttentionFunction(torch.autograd.Function):
@@ -446,7 +457,9 @@ class AttentionFunction(torch.autograd.Function):
         # The kernels index a dense (B, H, T, D) layout; the model hands in strided views of its
         # fused QKV projection, so densify once here and save the dense copies for backward.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        o, lse = attention_forward(q, k, v, causal, counter)
+        # The ledgers open now get the backward's counts too, whenever autograd runs it.
+        ctx.sinks = accounting.active_sinks()
+        o, lse = attention_forward(q, k, v, causal, counter, ctx.sinks)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal, ctx.counter = causal, counter
         return o
@@ -454,7 +467,7 @@ class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward(do, q, k, v, o, lse, ctx.causal, ctx.counter)
+        dq, dk, dv = attention_backward(do, q, k, v, o, lse, ctx.causal, ctx.counter, ctx.sinks)
         return dq, dk, dv, None, None
 
 
@@ -462,6 +475,7 @@ def attention(q, k, v, causal=True, counter=None):
     """Flash-style attention, q, k, v: (B, H, T, D), scale 1/sqrt(D).
 
     ``counter``: an int64 tensor of one element; when given, the kernels add the matmul FLOPs
-    they execute to it (instrumented mode, tests only: atomics cost time).
+    they execute to it (instrumented mode, tests only: atomics cost time).  The executed FLOPs
+    of each launch are booked into the ledgers open when the forward ran (kernels/accounting.py).
     """
     return AttentionFunction.apply(q, k, v, causal, counter)

@@ -1,15 +1,33 @@
 """The ``cuda`` backend: csrc/ kernels (flopscale._C) behind torch.autograd.Functions.
 
     ops = get_backend("cuda")      # RuntimeError with one clear line if _C was not built
+    ops = get_backend("cuda", {"attention": "mma_sync", "ffn_backward": "lt_epilogues"})
     y = ops.layer_norm(x, w, b, eps=1e-5)
     o = ops.attention(q, k, v, causal=True)         # (B, H, T, D), D in {64, 128}, fp16/bf16
+    ops.describe()["attention"]                     # "wgmma" or "mma_sync": what runs here
 
 This is the only module that imports ``flopscale._C``.  Each Function only calls the extension's
-fwd/bwd and saves tensors; shapes, dtypes and devices are checked in csrc/bindings.cpp.
+fwd/bwd and saves tensors; shapes, dtypes and devices are checked in csrc/bindings.cpp.  Kernel
+choices are the backend's options (kernels/__init__.py BACKEND_OPTIONS), passed to every call;
+the extension reads no environment variables.  Bindings used:
+
+    _C.attention_fwd(q, k, v, causal, kernel) -> (o, lse)
+    _C.attention_bwd(do, q, k, v, o, lse, causal, kernel) -> (dq, dk, dv)
+    _C.attention_kernel_name(kernel) -> "wgmma" | "mma_sync"      (what kernel resolves to here)
+    _C.attention_tiles(D, kernel) -> (fwd BLOCK_M, fwd BLOCK_N, bwd BLOCK_M, bwd BLOCK_N)
+    _C.ffn_bwd(dy, x, w_in, w_out, h_pre, h, lt_epilogues) -> (dx, dw_in, db_in, dw_out, db_out)
+
+with kernel 0 = auto (wgmma on Hopper with sm_90a code, else mma.sync), 1 = mma.sync everywhere.
 """
 
+import functools
 
 import torch
+
+from . import accounting
+from .flop_counts import causal_tile_pairs, softmax_flops
+
+ATTENTION_KERNELS = {"auto": 0, "mma_sync": 1}  # the attention option -> the bindings' kernel int
 
 _EXT_MISSING = (
     "flopscale was installed without its CUDA extension; reinstall on a machine with nvcc and a "
@@ -20,8 +38,11 @@ _EXT_MISSING = (
 def _load_extension():
     try:
         from flopscale import _C
-    except ImportError as e:
-        raise RuntimeError(f"{_EXT_MISSING} ({e})") from None
+    except ImportError as e:  # not built, or built against another torch / CUDA
+        raise RuntimeError(f"{_EXT_MISSING} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not torch.cuda.is_available():
+        raise RuntimeError("backend 'cuda' needs a CUDA GPU, and torch sees none here "
+                           "(torch.cuda.is_available() is False); use --backend torch on CPU")
     return _C
 
 
@@ -82,54 +103,66 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5):
 # ---------------------------------------------------------------------------------------------
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal):
+    def forward(ctx, q, k, v, causal, kernel):
         # Save dense copies: the model passes strided views of its fused QKV projection, and
         # the backward would otherwise densify them a second time.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        o, lse = _C.attention_fwd(q, k, v, causal)  # o (B, H, T, D); lse (B, H, T) fp32
+        o, lse = _C.attention_fwd(q, k, v, causal, kernel)  # o (B, H, T, D); lse (B, H, T) fp32
+        ctx.sinks = accounting.active_sinks()  # the backward books into the forward's ledgers
+        if ctx.sinks:
+            B, H, T, D = q.shape
+            accounting.book(ctx.sinks, _executed_rows(B, H, T, D, causal, _tiles(D, kernel), False))
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal = causal
+        ctx.causal, ctx.kernel = causal, kernel
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _C.attention_bwd(do, q, k, v, o, lse, ctx.causal)
-        return dq, dk, dv, None
+        dq, dk, dv = _C.attention_bwd(do, q, k, v, o, lse, ctx.causal, ctx.kernel)
+        if ctx.sinks:
+            B, H, T, D = q.shape
+            accounting.book(ctx.sinks, _executed_rows(B, H, T, D, ctx.causal, _tiles(D, ctx.kernel), True), True)
+        return dq, dk, dv, None, None
 
 
-def attention(q, k, v, causal=True):
-    return AttentionFunction.apply(q, k, v, bool(causal))
+def attention(q, k, v, causal=True, kernel="auto"):
+    """``kernel``: the attention option, "auto" or "mma_sync" (ATTENTION_KERNELS)."""
+    return AttentionFunction.apply(q, k, v, bool(causal), ATTENTION_KERNELS[kernel])
+
+
+@functools.lru_cache(maxsize=None)
+def _tiles(D, kernel):
+    """The tiles the extension's kernels use for head dim D and kernel choice ``kernel`` on this
+    device, as it reports them (fixed per build and device, so cached)."""
+    return tuple(int(t) for t in _C.attention_tiles(D, kernel))
 
 
 def attention_executed(B, H, T, D, causal=True, tiles=(64, 64, 64, 64)):
     """FLOPs the csrc/attention kernels really compute, tile by tile.
 
     Convention: FLOPs, a multiply-add is 2.  Every (query tile, key tile) pair a kernel visits is
-    computed whole: ragged tails are zero-padded, the causal diagonal's masked half included.
-    tiles = (fwd BLOCK_M, fwd BLOCK_N, bwd BLOCK_M, bwd BLOCK_N), from _C.attention_tiles(D).
+    computed whole: ragged tails are zero-padded, the causal diagonal's masked half included
+    (``causal_tile_pairs``).  tiles = (fwd BLOCK_M, fwd BLOCK_N, bwd BLOCK_M, bwd BLOCK_N), from
+    _C.attention_tiles(D, kernel): they differ between the wgmma and mma.sync kernels.
       forward:  per pair, S = Q K^T and O += P V: 2 matmuls of 2 * BM * BN * D.
       backward: per pair, the S recompute, dV = P^T dO, dP = dO V^T, dK = dS^T Q and
                 dQ = dS K: 5 matmuls of 2 * BM * BN * D.
     Softmax elements: the BM * BN scores of each pair (forward and backward separately).
     """
-    from flopscale.engine.flops import softmax_flops
+    fwd = dict(_executed_rows(B, H, T, D, causal, tuple(tiles), False))
+    bwd = dict(_executed_rows(B, H, T, D, causal, tuple(tiles), True))
+    return {row: (fwd[row], bwd[row]) for row in fwd}
 
+
+@functools.lru_cache(maxsize=None)
+def _executed_rows(B, H, T, D, causal, tiles, backward):
+    """((row, FLOPs), ...) of one forward (or backward) call: what it books."""
     fbm, fbn, bbm, bbn = tiles
-    cdiv = lambda a, b: -(-a // b)  # noqa: E731
-    fwd_pairs = 0
-    for mb in range(cdiv(T, fbm)):
-        n_end = min(T, (mb + 1) * fbm) if causal else T
-        fwd_pairs += cdiv(n_end, fbn)
-    bwd_pairs = 0
-    for nb in range(cdiv(T, bbn)):
-        first = (nb * bbn) // bbm if causal else 0
-        bwd_pairs += cdiv(T, bbm) - first
-    fwd = B * H * fwd_pairs * 2 * (2 * fbm * fbn * D)
-    bwd = B * H * bwd_pairs * 5 * (2 * bbm * bbn * D)
-    sm_fwd, _ = softmax_flops(B * H * T, B * H * fwd_pairs * fbm * fbn)
-    _, sm_bwd = softmax_flops(B * H * T, B * H * bwd_pairs * bbm * bbn)
-    return {"attention_mask": (fwd, bwd), "softmax": (sm_fwd, sm_bwd)}
+    bm, bn, matmuls = (bbm, bbn, 5) if backward else (fbm, fbn, 2)
+    pairs = B * H * causal_tile_pairs(T, bm, bn, causal)
+    sm_fwd, sm_bwd = softmax_flops(B * H * T, pairs * bm * bn)
+    return (("attention_mask", pairs * matmuls * (2 * bm * bn * D)), ("softmax", sm_bwd if backward else sm_fwd))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,46 +170,56 @@ def attention_executed(B, H, T, D, causal=True, tiles=(64, 64, 64, 64)):
 # ---------------------------------------------------------------------------------------------
 class FeedForwardFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_in, b_in, w_out, b_out):
+    def forward(ctx, x, w_in, b_in, w_out, b_out, lt_epilogues):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (rows, d_model)
         y, h_pre, h = _C.ffn_fwd(x2, w_in, b_in, w_out, b_out)
         ctx.save_for_backward(x2, w_in, w_out, h_pre, h)
-        ctx.shape = shape
+        ctx.shape, ctx.lt_epilogues = shape, lt_epilogues
         return y.view(*shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
         x2, w_in, w_out, h_pre, h = ctx.saved_tensors
-        dx, dw_in, db_in, dw_out, db_out = _C.ffn_bwd(dy.reshape(-1, dy.shape[-1]), x2, w_in, w_out, h_pre, h)
-        return dx.view(ctx.shape), dw_in, db_in, dw_out, db_out
+        dx, dw_in, db_in, dw_out, db_out = _C.ffn_bwd(dy.reshape(-1, dy.shape[-1]), x2, w_in, w_out, h_pre, h,
+                                                      ctx.lt_epilogues)
+        return dx.view(ctx.shape), dw_in, db_in, dw_out, db_out, None
 
 
-def feedforward(x, w_in, b_in, w_out, b_out):
-    return FeedForwardFunction.apply(x, *(_match(p, x) for p in (w_in, b_in, w_out, b_out)))
+FFN_BACKWARDS = ("split", "lt_epilogues")  # the ffn_backward option
+
+
+def feedforward(x, w_in, b_in, w_out, b_out, backward="split"):
+    """``backward``: the ffn_backward option, "split" or "lt_epilogues" (FFN_BACKWARDS).  Both
+    compute exactly the model view's FLOPs (cuBLASLt GEMMs, no padding)."""
+    return FeedForwardFunction.apply(x, *(_match(p, x) for p in (w_in, b_in, w_out, b_out)),
+                                     backward == "lt_epilogues")
 
 
 # ---------------------------------------------------------------------------------------------
 _C = None
 
 
-def _executed(op, **shape):
-    if op == "attention":
-        D = shape["D"]
-        return attention_executed(**shape, tiles=tuple(_C.attention_tiles(D)))
-    return None  # LayerNorm and cuBLASLt's GEMMs compute exactly the model view
-
-
-def make_backend(Backend):
+def make_backend(Backend, options):
     global _C
     _C = _load_extension()
+    opts = dict(options)
+    kernel = ATTENTION_KERNELS[opts["attention"]]
+
+    def describe():
+        return {"attention": _C.attention_kernel_name(kernel), "ffn_backward": opts["ffn_backward"]}
+
     return Backend(
         name="cuda",
         layer_norm=layer_norm,
         add_layer_norm=add_layer_norm,
-        attention=attention,
-        feedforward=feedforward,
-        executed=_executed,
+        attention=functools.partial(attention, kernel=opts["attention"]),
+        feedforward=functools.partial(feedforward, backward=opts["ffn_backward"]),
+        # LayerNorm and cuBLASLt's GEMMs compute exactly the model view; attention books its
+        # whole tiles at launch, with the tiles of the kernel the option resolved to.
+        books=frozenset({"attention"}),
+        options=options,
+        describer=describe,
     )
 
 

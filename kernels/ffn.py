@@ -33,13 +33,16 @@ def feedforward_ref(x, w_in, b_in, w_out, b_out, upcast=False):
 # That covers all six matmuls (x W_in^T and h W_out^T forward; dY W_out, dY^T h, dPre W_in,
 # dPre^T x backward).  Otherwise (fp32, odd strides, older GPUs, or a layout whose TMA kernel
 # failed to compile): pointer loads.  H200 evidence for the change (first GPU run): the
-# pointer-load kernel reached 420-580 TFLOP/s against cuBLAS' ~700 on these shapes.
+# pointer-load kernel reached 420-580 TFLOP/s against cuBLAS' ~700 on these shapes.  The
+# backend option ffn_loads="pointer" (BACKEND_OPTIONS) forces pointer loads everywhere.
 # =============================================================================================
+import functools
 import math
-import os
 import sys
 
-from .triton_backend import INTERPRET, add_count, best_kwargs, f32_dot, launch_counter, mma, tl, triton
+from . import accounting
+from .flop_counts import BIAS_BWD, BIAS_FWD, GELU_BWD, GELU_FWD, padded_matmul_flops
+from .triton_utils import INTERPRET, add_count, best_kwargs, f32_dot, launch_counter, mma, tl, triton
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 
@@ -198,24 +201,28 @@ def _ffn_matmul_tma_kernel(A_desc, B_desc, C, BIAS, PRE, CNT, M, N, K, stride_cm
 
 
 # --- launchers ---------------------------------------------------------------------------------
-_TILES: dict = {}  # (role, M, N, K) -> (BLOCK_M, BLOCK_N, BLOCK_K) the last launch ran with
-
-
-_TMA = {"ok": None, "failed": set()}  # ok: None until decided; failed: (A_KMAJOR, B_KMAJOR)
+LOADS = ("auto", "pointer")  # the ffn_loads option (kernels/__init__.py BACKEND_OPTIONS)
+_TMA = {"ok": {}, "failed": set()}  # ok: {device type: bool}; failed: {(A_KMAJOR, B_KMAJOR)}
 
 
 def _tma_ok(device):
-    if _TMA["ok"] is None:
-        if os.environ.get("FLOPSCALE_FFN_TMA", "1") == "0":  # escape hatch: pointer loads only
-            _TMA["ok"] = False
-            return False
+    """Whether this device and Triton build have tensor descriptors (Hopper or newer)."""
+    key = str(device)
+    if key not in _TMA["ok"]:
         try:
             from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
 
-            _TMA["ok"] = INTERPRET or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
+            _TMA["ok"][key] = INTERPRET or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
         except ImportError:
-            _TMA["ok"] = False
-    return _TMA["ok"]
+            _TMA["ok"][key] = False
+    return _TMA["ok"][key]
+
+
+def tma_state(loads="auto") -> dict:
+    """For Backend.describe(): the load path each device seen so far resolved to, and the
+    operand layouts whose TMA kernel failed to compile (they fell back to pointer loads)."""
+    return {"devices": {d: "tma" if ok and loads == "auto" else "pointer" for d, ok in _TMA["ok"].items()},
+            "failed_layouts": sorted(f"A_KMAJOR={a},B_KMAJOR={b}" for a, b in _TMA["failed"])}
 
 
 def _descriptor_view(t):
@@ -236,9 +243,10 @@ def _row_major(t, first):
     return None, None
 
 
-def _tma_operands(a, b):
-    """(A_desc, B_desc, A_KMAJOR, B_KMAJOR) for the TMA kernel, or None where it does not apply."""
-    if a.dtype not in (torch.float16, torch.bfloat16) or not _tma_ok(a.device):
+def _tma_operands(a, b, loads="auto"):
+    """(A_desc, B_desc, A_KMAJOR, B_KMAJOR) for the TMA kernel, or None where it does not apply
+    (or ``loads`` is "pointer")."""
+    if loads != "auto" or a.dtype not in (torch.float16, torch.bfloat16) or not _tma_ok(a.device):
         return None
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -253,8 +261,49 @@ def _tma_operands(a, b):
             TensorDescriptor(bt, list(bt.shape), list(bt.stride()), list(dummy)), a_kmajor, b_kmajor)
 
 
-def _matmul(role, a, b, epilogue=0, bias=None, pre=None, counter=None):
-    """a: (M, K), b: (K, N) as strided views (transposes are free).  Returns (c, pre_out)."""
+# --- what the launches execute ------------------------------------------------------------------
+# Convention: FLOPs, a multiply-add is 2.  Each matmul runs whole (BLOCK_M, BLOCK_N, BLOCK_K)
+# tiles, so it counts 2 * (M, N, K each rounded up to its tile), as the kernels' COUNT_FLOPS
+# atomics do.  The epilogues run over the padded (BLOCK_M, BLOCK_N) output tiles: + bias
+# (BIAS_FWD) in epilogues 1 and 2, GELU (GELU_FWD) in 2, dGELU (GELU_BWD) in 3.  The bias
+# gradients are torch column sums over the real rows (the model view).  Forward: x W_in^T
+# (epilogue 2), h W_out^T (1).  Backward: dY W_out (3), dY^T h, dPre W_in, dPre^T x (0): 2x
+# the forward before padding.  Cached per (shape, tile, epilogue): a launch books a lookup.
+@functools.lru_cache(maxsize=None)
+def _matmul_rows(M, N, K, BM, BN, BK, epilogue):
+    """((row, FLOPs), ...) one _matmul launch books."""
+    out = padded_matmul_flops(M, N, K, BM, BN, BK)
+    tile_elems = triton.cdiv(M, BM) * BM * triton.cdiv(N, BN) * BN
+    rows = [("feedforward", out)]
+    if epilogue in (1, 2):
+        rows.append(("bias", BIAS_FWD * tile_elems))
+    if epilogue == 2:
+        rows.append(("gelu", GELU_FWD * tile_elems))
+    if epilogue == 3:
+        rows.append(("gelu", GELU_BWD * tile_elems))
+    return tuple(rows)
+
+
+def feedforward_executed(rows, d_model, d_ff, tiles=None):
+    """{row: (fwd, bwd)} the Triton kernels compute for one feedforward call whose matmuls ran
+    with ``tiles`` = {role: (BLOCK_M, BLOCK_N, BLOCK_K)} over the roles "in", "out" (forward),
+    "dh", "dw_out", "dx", "dw_in" (backward); a missing role: the pointer kernel's first
+    autotune config (under the interpreter the only one, and the TMA kernel's too).  What the
+    launches book."""
+    shapes = {"in": (rows, d_ff, d_model, 2), "out": (rows, d_model, d_ff, 1),
+              "dh": (rows, d_ff, d_model, 3), "dw_out": (d_model, d_ff, rows, 0),
+              "dx": (rows, d_model, d_ff, 0), "dw_in": (d_ff, d_model, rows, 0)}
+    default = tuple(_mm_configs()[0].kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    out = {"feedforward": [0, 0], "gelu": [0, 0], "bias": [0, BIAS_BWD * rows * (d_ff + d_model)]}
+    for role, (M, N, K, epi) in shapes.items():
+        for row, f in _matmul_rows(M, N, K, *(tiles or {}).get(role, default), epi):
+            out[row][role not in ("in", "out")] += f
+    return {row: tuple(v) for row, v in out.items()}
+
+
+def _matmul(a, b, epilogue=0, bias=None, pre=None, counter=None, sinks=(), backward=False, loads="auto"):
+    """a: (M, K), b: (K, N) as strided views (transposes are free).  Returns (c, pre_out).
+    Books its executed FLOPs into ``sinks`` (forward or backward counts)."""
     M, K = a.shape
     N = b.shape[1]
     c = torch.empty((M, N), dtype=a.dtype, device=a.device)
@@ -263,7 +312,7 @@ def _matmul(role, a, b, epilogue=0, bias=None, pre=None, counter=None):
     bias_arg = bias if bias is not None else c
     grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
     meta = dict(EPILOGUE=epilogue, F32_DOT=f32_dot(a.dtype), COUNT_FLOPS=counter is not None)
-    tma = _tma_operands(a, b)
+    tma = _tma_operands(a, b, loads)
     if tma is not None:
         cnt = launch_counter(a.device, counter is not None)
         try:
@@ -286,81 +335,65 @@ def _matmul(role, a, b, epilogue=0, bias=None, pre=None, counter=None):
         kernel = _ffn_matmul_kernel
     add_count(counter, cnt)
     kw = best_kwargs(kernel)
-    _TILES[(role, M, N, K)] = (kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"])
+    if sinks:
+        accounting.book(sinks, _matmul_rows(M, N, K, kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], epilogue),
+                        backward)
     return c, pre_out
 
 
-def feedforward_forward(x2, w_in, b_in, w_out, b_out, counter=None):
-    """x2: (M, d_model).  Returns (y, pre, h): pre = x W_in^T + b_in, h = gelu(pre)."""
-    h, pre = _matmul("in", x2, w_in.t(), 2, bias=b_in, counter=counter)    # (M, d_ff)
-    y, _ = _matmul("out", h, w_out.t(), 1, bias=b_out, counter=counter)    # (M, d_model)
+def feedforward_forward(x2, w_in, b_in, w_out, b_out, counter=None, sinks=None, loads="auto"):
+    """x2: (M, d_model).  Returns (y, pre, h): pre = x W_in^T + b_in, h = gelu(pre).
+    Books its executed FLOPs into ``sinks`` (default: the open ones)."""
+    sinks = accounting.active_sinks() if sinks is None else sinks
+    kw = dict(counter=counter, sinks=sinks, loads=loads)
+    h, pre = _matmul(x2, w_in.t(), 2, bias=b_in, **kw)    # (M, d_ff)
+    y, _ = _matmul(h, w_out.t(), 1, bias=b_out, **kw)     # (M, d_model)
     return y, pre, h
 
 
-def feedforward_backward(dy2, x2, w_in, w_out, pre, h, counter=None):
-    """Returns (dx, dw_in, db_in, dw_out, db_out).  Bias gradients are fp32-accumulated sums."""
-    dpre, _ = _matmul("dh", dy2, w_out, 3, pre=pre, counter=counter)       # (M, d_ff)
-    dw_out, _ = _matmul("dw_out", dy2.t(), h, counter=counter)             # (d_model, d_ff)
-    dx, _ = _matmul("dx", dpre, w_in, counter=counter)                     # (M, d_model)
-    dw_in, _ = _matmul("dw_in", dpre.t(), x2, counter=counter)             # (d_ff, d_model)
+def feedforward_backward(dy2, x2, w_in, w_out, pre, h, counter=None, sinks=None, loads="auto"):
+    """Returns (dx, dw_in, db_in, dw_out, db_out).  Bias gradients are fp32-accumulated sums.
+    Books its executed FLOPs (backward) into ``sinks`` (default: the open ones; the autograd
+    Function passes those of the forward)."""
+    sinks = accounting.active_sinks() if sinks is None else sinks
+    kw = dict(counter=counter, sinks=sinks, backward=True, loads=loads)
+    dpre, _ = _matmul(dy2, w_out, 3, pre=pre, **kw)       # (M, d_ff)
+    dw_out, _ = _matmul(dy2.t(), h, **kw)                 # (d_model, d_ff)
+    dx, _ = _matmul(dpre, w_in, **kw)                     # (M, d_model)
+    dw_in, _ = _matmul(dpre.t(), x2, **kw)                # (d_ff, d_model)
     db_out = dy2.sum(0, dtype=torch.float32).to(dy2.dtype)
     db_in = dpre.sum(0, dtype=torch.float32).to(dpre.dtype)
+    if sinks:  # the two column sums, over the real rows
+        accounting.book(sinks, (("bias", BIAS_BWD * dy2.shape[0] * (dy2.shape[1] + dpre.shape[1])),), True)
     return dx, dw_in, db_in, dw_out, db_out
-
-
-def feedforward_executed(rows, d_model, d_ff):
-    """FLOPs the Triton kernels really compute for one feedforward call.
-
-    Convention: FLOPs, a multiply-add is 2.  Each matmul runs whole (BLOCK_M, BLOCK_N, BLOCK_K)
-    tiles, so the count is 2 * (M, N, K each rounded up to its tile).  Forward: x W_in^T, h W_out^T.
-    Backward: dY W_out (dGELU in its epilogue), dY^T h, dPre W_in, dPre^T x = 2x forward before
-    padding.  GELU and bias run in the epilogues over the padded tiles; the bias gradients are
-    plain column sums (model view).
-    """
-    from flopscale.engine.flops import BIAS_BWD, BIAS_FWD, GELU_BWD, GELU_FWD
-
-    default = tuple(_mm_configs()[0].kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
-
-    def padded(role, M, N, K):
-        BM, BN, BK = _TILES.get((role, M, N, K), default)
-        return triton.cdiv(M, BM) * BM, triton.cdiv(N, BN) * BN, triton.cdiv(K, BK) * BK
-
-    def mm(role, M, N, K):
-        Mp, Np, Kp = padded(role, M, N, K)
-        return 2 * Mp * Np * Kp
-
-    fwd = mm("in", rows, d_ff, d_model) + mm("out", rows, d_model, d_ff)
-    bwd = (mm("dh", rows, d_ff, d_model) + mm("dw_out", d_model, d_ff, rows)
-           + mm("dx", rows, d_model, d_ff) + mm("dw_in", d_ff, d_model, rows))
-    Mi, Ni, _ = padded("in", rows, d_ff, d_model)
-    Mo, No, _ = padded("out", rows, d_model, d_ff)
-    Mh, Nh, _ = padded("dh", rows, d_ff, d_model)
-    return {
-        "feedforward": (fwd, bwd),
-        "gelu": (GELU_FWD * Mi * Ni, GELU_BWD * Mh * Nh),
-        "bias": (BIAS_FWD * (Mi * Ni + Mo * No), BIAS_BWD * rows * (d_ff + d_model)),
-    }
 
 
 class FeedforwardFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_in, b_in, w_out, b_out, counter):
+    def forward(ctx, x, w_in, b_in, w_out, b_out, counter, loads):
         x2 = x.reshape(-1, x.shape[-1])  # (M, d_model)
-        y, pre, h = feedforward_forward(x2, w_in, b_in, w_out, b_out, counter)
+        ctx.sinks = accounting.active_sinks()  # the backward books into the forward's ledgers
+        y, pre, h = feedforward_forward(x2, w_in, b_in, w_out, b_out, counter, ctx.sinks, loads)
         ctx.save_for_backward(x2, w_in, w_out, pre, h)
-        ctx.counter = counter
+        ctx.counter, ctx.loads = counter, loads
         return y.view(*x.shape[:-1], w_out.shape[0])
 
     @staticmethod
     def backward(ctx, dy):
         x2, w_in, w_out, pre, h = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])
-        dx, dw_in, db_in, dw_out, db_out = feedforward_backward(dy2, x2, w_in, w_out, pre, h, ctx.counter)
-        return dx.view(*dy.shape[:-1], x2.shape[1]), dw_in, db_in, dw_out, db_out, None
+        dx, dw_in, db_in, dw_out, db_out = feedforward_backward(dy2, x2, w_in, w_out, pre, h, ctx.counter,
+                                                                ctx.sinks, ctx.loads)
+        return dx.view(*dy.shape[:-1], x2.shape[1]), dw_in, db_in, dw_out, db_out, None, None
 
 
-def feedforward(x, w_in, b_in, w_out, b_out, counter=None):
-    """gelu_tanh(x W_in^T + b_in) W_out^T + b_out with fused epilogues; x: (..., d_model)."""
+def feedforward(x, w_in, b_in, w_out, b_out, counter=None, loads="auto"):
+    """gelu_tanh(x W_in^T + b_in) W_out^T + b_out with fused epilogues; x: (..., d_model).
+
+    ``loads``: "auto" (tensor descriptors where they apply) or "pointer" (the ffn_loads option).
+    ``counter``: as in attention (instrumented mode)."""
+    if loads not in LOADS:
+        raise ValueError(f"feedforward loads must be one of {', '.join(LOADS)}; got {loads!r}")
     d_model = x.shape[-1]
     d_ff = w_in.shape[0]
     if (w_in.shape != (d_ff, d_model) or w_out.shape != (d_model, d_ff)
@@ -368,4 +401,4 @@ def feedforward(x, w_in, b_in, w_out, b_out, counter=None):
         raise ValueError(f"feedforward wants w_in (d_ff, {d_model}), b_in (d_ff,), w_out "
                          f"({d_model}, d_ff), b_out ({d_model},); got {tuple(w_in.shape)}, "
                          f"{tuple(b_in.shape)}, {tuple(w_out.shape)}, {tuple(b_out.shape)}")
-    return FeedforwardFunction.apply(x, w_in, b_in, w_out, b_out, counter)
+    return FeedforwardFunction.apply(x, w_in, b_in, w_out, b_out, counter, loads)

@@ -36,7 +36,11 @@ def add_layer_norm_ref(x, residual, weight, bias, eps=1e-5, upcast=False):
 # Backward: G programs, each over a contiguous run of rows, write dx and keep dW, dB partial
 # sums in fp32 registers; a second small kernel reduces the (G, C) partials.  No atomics.
 # =============================================================================================
-from .triton_backend import INTERPRET, add_count, launch_counter, tl, triton
+import functools
+
+from . import accounting
+from .flop_counts import LN_BWD, LN_BWD_PER_ROW, LN_FWD, LN_FWD_PER_ROW, RESIDUAL_BWD, RESIDUAL_FWD
+from .triton_utils import INTERPRET, add_count, launch_counter, tl, triton
 
 
 @triton.jit
@@ -120,7 +124,6 @@ def _layer_norm_bwd_dwdb_kernel(DW_PART, DB_PART, DW, DB, CNT, G, C, BLOCK_G: tl
 
 # --- launchers ---------------------------------------------------------------------------------
 _DWDB_BLOCK_G, _DWDB_BLOCK_N = 32, 64
-_GROUPS: dict = {}  # (rows, C) -> the number of partial rows G the last backward used
 
 
 def _block_c(C):
@@ -146,14 +149,41 @@ def _groups(M, device):
 
 
 def _flops_per_row(C, backward):
-    from flopscale.engine.flops import LN_BWD, LN_BWD_PER_ROW, LN_FWD, LN_FWD_PER_ROW
-
     BLOCK_C = _block_c(C)  # every lane of the padded row computes
     return LN_BWD * BLOCK_C + LN_BWD_PER_ROW if backward else LN_FWD * BLOCK_C + LN_FWD_PER_ROW
 
 
-def layer_norm_forward(x, residual, weight, bias, eps, counter=None):
-    """x, residual (or None): (M, C) contiguous.  Returns (y, s or None, mean, rstd)."""
+# --- what the launches execute ------------------------------------------------------------------
+# Convention: the per-element constants of kernels/flop_counts.py (LN_FWD, LN_BWD) applied to the
+# padded row BLOCK_C = next_power_of_2(C) that each program computes (what the kernels'
+# COUNT_FLOPS atomics add per row), plus the backward's second stage: the column sums of the
+# (G, C) dW, dB partials, 2 adds per element of whole (32, 64) tiles.  The fused residual add
+# (x + residual forward, dx + dres backward) counts RESIDUAL_FWD / RESIDUAL_BWD over the real
+# elements, as the model view does.  Cached per shape: a launch books a lookup.
+@functools.lru_cache(maxsize=None)
+def _executed_rows(M, C, backward, residual, G=0):
+    """((row, FLOPs), ...) one forward (or backward, with G partial rows) launch books."""
+    ln = M * _flops_per_row(C, backward)
+    if backward:
+        ln += 2 * triton.cdiv(G, _DWDB_BLOCK_G) * _DWDB_BLOCK_G * triton.cdiv(C, _DWDB_BLOCK_N) * _DWDB_BLOCK_N
+    rows = [("layernorm", ln)]
+    if residual:
+        rows.append(("residual", (RESIDUAL_BWD if backward else RESIDUAL_FWD) * M * C))
+    return tuple(rows)
+
+
+def layer_norm_executed(rows, C, G=None, residual=False, device="cpu"):
+    """{row: (fwd, bwd)} the Triton kernels compute for a LayerNorm over (rows, C) whose
+    backward used G partial rows (default: what ``_groups`` picks on ``device``); ``residual``:
+    the fused add form.  What the launches book."""
+    G = _groups(rows, torch.device(device))[0] if G is None else G
+    fwd, bwd = dict(_executed_rows(rows, C, False, residual)), dict(_executed_rows(rows, C, True, residual, G))
+    return {row: (fwd[row], bwd[row]) for row in fwd}
+
+
+def layer_norm_forward(x, residual, weight, bias, eps, counter=None, sinks=None):
+    """x, residual (or None): (M, C) contiguous.  Returns (y, s or None, mean, rstd).  Books
+    its executed FLOPs into ``sinks`` (default: the open ones)."""
     M, C = x.shape
     BLOCK_C = _block_c(C)
     y = torch.empty_like(x)
@@ -167,16 +197,20 @@ def layer_norm_forward(x, residual, weight, bias, eps, counter=None):
         BLOCK_C=BLOCK_C, HAS_RESIDUAL=residual is not None, COUNT_FLOPS=counter is not None,
         FLOPS_PER_ROW=_flops_per_row(C, False), num_warps=_num_warps(BLOCK_C))
     add_count(counter, cnt)
+    sinks = accounting.active_sinks() if sinks is None else sinks
+    if sinks:
+        accounting.book(sinks, _executed_rows(M, C, False, residual is not None))
     return y, s, mean, rstd
 
 
-def layer_norm_backward(dy, x, weight, mean, rstd, dres=None, counter=None):
+def layer_norm_backward(dy, x, weight, mean, rstd, dres=None, counter=None, sinks=None):
     """dy, x (the normalised input, s for the residual form), dres (or None): (M, C).
-    Returns (dx, dweight, dbias); dx includes dres (the residual path's gradient)."""
+    Returns (dx, dweight, dbias); dx includes dres (the residual path's gradient).  Books its
+    executed FLOPs (backward) into ``sinks`` (default: the open ones; the autograd Functions
+    pass those of the forward)."""
     M, C = x.shape
     BLOCK_C = _block_c(C)
     G, rows_per_program = _groups(M, x.device)
-    _GROUPS[(M, C)] = G
     dx = torch.empty_like(x)
     dw_part = torch.empty((G, C), dtype=torch.float32, device=x.device)
     db_part = torch.empty((G, C), dtype=torch.float32, device=x.device)
@@ -192,22 +226,10 @@ def layer_norm_backward(dy, x, weight, mean, rstd, dres=None, counter=None):
         dw_part, db_part, dw, db, cnt, G, C, BLOCK_G=_DWDB_BLOCK_G, BLOCK_N=_DWDB_BLOCK_N,
         COUNT_FLOPS=counter is not None)
     add_count(counter, cnt)
+    sinks = accounting.active_sinks() if sinks is None else sinks
+    if sinks:
+        accounting.book(sinks, _executed_rows(M, C, True, dres is not None, G), True)
     return dx, dw, db
-
-
-def layer_norm_executed(rows, C):
-    """FLOPs the Triton kernels really compute for a LayerNorm over (rows, C).
-
-    Convention: the per-element constants of engine/flops.py (LN_FWD, LN_BWD) applied to the
-    padded row BLOCK_C = next_power_of_2(C) that each program computes, plus the backward's
-    second stage: the column sums of the (G, C) dW, dB partials, 2 adds per element of whole
-    (32, 64) tiles.
-    """
-    G = _GROUPS.get((rows, C))
-    if G is None:
-        G = _groups(rows, torch.device("cuda" if torch.cuda.is_available() else "cpu"))[0]
-    second = 2 * triton.cdiv(G, _DWDB_BLOCK_G) * _DWDB_BLOCK_G * triton.cdiv(C, _DWDB_BLOCK_N) * _DWDB_BLOCK_N
-    return {"layernorm": (rows * _flops_per_row(C, False), rows * _flops_per_row(C, True) + second)}
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -215,7 +237,8 @@ class LayerNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps, counter):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()  # (M, C)
-        y, _, mean, rstd = layer_norm_forward(x2, None, weight, bias, eps, counter)
+        ctx.sinks = accounting.active_sinks()  # the backward books into the forward's ledgers
+        y, _, mean, rstd = layer_norm_forward(x2, None, weight, bias, eps, counter, ctx.sinks)
         ctx.save_for_backward(x2, weight, mean, rstd)
         ctx.counter = counter
         return y.view(shape)
@@ -224,7 +247,7 @@ class LayerNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x2, weight, mean, rstd = ctx.saved_tensors
         dy2 = dy.reshape(x2.shape).contiguous()
-        dx, dw, db = layer_norm_backward(dy2, x2, weight, mean, rstd, None, ctx.counter)
+        dx, dw, db = layer_norm_backward(dy2, x2, weight, mean, rstd, None, ctx.counter, ctx.sinks)
         return dx.view(dy.shape), dw, db, None, None
 
 
@@ -234,7 +257,8 @@ class AddLayerNormFunction(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         r2 = residual.reshape(x2.shape).contiguous()
-        y, s, mean, rstd = layer_norm_forward(x2, r2, weight, bias, eps, counter)
+        ctx.sinks = accounting.active_sinks()
+        y, s, mean, rstd = layer_norm_forward(x2, r2, weight, bias, eps, counter, ctx.sinks)
         ctx.save_for_backward(s, weight, mean, rstd)
         ctx.counter = counter
         return y.view(shape), s.view(shape)
@@ -244,8 +268,10 @@ class AddLayerNormFunction(torch.autograd.Function):
         s, weight, mean, rstd = ctx.saved_tensors
         shape = dy.shape if dy is not None else ds.shape
         dy2 = dy.reshape(s.shape).contiguous() if dy is not None else torch.zeros_like(s)
-        ds2 = ds.reshape(s.shape).contiguous() if ds is not None else None
-        dsum, dw, db = layer_norm_backward(dy2, s, weight, mean, rstd, ds2, ctx.counter)
+        # A zero ds where s went unused (autograd materialises it): the kernel still adds it,
+        # so the residual row's backward is booked whichever outputs were used.
+        ds2 = ds.reshape(s.shape).contiguous() if ds is not None else torch.zeros_like(s)
+        dsum, dw, db = layer_norm_backward(dy2, s, weight, mean, rstd, ds2, ctx.counter, ctx.sinks)
         dsum = dsum.view(shape)
         return dsum, dsum, dw, db, None, None
 

@@ -8,9 +8,12 @@ import pytest
 import torch
 import tolerance
 
-from flopscale.engine.flops import feedforward_op_model
-from flopscale.kernels.ffn import feedforward, feedforward_executed, feedforward_ref
-from flopscale.kernels.triton_backend import count_flops
+from flopscale.engine import FlopLedger
+from flopscale.kernels import get_backend
+from flopscale.kernels.ffn import (_ffn_matmul_kernel, _ffn_matmul_tma_kernel, _set_tma_blocks, feedforward,
+                                   feedforward_executed, feedforward_ref)
+from flopscale.kernels.flop_counts import feedforward_op_model
+from flopscale.kernels.triton_utils import count_flops, triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -50,17 +53,61 @@ def test_feedforward_matches_reference(lead, d_model, d_ff, dtype):
     run_and_compare(lead, d_model, d_ff, dtype)
 
 
+def _count_into_ledger(rows, d_model, d_ff, dtype, **kw):
+    x, w_in, b_in, w_out, b_out = params((rows,), d_model, d_ff, dtype, DEVICE)
+    x.requires_grad_()
+    with FlopLedger() as led:
+        counts = count_flops(lambda c: feedforward(x, w_in, b_in, w_out, b_out, counter=c, **kw), DEVICE,
+                             grad=torch.randn(rows, d_model, device=DEVICE, dtype=dtype), inputs=[x])
+    return counts, led.rows("executed")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)  # pointer / TMA loads
 def test_feedforward_counted_flops_equal_executed(dtype):
     rows, d_model, d_ff = 37, 40, 72
-    x, w_in, b_in, w_out, b_out = params((rows,), d_model, d_ff, dtype, DEVICE)
-    x.requires_grad_()
-    counts = count_flops(lambda c: feedforward(x, w_in, b_in, w_out, b_out, counter=c), DEVICE,
-                         grad=torch.randn(rows, d_model, device=DEVICE, dtype=dtype), inputs=[x])
-    fwd, bwd = feedforward_executed(rows, d_model, d_ff)["feedforward"]
-    print(f"counted {counts}, executed ({fwd}, {bwd}), model {feedforward_op_model(rows, d_model, d_ff)['feedforward']}")
-    assert (counts["fwd"], counts["bwd"]) == (fwd, bwd)
-    assert fwd >= feedforward_op_model(rows, d_model, d_ff)["feedforward"][0]
+    counts, ex = _count_into_ledger(rows, d_model, d_ff, dtype)
+    want = feedforward_executed(rows, d_model, d_ff)
+    print(f"counted {counts}, formula {want['feedforward']}, ledger {ex['feedforward']}, "
+          f"model {feedforward_op_model(rows, d_model, d_ff)['feedforward']}")
+    assert (counts["fwd"], counts["bwd"]) == want["feedforward"]
+    assert ex["feedforward"] == counts  # booked at the launches
+    assert all((ex[r]["fwd"], ex[r]["bwd"]) == want[r] for r in ("gelu", "bias"))
+    assert want["feedforward"][0] >= feedforward_op_model(rows, d_model, d_ff)["feedforward"][0]
+
+
+FORCED = {"16x16": (16, 16, 16), "32x16": (32, 16, 16)}  # (BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@pytest.mark.parametrize("loads", ["auto", "pointer"])
+@pytest.mark.parametrize("forced", list(FORCED))
+def test_feedforward_books_the_config_that_ran(forced, loads, monkeypatch):
+    """Both matmul kernels (TMA loads for bf16 under "auto", pointer loads otherwise) forced to
+    one config: the ledger books that config's whole tiles, equal to the kernels' counter."""
+    BM, BN, BK = FORCED[forced]
+    kw = {"BLOCK_M": BM, "BLOCK_N": BN, "BLOCK_K": BK, "GROUP_M": 4}
+    monkeypatch.setattr(_ffn_matmul_kernel, "configs", [triton.Config(kw, num_warps=4, num_stages=1)])
+    monkeypatch.setattr(_ffn_matmul_tma_kernel, "configs",
+                        [triton.Config(kw, num_warps=4, num_stages=1, pre_hook=_set_tma_blocks)])
+    rows, d_model, d_ff = 37, 40, 72
+    counts, ex = _count_into_ledger(rows, d_model, d_ff, torch.bfloat16, loads=loads)
+    roles = ("in", "out", "dh", "dw_out", "dx", "dw_in")
+    want = feedforward_executed(rows, d_model, d_ff, tiles={r: (BM, BN, BK) for r in roles})
+    print(f"{forced} loads={loads}: ledger {ex['feedforward']}, counter {counts}, formula {want['feedforward']}")
+    assert ex["feedforward"] == counts
+    assert (counts["fwd"], counts["bwd"]) == want["feedforward"]
+    assert all((ex[r]["fwd"], ex[r]["bwd"]) == want[r] for r in ("gelu", "bias"))
+
+
+def test_feedforward_pointer_loads_option():
+    """ffn_loads="pointer" (a backend option, no environment variable) never takes TMA loads."""
+    from flopscale.kernels.ffn import _tma_operands
+
+    x, w_in, *_ = params((37,), 40, 72, torch.bfloat16, DEVICE)
+    assert _tma_operands(x, w_in.t(), "pointer") is None and _tma_operands(x, w_in.t()) is not None
+    ops = get_backend("triton", {"ffn_loads": "pointer"})
+    assert ops.describe()["ffn_loads"] == "pointer"
+    with pytest.raises(ValueError, match="loads"):
+        feedforward(*params((3,), 8, 16, torch.float32, DEVICE), loads="tma")
 
 
 def test_feedforward_tma_operand_choice():
@@ -94,6 +141,8 @@ def test_feedforward_gpu_counted_flops():
     rows, d_model, d_ff = 1000, 768, 3072
     x, w_in, b_in, w_out, b_out = params((rows,), d_model, d_ff, torch.bfloat16, "cuda")
     x.requires_grad_()
-    counts = count_flops(lambda c: feedforward(x, w_in, b_in, w_out, b_out, counter=c), "cuda",
-                         grad=torch.randn_like(x), inputs=[x])
-    assert (counts["fwd"], counts["bwd"]) == feedforward_executed(rows, d_model, d_ff)["feedforward"]
+    with FlopLedger() as led:
+        counts = count_flops(lambda c: feedforward(x, w_in, b_in, w_out, b_out, counter=c), "cuda",
+                             grad=torch.randn_like(x), inputs=[x])
+    # Autotune picks the tiles on a GPU: the ledger booked the ones that ran, as the counter saw.
+    assert led.rows("executed")["feedforward"] == counts

@@ -123,3 +123,56 @@ def test_executed_matmuls_match_flop_counter_mode():
     # eager attention computes the full T x T square, more than the causal model view
     assert ex["attention_mask"]["fwd"] == 4 * 3 * 5 * 19 * 19 * 8 * 2
     assert ex["attention_mask"]["fwd"] > led.rows("model")["attention_mask"]["fwd"]
+
+
+def test_triton_ledger_books_executed_at_launch():
+    """Triton backend (interpreter on CPU): the model and paper views are the torch backend's,
+    exactly; the executed view is the precomputed rows of the ops the backend does not book
+    plus what every LayerNorm, attention and feedforward launch booked, forward and backward."""
+    pytest.importorskip("triton")
+    from flopscale.kernels.attention import attention_executed
+    from flopscale.kernels.ffn import feedforward_executed
+    from flopscale.kernels.layernorm import layer_norm_executed
+
+    cfg = ModelConfig(n_layer=2, d_model=32, n_heads=2, d_ff=48, n_ctx=16, n_vocab=40)
+    B, T, L = 2, 13, cfg.n_layer
+    torch.manual_seed(0)
+    model = GPT(cfg, backend="triton")
+    led = _run(model, B, T, cfg.n_vocab, seed=1)
+    ref = _run(GPT(cfg), B, T, cfg.n_vocab, seed=1)
+    for view in ("paper", "model"):
+        assert led.rows(view) == ref.rows(view), view
+    ops = model.ops
+    want = {r: list(v) for r, v in fl.expected_rows(cfg, B, T, "executed", ops.executed, ops.books).items()}
+    launches = [(L, attention_executed(B, cfg.n_heads, T, cfg.d_head, True)),
+                (L, feedforward_executed(B * T, cfg.d_model, cfg.d_ff)),
+                (1, layer_norm_executed(B * T, cfg.d_model)),
+                (2 * L, layer_norm_executed(B * T, cfg.d_model, residual=True))]
+    for k, rows in launches:
+        for r, (f, b) in rows.items():
+            want[r][0] += k * f
+            want[r][1] += k * b
+    got = led.rows("executed")
+    assert {r: [v["fwd"], v["bwd"]] for r, v in got.items()} == want
+    assert got["attention_mask"]["fwd"] > led.rows("model")["attention_mask"]["fwd"]  # whole tiles
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("T", [1, 15, 16, 17, 45, 64, 77, 130])
+@pytest.mark.parametrize("BM,BN", [(16, 16), (32, 16), (16, 32), (64, 64), (128, 64), (64, 128)])
+def test_causal_tile_pairs(T, BM, BN, causal):
+    """The one tile-pair count of every backend's executed attention, against an enumeration
+    of the tile pairs holding an unmasked score, and against both loop orders the kernels use
+    (a program per query tile over key tiles; a program per key tile over query tiles from the
+    diagonal), where the tile sizes divide each other as those loops need."""
+    from flopscale.kernels.flop_counts import causal_tile_pairs, cdiv
+
+    enum = sum(1 for mb in range(cdiv(T, BM)) for nb in range(cdiv(T, BN))
+               if not causal or any(j <= i for i in range(mb * BM, min(mb * BM + BM, T))
+                                    for j in range(nb * BN, min(nb * BN + BN, T))))
+    assert causal_tile_pairs(T, BM, BN, causal) == enum
+    by_rows = sum(cdiv(min(m0 + BM, T) if causal else T, BN) for m0 in range(0, T, BM))
+    assert by_rows == enum
+    if BN % BM == 0:  # dK/dV loops: from the key tile's own first row, in query-tile steps
+        by_cols = sum(cdiv(T - n0 if causal else T, BM) for n0 in range(0, T, BN))
+        assert by_cols == enum

@@ -8,9 +8,10 @@ import pytest
 import torch
 import tolerance
 
+from flopscale.engine import FlopLedger
 from flopscale.kernels.layernorm import (add_layer_norm, add_layer_norm_ref, layer_norm,
                                          layer_norm_executed, layer_norm_ref)
-from flopscale.kernels.triton_backend import count_flops
+from flopscale.kernels.triton_utils import count_flops
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -74,13 +75,25 @@ def test_add_layer_norm_only_normalised_output_used():
     assert torch.allclose(xs[0].grad, x2[0].grad, atol=1e-5) and torch.equal(xs[0].grad, xs[1].grad)
 
 
-def test_layer_norm_counted_flops_equal_executed():
-    x, _, w, b = inputs((37, 200), torch.float32, DEVICE, 1)
+@pytest.mark.parametrize("fused_add", [False, True], ids=["ln", "add_ln"])
+def test_layer_norm_counted_flops_equal_executed(fused_add):
+    x, r, w, b = inputs((37, 200), torch.float32, DEVICE, 1)
     x.requires_grad_()
-    counts = count_flops(lambda c: layer_norm(x, w, b, counter=c), DEVICE, grad=torch.randn_like(x))
-    fwd, bwd = layer_norm_executed(37, 200)["layernorm"]
-    print(f"counted {counts}, executed ({fwd}, {bwd})")
-    assert (counts["fwd"], counts["bwd"]) == (fwd, bwd)
+    if fused_add:
+        def run(c):
+            return add_layer_norm(x, r, w, b, counter=c)
+    else:
+        def run(c):
+            return layer_norm(x, w, b, counter=c)
+    with FlopLedger() as led:
+        counts = count_flops(run, DEVICE, grad=torch.randn_like(x), inputs=[x])
+    want = layer_norm_executed(37, 200, residual=fused_add, device=DEVICE)
+    ex = led.rows("executed")
+    print(f"counted {counts}, formula {want}, ledger {ex['layernorm']}")
+    assert (counts["fwd"], counts["bwd"]) == want["layernorm"]
+    assert ex["layernorm"] == counts  # booked at the launches
+    # the fused residual add: the model view's count, forward and backward
+    assert (ex["residual"]["fwd"], ex["residual"]["bwd"]) == ((37 * 200, 37 * 200) if fused_add else (0, 0))
 
 
 def test_layer_norm_bad_input():
