@@ -119,18 +119,13 @@ def test_add_layer_norm(ops, shape, dtype):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("B,H,T,D", [(2, 3, 45, 64), (1, 2, 77, 128), (2, 2, 130, 64), (1, 1, 1, 128),
                                      (1, 2, 256, 128), (1, 2, 333, 128), (1, 1, 520, 64)])
-# FLOPSCALE_ATTN_SM90 (csrc/attention/attention.cu): "default" is what the extension picks
-# (the wgmma kernels on an H100 / H200, else mma.sync); "0" the mma.sync kernels on any GPU;
-# "1", "3", "4", "5" and "6" the other wgmma variant sets ("4": the warp-specialized TMA
-# forward, "5": that and the warp-specialized backward, "6": as 5 with dQ added by TMA reduce);
-# all are the same as "default" off Hopper.  The ids "wsfwd" / "wsall" / "wsdq" let
-# bench/gpu_all.sh run sets 4-6, not yet run on a GPU, in a pytest process of their own (a
-# kernel that traps leaves the process's CUDA context unusable).
-@pytest.mark.parametrize("path", ["default", "0", "1", "3", "4", "5", "6"],
-                         ids=["default", "mma", "wg1", "wg3", "wsfwd", "wsall", "wsdq"])
-def test_attention(ops, B, H, T, D, causal, dtype, path, monkeypatch):
-    if path != "default":
-        monkeypatch.setenv("FLOPSCALE_ATTN_SM90", path)
+# The cuda backend's "attention" option (kernels/__init__.py BACKEND_OPTIONS, a run's
+# cuda_attention field): "auto" is what the extension picks (the wgmma kernels on an H100 / H200
+# with sm_90a code, else mma.sync); "mma_sync" the mma.sync kernels on any GPU.  The other wgmma
+# variant sets live in the lab (csrc/dev), tested there.
+@pytest.mark.parametrize("kernel", ["auto", "mma_sync"], ids=["default", "mma"])
+def test_attention(ops, B, H, T, D, causal, dtype, kernel):
+    ops = get_backend("cuda", {"attention": kernel})
     torch.manual_seed(T * D + causal)
     q, k, v, do = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for _ in range(4))
     fns = {"cuda": lambda q, k, v: ops.attention(q, k, v, causal),
@@ -148,27 +143,26 @@ def test_attention(ops, B, H, T, D, causal, dtype, path, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_hopper_runs_the_wgmma_kernels(ops, monkeypatch):
+def test_hopper_runs_the_wgmma_kernels(ops):
     """On an sm_90 card the default must be the wgmma kernels (their tiles: 128-query forward
-    CTAs, 128-key backward CTAs), not a silent fall-back to mma.sync; FLOPSCALE_ATTN_SM90=0
-    must give the mma.sync tiles back."""
+    CTAs, 128-key backward CTAs), not a silent fall-back to mma.sync; attention="mma_sync"
+    must give the mma.sync tiles back.  describe() records which ran."""
     from flopscale import _C
 
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("needs an sm_90 GPU (H100 / H200)")
-    monkeypatch.delenv("FLOPSCALE_ATTN_SM90", raising=False)
-    assert list(_C.attention_tiles(128)) == [128, 128, 64, 128]
-    assert list(_C.attention_tiles(64)) == [128, 128, 128, 128]
-    monkeypatch.setenv("FLOPSCALE_ATTN_SM90", "0")
-    assert list(_C.attention_tiles(128)) == [64, 64, 32, 64]
+    assert list(_C.attention_tiles(128, 0)) == [128, 128, 64, 128]
+    assert list(_C.attention_tiles(64, 0)) == [128, 128, 128, 128]
+    assert list(_C.attention_tiles(128, 1)) == [64, 64, 32, 64]
+    assert ops.describe()["attention"] == "wgmma" == _C.attention_kernel_name(0)
+    assert get_backend("cuda", {"attention": "mma_sync"}).describe()["attention"] == "mma_sync"
 
 
-@pytest.mark.gpu
-def test_attention_rejects_bad_kernel_choice(ops, monkeypatch):
-    monkeypatch.setenv("FLOPSCALE_ATTN_SM90", "7")
-    q = torch.randn(1, 1, 8, 64, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="FLOPSCALE_ATTN_SM90 must be"):
-        ops.attention(q, q, q, True)
+def test_attention_rejects_bad_kernel_choice():
+    """A kernel choice is a checked option (one line, before the extension loads), not an
+    environment variable the extension reads."""
+    with pytest.raises(ValueError, match="option attention='wg1' is not one of auto, mma_sync"):
+        get_backend("cuda", {"attention": "wg1"})
 
 
 @pytest.mark.gpu
@@ -185,7 +179,11 @@ def test_attention_rejects_bad_head_dim(ops):
 @pytest.mark.parametrize("dtype", ALL, ids=str)
 # d_model 100 (not a multiple of 8): the scalar path of the backward's column sums (db_out)
 @pytest.mark.parametrize("shape,d_ff", [((37, 200), 800), ((3, 15, 64), 256), ((2, 9, 100), 400)], ids=str)
-def test_feedforward(ops, shape, d_ff, dtype):
+# The "ffn_backward" option (a run's cuda_ffn_backward field): dGELU as its own pass, or fused
+# into cuBLASLt's epilogue.
+@pytest.mark.parametrize("backward", ["split", "lt_epilogues"])
+def test_feedforward(ops, shape, d_ff, dtype, backward):
+    ops = get_backend("cuda", {"ffn_backward": backward})
     torch.manual_seed(d_ff)
     d = shape[-1]
     x = torch.randn(shape, device="cuda", dtype=dtype)
@@ -211,15 +209,31 @@ def test_feedforward(ops, shape, d_ff, dtype):
 # FLOP accounting and the missing-extension path
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.gpu
-def test_executed_rows(ops):
-    from flopscale.engine.flops import causal_attention_flops
+@pytest.mark.parametrize("kernel", ["auto", "mma_sync"])
+def test_executed_rows_follow_the_kernel_choice(kernel):
+    """The attention launches book the whole tiles of the kernel that ran (wgmma and mma.sync
+    tiles differ); LayerNorm and the cuBLASLt feedforward book nothing of their own."""
+    from flopscale import _C
+    from flopscale.engine import FlopLedger
+    from flopscale.kernels.cuda_backend import ATTENTION_KERNELS
+    from flopscale.kernels.flop_counts import causal_attention_flops
 
-    rows = ops.executed("attention", B=2, H=3, T=77, D=128, causal=True)
-    assert set(rows) == {"attention_mask", "softmax"}
-    fwd, bwd = rows["attention_mask"]
-    model_fwd, model_bwd = causal_attention_flops(2, 3, 77, 128)
-    assert fwd >= model_fwd and bwd >= model_bwd
-    assert ops.executed("layernorm", rows=37, C=200) is None
+    if not _have_extension():
+        pytest.skip("flopscale._C not built")
+    ops = get_backend("cuda", {"attention": kernel})
+    assert ops.books == frozenset({"attention"})
+    B, H, T, D = 2, 3, 77, 128
+    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    with FlopLedger() as led:
+        ops.attention(q, k, v, True).backward(torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16))
+    tiles = tuple(_C.attention_tiles(D, ATTENTION_KERNELS[kernel]))
+    want = attention_executed(B, H, T, D, True, tiles=tiles)
+    ex = led.rows("executed")
+    print(kernel, ops.describe()["attention"], tiles, ex["attention_mask"], want)
+    assert (ex["attention_mask"]["fwd"], ex["attention_mask"]["bwd"]) == want["attention_mask"]
+    assert (ex["softmax"]["fwd"], ex["softmax"]["bwd"]) == want["softmax"]
+    model_fwd, model_bwd = causal_attention_flops(B, H, T, D)
+    assert want["attention_mask"][0] >= model_fwd and want["attention_mask"][1] >= model_bwd
 
 
 def test_attention_executed_counts_whole_tiles():
