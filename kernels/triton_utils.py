@@ -111,9 +111,10 @@ def add_count(counter, launch):
         counter += launch
 
 
-# {kernel name: {triton.Config, ...}}: every autotune choice a launch has run with, for
+# {kernel name: {id(config): triton.Config}}: every autotune choice a launch has run with, for
 # Backend.describe() (what a run records in its config.json).  Descriptive only: the FLOP
-# bookings read the config from the launch itself.
+# bookings read the config from the launch itself.  Keyed by id: Config.__hash__ rebuilds a
+# tuple of its kwargs (~1 us), too dear for every launch.
 CHOSEN: dict = {}
 
 
@@ -122,13 +123,13 @@ def best_kwargs(kernel):
     Triton sets ``best_config`` on every launch, after the autotune cache lookup or benchmark.
     Read it right after the launch, on the launching thread."""
     cfg = kernel.best_config
-    CHOSEN.setdefault(kernel.base_fn.__name__, set()).add(cfg)
+    CHOSEN.setdefault(kernel.base_fn.__name__, {})[id(cfg)] = cfg
     return cfg.kwargs
 
 
 def chosen_configs() -> dict:
     """{kernel name: sorted config descriptions} of the autotune choices made so far."""
-    return {name: sorted(str(c) for c in cfgs) for name, cfgs in sorted(CHOSEN.items())}
+    return {name: sorted(str(c) for c in cfgs.values()) for name, cfgs in sorted(CHOSEN.items())}
 
 
 def count_flops(run, device, grad=None, inputs=None):
