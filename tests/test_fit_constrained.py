@@ -93,10 +93,9 @@ def test_cli_data_constrained_csv_with_text_column(tmp_path):
     assert r["law"] == "data-constrained" and r["ci95"]["E"] is None and r["ci95"]["R_D_star"] is not None
     md = (out / "report.md").read_text()
     assert "| E |" in md and "fixed" in md and (out / "data-constrained.png").exists()
-    with pytest.raises(FitError, match="'name' value 'run0' is not a number"):
-        fit_and_report(csv=str(path), laws="n", n_boot=0, fix=None) if False else \
-            fit({"N": 1}.get("x") or "n", {"N": __import__("flopscale.fitting.runs", fromlist=["read_csv"])
-                                           .read_csv(str(path))["name"], "loss": cols["loss"]})
+    from flopscale.fitting.runs import read_csv
+    with pytest.raises(FitError, match="'name' value 'run0' is not a number"):  # a text column a law needs
+        fit("n", {"N": read_csv(str(path))["name"], "loss": cols["loss"]})
 
 
 def test_runs_api_both_compute_conventions_and_missing_N(tmp_path):
