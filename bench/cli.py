@@ -3,7 +3,8 @@
     flopscale bench --op all --json bench/results/h100.json
     python -m flopscale.bench.cli --op attention --json /tmp/attention.json
 
-Prints one table per op and, with --json, writes DESIGN.md's results document.
+Prints one table per op and, with --json, writes the results document of docs/ARCHITECTURE.md
+("File formats").
 """
 
 from __future__ import annotations

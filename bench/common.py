@@ -1,7 +1,7 @@
 """What every kernel benchmark shares: measured peaks, timing, row dicts, the results file.
 
 Work models are stated in each bench_<op>.py; this module turns (ms, FLOPs, bytes) into the
-row format of DESIGN.md ("CLI contract", ``flopscale bench``) and saves
+row format of docs/ARCHITECTURE.md ("File formats") and saves
 ``{"device", "torch", "triton", "peak": {"tflops_bf16", "copy_gbps"}, "rows": [...]}``.
 """
 

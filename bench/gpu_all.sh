@@ -20,7 +20,7 @@
 #   OUT=/tmp/out SKIP_TRITON=1 BENCH_OP=attention bash bench/gpu_all.sh   # a CUDA-kernel change only
 #
 # $OUT receives: gpu.log (everything, with stamps), steps.tsv (one row per step), lab_<lab>_<N>.log
-# (one per lab variant), bench.json (DESIGN.md's results document), train_backends.json,
+# (one per lab variant), bench.json (the results document of docs/ARCHITECTURE.md), train_backends.json,
 # ledger.json, build.log.  bench/results/<gpu>.json gets a copy of bench.json when BENCH_OP=all.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -14,7 +14,7 @@ G_big over B_big examples.  With E|G_B|^2 = |G|^2 + tr(Sigma)/B, the two unbiase
 
 Each is noisy (|G|^2 often comes out negative on one step), and the ratio of two unbiased
 estimates is biased, so the two are smoothed *separately* by an exponential moving average and
-divided afterwards (DESIGN.md, "Fitting notes").  The EMA's start-up bias (Adam's 1 - beta^t)
+divided afterwards (docs/ARCHITECTURE.md, "Fitting notes").  The EMA's start-up bias (Adam's 1 - beta^t)
 cancels in the ratio; it is corrected anyway so ``g2`` and ``trace`` read as estimates.
 
 Units: B_simple comes out in the unit the batch sizes are given in.  The trainer passes

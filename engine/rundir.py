@@ -1,4 +1,4 @@
-"""A run directory's files: config.json, metrics.jsonl, flops.json and ckpt.pt (DESIGN.md's
+"""A run directory's files: config.json, metrics.jsonl, flops.json and ckpt.pt (docs/ARCHITECTURE.md's
 contract), and the code version recorded in config.json.  Every write is atomic
 (flopscale.fileio): a run killed at any instant leaves the previous file or the new one.
 
