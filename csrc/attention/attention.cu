@@ -42,8 +42,8 @@ bool sm90_built_for_this_device() {
 
 // The kernel choice is an argument, recorded with the run, never read from the environment
 // (docs/ARCHITECTURE.md, "CUDA: product and lab").  kAttnAuto runs the wgmma kernels where
-// sm90_built_for_this_device(), the mma.sync ones elsewhere; kAttnMmaSync runs mma.sync on every GPU (the kernels every
-// non-Hopper GPU runs, so that a Hopper can test and time them too).
+// sm90_built_for_this_device(), the mma.sync ones elsewhere; kAttnMmaSync runs mma.sync on
+// every GPU (the kernels every non-Hopper GPU runs, so that a Hopper can test and time them too).
 bool use_wgmma(int kernel) {
   FS_REQUIRE(kernel == kAttnAuto || kernel == kAttnMmaSync,
              "attention: kernel must be 0 (auto) or 1 (mma_sync), got " + std::to_string(kernel));
