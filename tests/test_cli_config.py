@@ -115,33 +115,3 @@ def test_run_dir_from_before_the_kernel_fields_resumes(tmp_path):
     assert Trainer(mc, tc2, tmp_path / "run", progress=False).run() == {"step": 4, "complete": True}
     with pytest.raises(Exception, match="different configuration"):
         Trainer(mc, dataclasses.replace(tc, cuda_attention="mma_sync"), tmp_path / "run", progress=False).run()
-
-
-def test_layers_point_one_way():
-    """kernels/ never imports engine/; fitting/ imports nothing of the project but fileio; no
-    module imports the sweep layer from below.  Function-local imports included (an AST walk)."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-
-    def imports(folder):
-        for path in sorted((root / folder).glob("*.py")):
-            tree = ast.parse(path.read_text())
-            for node in ast.walk(tree):
-                if isinstance(node, ast.ImportFrom):
-                    mod = ("." * node.level) + (node.module or "")
-                    yield path.name, mod, [a.name for a in node.names]
-                elif isinstance(node, ast.Import):
-                    for a in node.names:
-                        yield path.name, a.name, []
-
-    bad = [(f, m) for f, m, _ in imports("kernels") if "engine" in m or "fitting" in m]
-    assert not bad, f"kernels/ imports a higher layer: {bad}"
-    bad = [(f, m, n) for f, m, n in imports("fitting")
-           if (m.startswith("flopscale") and m != "flopscale.fileio") or m.startswith("..")]
-    assert not bad, f"fitting/ imports the project: {bad}"
-    for folder in ("kernels", "fitting"):
-        assert not [m for _, m, _ in imports(folder) if "sweep" in m or "presets" in m]
-    eng = [(f, m) for f, m, _ in imports("engine") if f not in ("sweep.py",) and m in (".sweep", "flopscale.engine.sweep")]
-    assert not eng, eng
