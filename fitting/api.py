@@ -9,11 +9,12 @@ fitting/cli.py is the argparse layer over it (flag names are the CLI contract of
 
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from .fit import HUBER_DELTA, N_BOOT, FitError, check_fix, check_points, fit, parse_fix
+from .fit import HUBER_DELTA, N_BOOT, FitError, NonNumericColumn, as_columns, check_fix, check_points, fit, parse_fix
 from .isoflop import PARAMS as ISOFLOP_PARAMS, TOL_DEX, WINDOW_DEX, fit_isoflop
 from .laws import LAWS
 
@@ -70,9 +71,15 @@ def _item(law, cols, source, name="", compute=None, fix=None):
 
 
 def _plan_csv(path: str, laws: Optional[List[str]], fixed, compute):
-    from .runs import best_per, read_csv
+    from .runs import read_csv
 
-    cols = read_csv(path)
+    plan, skipped = _plan_table(read_csv(path), path, laws, fixed, compute)
+    return plan, skipped, {"csv": path}
+
+
+def _plan_table(cols, path: str, laws: Optional[List[str]], fixed, compute):
+    from .runs import best_per
+
     plan, skipped = [], {}
     for law in laws or AUTO_FROM_CSV:
         fx = _fix_for(law, fixed, laws is not None)
@@ -120,7 +127,7 @@ def _plan_csv(path: str, laws: Optional[List[str]], fixed, compute):
         if not ok:
             plan.remove(it)
             skipped.setdefault("isoflop", "fewer than 3 budgets with 3 or more points")
-    return plan, skipped, {"csv": path}
+    return plan, skipped
 
 
 def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: int, seed: int, fixed, compute,
@@ -231,32 +238,99 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
     return plan, skipped, extra
 
 
+def _group_values(cols, col: str):
+    """The --group column's cell per row (text or number, as a string) and the values in order."""
+    if col not in cols:
+        raise FitError(f"--group {col}: no such column (columns: {', '.join(map(str, cols))})")
+    c = cols[col]
+    if isinstance(c, NonNumericColumn):
+        if c.values is None:
+            raise FitError(f"--group {col}: the column's values are not available")
+        cells = np.array([str(v) for v in c.values], dtype=object)
+    else:
+        cells = np.array([f"{float(v):g}" for v in np.asarray(c, float)], dtype=object)
+    seen = list(dict.fromkeys(cells.tolist()))
+    return cells, seen
+
+
+def _subset(cols, mask):
+    return {k: (v.take(mask) if isinstance(v, NonNumericColumn) else np.asarray(v)[mask]) for k, v in cols.items()}
+
+
+def _stem(name: str, col: str, val: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}.{col}_{val}")
+
+
+def _plan_groups(cols, label, col, laws, fixed, compute):
+    """One plan per value of the --group column; names LAW.COL_VALUE, each item tagged with its group."""
+    cells, values = _group_values(cols, col)
+    plan, skipped = [], {}
+    for val in values:
+        sub = _subset(cols, cells == val)
+        try:
+            p, sk = _plan_table(sub, f"{label} [{col} = {val}]", laws, fixed, compute)
+        except FitError as e:
+            raise FitError(f"--group {col} = {val}: {e}") from None
+        for it in p:
+            it["name"] = _stem(it["name"], col, val)
+            it["group"] = {"column": col, "value": val}
+        plan += p
+        skipped.update({_stem(k, col, val): v for k, v in sk.items()})
+    return plan, skipped, values
+
+
+def _side_by_side(fits, col, values):
+    """{"column", "values", "params": {law: {param: {value: number}}}} over the grouped fits."""
+    table: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for f in fits:
+        g = f.get("group")
+        if not g:
+            continue
+        for k, v in f["params"].items():
+            table.setdefault(f["law"], {}).setdefault(k, {})[g["value"]] = v
+    return {"column": col, "values": list(values), "params": table}
+
+
 def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_boot: int = N_BOOT, seed: int = 0,
                    compute: str = "nonembedding", fix=None, quiet: bool = True, csv: Optional[str] = None,
                    huber_delta: float = HUBER_DELTA, grid: str = "full", slice_tol: float = TOL_DEX,
-                   slice_window: float = WINDOW_DEX) -> dict:
-    """Fit runs (paths: run or sweep directories) or a table (csv=FILE); returns the fits.json
-    content ({"inputs", "fits": [...], "skipped", ...}) and, with out=REPORT_DIR, writes fits.json,
-    one PNG per fit and report.md there. laws: None (auto), a list or a comma string; fix: a dict or
-    "NAME=VALUE,..."; compute: "nonembedding" or "all". Bad input raises FitError (one line)."""
+                   slice_window: float = WINDOW_DEX, data=None, group: Optional[str] = None) -> dict:
+    """Fit runs (paths: run or sweep directories) or a table (csv=FILE, or data= a dict of arrays or a
+    DataFrame); returns the fits.json content ({"inputs", "fits": [...], "skipped", ...}) and, with
+    out=REPORT_DIR, writes fits.json, one PNG per fit and report.md there. laws: None (auto), a list
+    or a comma string; fix: a dict or "NAME=VALUE,..."; compute: "nonembedding" or "all"; group: a
+    column of the table, one fit per law and value, named LAW.COL_VALUE, reported side by side
+    (payload["groups"]). Bad input raises FitError (one line)."""
     from .report import FitEntry, build_payload, print_summary, write_report
 
     laws = _parse_laws(laws)
     fixed = parse_fix(fix)
     paths = [str(p) for p in (paths or [])]
-    if csv and paths:
-        raise FitError("give run/sweep directories or --csv FILE, not both")
-    if not csv and not paths:
+    if sum((bool(csv), bool(paths), data is not None)) > 1:
+        raise FitError("give run/sweep directories, --csv FILE or a table, not more than one")
+    if not csv and not paths and data is None:
         raise FitError("nothing to fit: give run or sweep directories, or --csv FILE")
+    if group is not None and not (csv or data is not None):
+        raise FitError(f"--group {group}: grouping needs a table (--csv FILE or a DataFrame), not run directories")
     if n_boot < 0:
         raise FitError(f"--n-boot must be >= 0, got {n_boot}")
     if not huber_delta > 0:
         raise FitError(f"--huber-delta must be positive, got {huber_delta}")
     if compute not in COMPUTE:
         raise FitError(f"--compute must be one of {', '.join(COMPUTE)}, got {compute!r}")
-    if csv:
-        plan, skipped, extra = _plan_csv(str(csv), laws, fixed, compute)
-        inputs = f"CSV {csv}"
+    groups = None
+    if csv or data is not None:
+        from .runs import read_csv
+        cols = read_csv(str(csv)) if csv else as_columns(data)
+        label = str(csv) if csv else "table"
+        if group is not None:
+            plan, skipped, groups = _plan_groups(cols, label, group, laws, fixed, compute)
+        else:
+            plan, skipped = _plan_table(cols, label, laws, fixed, compute)
+        extra = {"csv": label}
+        inputs = f"CSV {csv}" if csv else f"a table of {len(next(iter(cols.values()), []))} rows"
+        if group is not None:
+            inputs += f", one fit per value of {group!r}"
     else:
         plan, skipped, extra = _plan_runs(paths, laws, point, n_boot, seed, fixed, compute, slice_tol)
         inputs = f"{len(extra['runs'])} run directories under {', '.join(paths)}"
@@ -277,11 +351,15 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
             used = check_points(law, cols, len(it["fix"]))
         if it["compute"]:
             res["compute"] = it["compute"]
-            if csv:
-                res["compute_source"] = "CSV column C, in the convention declared by --compute"
+            if csv or data is not None:
+                res["compute_source"] = "table column C, in the convention declared by --compute"
+        if it.get("group"):
+            res["group"] = it["group"]
         entries.append(FitEntry(res, boot, used, source=str(it["source"]), name=it["name"]))
     payload = build_payload(entries, frontiers=extra.get("frontiers"), compute=compute, batch=extra.get("batch"),
                             inputs=inputs, skipped=skipped)
+    if groups is not None:
+        payload["groups"] = _side_by_side(payload["fits"], group, groups)
     if out:
         write_report(str(out), entries, payload, frontier_curves=extra.get("frontier_curves"))
     if not quiet:

@@ -6,6 +6,7 @@
     python -m flopscale.fitting.cli --csv points.csv --law n          # same, without the top-level CLI
 
     flopscale fit --csv isoflops.csv --law isoflop --json -           # Hoffmann's approach 2
+    flopscale fit --csv isoflops.csv --law isoflop --group cfg --json -   # one fit per value of column cfg
     flopscale fit --csv dc.csv --law data-constrained --fix E=1.87,A=521,B=1488,alpha=0.35,beta=0.35
 
 Laws: n, d, c, nd, ns, bcrit, chinchilla, data-constrained (fitting/laws.py) and isoflop
@@ -14,6 +15,10 @@ default, auto, fits every law the data supports and says in the report which it 
 A CSV's columns are named N, D, C, S, B, U, loss (those a law needs; others, text included, are
 ignored). From a CSV, `bcrit` is fitted only when asked for (a table of runs usually holds the
 run's batch size in B, not B_crit). --fix NAME=VALUE,... holds parameters of the law(s) fixed.
+--group COL fits each law once per value of a table column (a `config` or `name` column) and
+puts the fits side by side in the report and in fits.json's "groups". --n-boot 0 gives no
+intervals (ci95 null) and no warning about them; a degenerate bootstrap interval (most resamples
+failed, all equal, or piled at one extreme) is flagged in the fit's warnings.
 --compute nonembedding|all picks which measured C (metrics.jsonl `flops` or `flops_total`) the
 C-based fits of runs use; the other convention is fitted too, under the name LAW_<convention>.
 
@@ -69,6 +74,9 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="isoflop: budgets within this many decades (gap between neighbours) form one slice")
     parser.add_argument("--slice-window", type=float, default=WINDOW_DEX, metavar="DEX",
                         help="isoflop: half-width in decades of N of the window each slice's parabola is fitted in")
+    parser.add_argument("--group", type=str, default=None, metavar="COL",
+                        help="with --csv: fit each law once per value of column COL (text or number) and report "
+                             "the fits side by side (fits named LAW.COL_VALUE)")
     parser.add_argument("--quiet", action="store_true", help="no summary table on stdout")
     return parser
 
@@ -78,7 +86,8 @@ def run_fit(args) -> int:
     payload = fit_and_report(
         args.paths, args.out, laws=args.law, point=args.point, n_boot=args.n_boot, seed=args.seed,
         compute=args.compute, fix=args.fix, quiet=args.quiet or args.json == "-", csv=args.csv,
-        huber_delta=args.huber_delta, grid=args.grid, slice_tol=args.slice_tol, slice_window=args.slice_window)
+        huber_delta=args.huber_delta, grid=args.grid, slice_tol=args.slice_tol, slice_window=args.slice_window,
+        group=args.group)
     if args.json:
         results = payload["fits"]
         text = json.dumps(results[0] if len(results) == 1 else results, indent=1)

@@ -54,11 +54,45 @@ class NonNumericColumn:
     check_points raises `message` (which names the file, line and value) only when a law needs it.
     """
 
-    def __init__(self, message: str, size: int):
+    def __init__(self, message: str, size: int, values=None):
         self.message, self.size = message, size
+        self.values = np.asarray(values, dtype=object) if values is not None else None  # raw cells, for --group
 
     def __len__(self) -> int:
         return self.size
+
+    def take(self, mask) -> "NonNumericColumn":
+        vals = None if self.values is None else self.values[mask]
+        return NonNumericColumn(self.message, int(np.count_nonzero(mask)), vals)
+
+
+def as_columns(table) -> Dict[str, object]:
+    """A dict of arrays as given, or any table with `.columns` and `__getitem__` (a pandas
+    DataFrame, without importing pandas) as {name: float array}; a column that is not numeric
+    becomes a NonNumericColumn, an error only for a law that needs it."""
+    if isinstance(table, dict):
+        return table
+    if not (hasattr(table, "columns") and hasattr(table, "__getitem__")):
+        raise FitError(f"points must be a dict of arrays or a table with .columns (a DataFrame), "
+                       f"got {type(table).__name__}")
+    out: Dict[str, object] = {}
+    for c in list(table.columns):
+        col = table[c]
+        raw = np.asarray(col.to_numpy() if hasattr(col, "to_numpy") else col, dtype=object).ravel()
+        try:
+            out[str(c)] = np.asarray(raw, dtype=float)
+        except (TypeError, ValueError):
+            i, bad = next((i, v) for i, v in enumerate(raw) if not _is_number(v))
+            out[str(c)] = NonNumericColumn(f"column {str(c)!r} value {bad!r} (row {i}) is not a number", raw.size, raw)
+    return out
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,7 +471,7 @@ def fit(law: str, cols: Dict[str, object], *, delta: float = HUBER_DELTA, n_boot
     if law not in LAWS:
         raise FitError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
     fixed = check_fix(LAWS[law], parse_fix(fix))
-    data = check_points(law, cols, n_fixed=len(fixed))
+    data = check_points(law, as_columns(cols), n_fixed=len(fixed))
     with single_thread_blas():
         return _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed)
 
@@ -491,13 +525,7 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None)
                         p = L.to_public(best.x if prob is None else prob.theta(best.x), centres)
                         p.update(fixed)
                         boot[r] = [p[k] for k in L.params]
-    ci95 = {}
-    for j, k in enumerate(L.params):
-        if k in fixed:
-            ci95[k] = None  # held fixed: no interval
-            continue
-        col = boot[:, j][np.isfinite(boot[:, j])]
-        ci95[k] = [float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5))] if col.size else [float("nan")] * 2
+    ci95, boot_warnings = bootstrap_intervals(L.params, boot, fixed, n_boot)
 
     # --- leave-largest-out ----------------------------------------------------------------------
     hold = None
@@ -541,13 +569,51 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None)
         "ranges": ranges,
         "holdout": hold,
         "fixed": {k: float(v) for k, v in fixed.items()},
-        "warnings": identifiability_warnings(L, data, params, ci95),
+        "warnings": identifiability_warnings(L, data, params, ci95) + boot_warnings,
     }
     if law in ("chinchilla", "data-constrained"):
         out["allocation"] = _allocation_with_ci(out["params"], boot, L.params)
     if return_boot:
         return out, boot
     return out
+
+
+def bootstrap_intervals(names, boot: np.ndarray, fixed, n_boot: int):
+    """2.5/97.5 percentiles of each free parameter's bootstrap column, and warnings for intervals
+    that are not 95% intervals. Returns ({name: [lo, hi] or None}, [warning, ...]).
+
+    None: the parameter is fixed, or n_boot is 0 (no interval was asked for: no warning either).
+    Flagged (the interval is still reported, with a warning in the fit and the report): fewer than
+    half of the resamples refitted; every resample gave the same value (zero width: the points
+    pin nothing down, or a resample cannot move the estimate); half or more of the resamples sit at
+    one extreme value (they ran into a bound or a plateau of the objective, so the percentile is
+    the bound, not the data's uncertainty)."""
+    ci, warn = {}, []
+    for j, k in enumerate(names):
+        if k in fixed or not n_boot:
+            ci[k] = None
+            continue
+        col = boot[:, j][np.isfinite(boot[:, j])]
+        if not col.size:
+            ci[k] = None
+            warn.append(f"{k}: none of the {n_boot} bootstrap resamples could be refitted; no interval")
+            continue
+        lo, hi = float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5))
+        ci[k] = [lo, hi]
+        tol = 1e-9 * max(1.0, float(np.max(np.abs(col))))
+        if col.size < 0.5 * n_boot:
+            warn.append(f"{k}: only {col.size} of {n_boot} bootstrap resamples could be refitted; the interval "
+                        f"is not a 95% interval")
+        if float(np.ptp(col)) <= tol:
+            warn.append(f"{k}: every bootstrap resample gave {col[0]:.4g}; a zero-width interval is not a 95% "
+                        f"interval (the resamples cannot move it)")
+            continue
+        for side, v in (("lowest", col.min()), ("highest", col.max())):
+            frac = float(np.mean(np.abs(col - v) <= tol))
+            if frac >= 0.5:
+                warn.append(f"{k}: {100 * frac:.0f}% of the bootstrap resamples sit at the same {side} value "
+                            f"{v:.4g} (a bound or a plateau); the interval is degenerate, not a 95% interval")
+    return ci, warn
 
 
 def _allocation_with_ci(params, boot, names) -> Dict:
@@ -558,7 +624,7 @@ def _allocation_with_ci(params, boot, names) -> Dict:
     for k in ("a", "b", "G"):
         v = np.array([r[k] for r in rows], float)
         v = v[np.isfinite(v)]
-        ci[k] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else [float("nan")] * 2
+        ci[k] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else None
     return dict(al, ci95=ci, formula="N_opt = G (C/6)^a, D_opt = (C/6)^b / G, a = beta/(alpha+beta), "
                                      "b = alpha/(alpha+beta), G = (alpha A/(beta B))^(1/(alpha+beta))")
 

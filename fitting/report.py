@@ -307,9 +307,13 @@ def _param_cell(k, v):
 
 def _interval(r, k) -> str:
     if r["ci95"].get(k) is None:
-        return "fixed"
+        return "fixed" if k in (r.get("fixed") or {}) else "— (no bootstrap)"
     lo, hi = r["ci95"][k]
     return f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _ci_text(ci) -> str:
+    return "(no interval)" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
 def _fit_section(e: FitEntry, png: Optional[str]) -> List[str]:
@@ -348,9 +352,9 @@ def _fit_section(e: FitEntry, png: Optional[str]) -> List[str]:
     if r.get("allocation"):
         al = r["allocation"]
         out += ["", f"Approach 3 allocation: N_opt = G (C/6)^a with a = {_fmt(al['a'])} "
-                    f"[{_fmt(al['ci95']['a'][0])}, {_fmt(al['ci95']['a'][1])}], b = {_fmt(al['b'])} "
-                    f"[{_fmt(al['ci95']['b'][0])}, {_fmt(al['ci95']['b'][1])}], G = {_fmt(al['G'])} "
-                    f"[{_fmt(al['ci95']['G'][0])}, {_fmt(al['ci95']['G'][1])}]."]
+                    f"{_ci_text(al['ci95']['a'])}, b = {_fmt(al['b'])} "
+                    f"{_ci_text(al['ci95']['b'])}, G = {_fmt(al['G'])} "
+                    f"{_ci_text(al['ci95']['G'])}."]
     out += ["", f"n_points {r['n_points']}, rmse_log {r['rmse_log']:.4g} (log-space residual RMS), "
                 f"loss {r['loss_fn']}, {r['n_starts']} optimizer start(s), {r['n_boot']} bootstrap resamples "
                 f"(seed {r['seed']})."]
@@ -412,7 +416,7 @@ def _approaches_section(entries: List[FitEntry], frontiers: Optional[dict]) -> L
         return []
 
     def iv(ci):
-        return "fixed" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+        return "—" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
     out = ["## Compute-optimal allocation: approaches 1, 2, 3", "",
            "N_opt ~ C^a, D_opt ~ C^b. Approach 1: N along the lower envelope of the curves; 2: minima of isoFLOP "
@@ -422,6 +426,20 @@ def _approaches_section(entries: List[FitEntry], frontiers: Optional[dict]) -> L
            "| approach | a | 95% interval | b | 95% interval | G |", "| --- | --- | --- | --- | --- | --- |"]
     for name, a, ca, b, cb, G in rows:
         out.append(f"| {name} | {_fmt(a)} | {iv(ca)} | {_fmt(b)} | {iv(cb) if b is not None else '—'} | {G} |")
+    return out + [""]
+
+
+def _groups_section(groups: Optional[dict]) -> List[str]:
+    """One column per value of the --group column, one row per law and parameter."""
+    if not groups or not groups.get("params"):
+        return []
+    vals = groups["values"]
+    out = [f"## Side by side: one fit per `{groups['column']}`", "",
+           "| law | parameter | " + " | ".join(f"{groups['column']} = {v}" for v in vals) + " |",
+           "| --- | --- | " + " | ".join("---" for _ in vals) + " |"]
+    for law, params in groups["params"].items():
+        for k, by in params.items():
+            out.append(f"| `{law}` | {k} | " + " | ".join(_fmt(by.get(v)) for v in vals) + " |")
     return out + [""]
 
 
@@ -487,6 +505,7 @@ def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, fronti
     for e in entries:
         md += _fit_section(e, pngs.get(e.stem))
     md += _approaches_section(entries, frontiers)
+    md += _groups_section(payload.get("groups"))
     if frontier is not None:
         md += ["## Compute-efficient frontier", "",
                f"Lower envelope of the runs' loss curves against measured C ({frontier.get('compute', 'nonembedding')}; "
@@ -513,7 +532,8 @@ def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, fronti
 def print_summary(entries: List[FitEntry], skipped: Optional[Dict[str, str]], out: Optional[str]) -> None:
     for e in entries:
         r = e.fit
-        ps = ", ".join(f"{k}={v:.4g} " + ("(fixed)" if r["ci95"].get(k) is None
+        ps = ", ".join(f"{k}={v:.4g} " + (("(fixed)" if k in (r.get("fixed") or {}) else "")
+                                          if r["ci95"].get(k) is None
                                           else f"[{r['ci95'][k][0]:.4g}, {r['ci95'][k][1]:.4g}]")
                        for k, v in r["params"].items())
         print(f"{e.stem:11s} n={r['n_points']:<5d} rmse_log={r['rmse_log']:.4f}  {ps}")

@@ -227,18 +227,20 @@ def read_csv(path: str) -> Dict[str, object]:
     if not rows:
         raise FitError(f"{path}: header but no rows")
     cols: Dict[str, list] = {h: [] for h in header}
+    raw: Dict[str, list] = {h: [] for h in header}
     bad: Dict[str, str] = {}
     for ln, r in enumerate(rows, 2):
         if len(r) != len(header):
             raise FitError(f"{path}:{ln}: {len(r)} fields, header has {len(header)}")
         for h, v in zip(header, r):
             v = v.strip()
+            raw[h].append(v)
             try:
                 cols[h].append(float(v) if v else math.nan)
             except ValueError:
                 bad.setdefault(h, f"{path}:{ln}: column {h!r} value {v!r} is not a number")
                 cols[h].append(math.nan)
-    return {h: (NonNumericColumn(bad[h], len(v)) if h in bad else np.array(v)) for h, v in cols.items()}
+    return {h: (NonNumericColumn(bad[h], len(v), raw[h]) if h in bad else np.array(v)) for h, v in cols.items()}
 
 
 def smooth(v: np.ndarray, frac: float = 0.02) -> np.ndarray:
