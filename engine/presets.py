@@ -41,7 +41,8 @@ class SweepPreset:
     evals: int = 10                        # evaluations (and checkpoints) per run
     lr_by_size: bool = False               # Kaplan's lr(N) = 0.003239 - 0.0001395 log N, scaled to train["lr"]
     assumed_flops_per_s: float = 15e9      # for --dry-run's wall-time estimate (see the preset's note)
-    cpu_threads: Optional[int] = None      # torch threads for CPU runs (None: torch's default)
+    cpu_threads: Optional[int] = None      # torch threads per CPU run (None: 1)
+    n_boot: int = 200                      # bootstrap resamples of the fits at the end (--n-boot overrides)
     note: str = ""
 
     def runs(self) -> List[dict]:
@@ -106,6 +107,20 @@ PRESETS: Dict[str, SweepPreset] = {
         cpu_threads=1,
         note="640 steps of 16 x 64 tokens per size (655k tokens, 0.07 epochs of the stdlib corpus: no "
              "repetition); micro-batches of 8 give the noise scale; stdlib BPE-4096; one torch thread.",
+    ),
+    "cpu-smoke": SweepPreset(
+        name="cpu-smoke",
+        description="a set-up check end to end: four tiny runs, about a minute inline on 2 CPU cores",
+        # Four sizes of near-equal cost (so two local workers split them evenly), 200 steps of
+        # 16 x 64 tokens each; the fit at the end is a smoke test, not a measurement (N spans 0.9
+        # decades; 50 bootstrap resamples).  Same data and tokenizer as cpu-tiny, so it also warms
+        # the token cache.
+        models=[(1, 32, 2), (2, 32, 2), (2, 48, 2), (2, 64, 4)],
+        n_ctx=64, tokens=200 * 16 * 64, train=_CPU_TRAIN, evals=4, assumed_flops_per_s=25e9, cpu_threads=1,
+        n_boot=50,
+        note="200 steps of 16 x 64 tokens per size, four evals (and checkpoints) per run; stdlib BPE-4096 "
+             "(the first run on a machine also trains the tokenizer, 20-50 s); one torch thread per run. "
+             "Try `--executor local --workers 2` or `--executor slurm` with it.",
     ),
     "h100": SweepPreset(
         name="h100",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -38,6 +39,7 @@ from . import flops as fl
 from . import rundir
 from .config import ConfigError, ModelConfig, TrainConfig, add_config_arguments, config_values
 from .dist import broadcast_object, init_distributed
+from .executors import EXECUTORS, InlineExecutor, LocalExecutor, RunTask, SlurmExecutor, SlurmOptions, local_slots
 from .presets import PRESETS, SweepPreset, get_preset
 
 # ---------------------------------------------------------------------------------------------
@@ -126,23 +128,78 @@ def _write_manifest(out: Path, preset: SweepPreset, entries: List[dict], extra: 
     atomic_write_json(out / "sweep.json", rec)
 
 
+class _Follower:
+    """Each run's cumulative FLOPs from the tail of its metrics.jsonl (what the workers write), so
+    the sweep's bar moves while runs train in other processes or on other nodes."""
+
+    def __init__(self):
+        self.pos: dict = {}
+        self.flops: dict = {}
+
+    def read(self, run_dir: Path) -> int:
+        m = run_dir / rundir.METRICS
+        try:
+            size = m.stat().st_size
+        except OSError:
+            return self.flops.get(run_dir, 0)
+        pos = self.pos.get(run_dir, 0)
+        if size < pos:  # truncated on resume: read again from the top
+            pos, self.flops[run_dir] = 0, 0
+        if size > pos:
+            with open(m, "rb") as f:
+                f.seek(pos)
+                chunk = f.read(size - pos)
+            end = chunk.rfind(b"\n") + 1  # complete lines only
+            for ln in chunk[:end].splitlines():
+                try:
+                    self.flops[run_dir] = int(json.loads(ln)["flops_total"])
+                except (ValueError, KeyError, TypeError):
+                    pass
+            self.pos[run_dir] = pos + end
+        return self.flops.get(run_dir, 0)
+
+
+def _read_manifest(out: Path) -> dict:
+    try:
+        return json.loads((out / "sweep.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+EXEC_FIELDS = ("executor", "job_id", "node", "start", "end")
+
+
 def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = None, progress: bool = True,
-             fit: bool = True, n_boot: int = 200, threads: Optional[int] = None) -> dict:
-    """Run (or resume) every run of ``preset`` under ``out``/runs, then fit and report.
-    Returns the manifest dict.  ``overrides``: TrainConfig fields applied to every run."""
+             fit: bool = True, n_boot: Optional[int] = None, threads: Optional[int] = None, executor: str = "inline",
+             workers: Optional[int] = None, gpus_per_run: int = 1, slurm: Optional[SlurmOptions] = None,
+             wait: bool = True) -> dict:
+    """Run (or resume) every run of ``preset`` under ``out``/runs on ``executor`` (inline, local,
+    slurm: engine/executors.py), then fit and report once the grid is complete.  Returns the
+    manifest dict.  ``overrides``: TrainConfig fields applied to every run.  ``wait=False``
+    (slurm): submit what is missing and return; the same call again collects."""
     from tqdm import tqdm
 
-    from .data import Corpus, load_corpus
-    from .train import Trainer
+    from .data import load_corpus
 
-    out = Path(out)
+    out = Path(out).absolute()
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     specs = preset.runs()
     for s in specs:
         s["train"] = dict(s["train"], **overrides)
     # validate every config before any work (types, divisibility, unknown fields)
     cfgs = [(s, ModelConfig(**s["model"], n_vocab=257), TrainConfig.from_dict(s["train"])) for s in specs]
-    rank, world, _ = init_distributed(cfgs[0][2].device)
+    device = cfgs[0][2].device
+    rank, world, _ = init_distributed(device)
+    if world > 1 and executor != "inline":
+        raise ConfigError(f"--executor {executor} starts its own processes (torchrun for a run that asks for "
+                          "several GPUs, --gpus-per-run); run the sweep itself without torchrun")
+    if gpus_per_run < 1:
+        raise ConfigError(f"--gpus-per-run must be at least 1, got {gpus_per_run}")
+    gpus = gpus_per_run if device.startswith("cuda") else 0
+    if gpus > 1:
+        world = gpus  # each run is DDP over its GPUs (torchrun)
     if world > 1:
         # Under DDP the ranks split each batch; where batch_size / (grad_accum x world) is not
         # whole, accumulate nothing (the ranks' own and the all-reduced gradients still give the
@@ -154,11 +211,14 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
             if cfgs[i][2].batch_size % world:
                 raise ConfigError(f"run {s['name']}: batch_size {tc.batch_size} is not divisible by the "
                                   f"world size {world}")
-    threads = threads or preset.cpu_threads
-    if threads and cfgs[0][2].device == "cpu":
+    # One torch thread per CPU run unless asked otherwise: the same count under every executor,
+    # so a run's losses do not depend on where it ran.
+    threads = (threads or preset.cpu_threads or 1) if device == "cpu" else None
+    if threads:
         import torch
 
         torch.set_num_threads(threads)
+    slots = local_slots(device, workers, threads or 1, gpus_per_run) if executor == "local" else None
     lead = rank == 0
     err = None
     if lead:
@@ -166,15 +226,18 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
             _check_sweep_dir(out, preset)
         except ConfigError as e:
             err = str(e)
-    err = broadcast_object(err, world)  # every rank stops on rank 0's one-line error
+    err = broadcast_object(err, world if executor == "inline" else 1)  # every rank stops on rank 0's one-line error
     if err:
         raise ConfigError(err)
+    world = world if executor == "inline" else 1
+    old = {r["name"]: r for r in _read_manifest(out).get("runs", [])} if lead else {}
     t_start = time.perf_counter()
     # One corpus load (BPE training and tokenization happen once, then the cache); each run's D
-    # cap is a slice of the same token array.
+    # cap is a slice of the same token array.  Workers elsewhere read the cache this fills.
     tc0 = cfgs[0][2]
     if lead:
-        say(f"sweep {preset.name}: {len(specs)} runs -> {out}; loading data {tc0.data!r} ({tc0.tokenizer})", progress)
+        say(f"sweep {preset.name}: {len(specs)} runs -> {out} ({executor}); loading data {tc0.data!r} ({tc0.tokenizer})",
+            progress)
     full = None
     if lead:
         full = load_corpus(tc0.data, tc0.tokenizer, None)
@@ -182,13 +245,6 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
     if not lead:
         full = load_corpus(tc0.data, tc0.tokenizer, None)
     t_data = time.perf_counter() - t_start
-
-    def corpus_for(tc: TrainConfig) -> Corpus:
-        if (tc.data, tc.tokenizer) != (tc0.data, tc0.tokenizer):
-            return load_corpus(tc.data, tc.tokenizer, tc.max_tokens)
-        train = full.train if tc.max_tokens is None else full.train[:tc.max_tokens]
-        prov = dict(full.provenance, n_train_tokens=int(train.size))
-        return Corpus(train=train, val=full.val, vocab_size=full.vocab_size, provenance=prov)
 
     # real vocabulary for the cost model; cheapest runs first
     jobs = []
@@ -212,38 +268,121 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         say(f"resuming: {n_done} of {len(jobs)} runs already finished"
             + (f", {sum(1 for v in status.values() if v == 'partial')} interrupted" if 'partial' in status.values() else ""),
             progress)
+
+    # The manifest's entries, in grid order; a finished run keeps where and when it ran.
+    entries, by_name = [], {}
+    for s, mc, tc, cost in jobs:
+        ent = {"name": s["name"], "dir": f"runs/{s['name']}", "model": mc.to_dict(), "train": tc.to_dict(),
+               "N": mc.N, "expected_flops": cost, "status": "pending"}
+        prev = old.get(s["name"], {})
+        ent.update({k: prev[k] for k in EXEC_FIELDS if k in prev})
+        entries.append(ent)
+        by_name[s["name"]] = ent
+    timing = {"data": round(t_data, 1)}
+
+    def write():
+        if lead:
+            _write_manifest(out, preset, entries, {"executor": executor, "timing_s": timing})
+
+    sl = None
+    if executor == "slurm":
+        sl = SlurmExecutor(out / "slurm", slurm or SlurmOptions(), job_name=f"flopscale-{preset.name}", wait=wait,
+                           known={n: e["job_id"] for n, e in by_name.items()
+                                  if status[n] != "done" and e.get("executor") == "slurm" and e.get("job_id")})
+    for s, mc, tc, cost in jobs:
+        ent = by_name[s["name"]]
+        if status[s["name"]] == "done":
+            ent["status"] = "done"
+            if lead:
+                ent["final"] = _summary(out / "runs" / s["name"])
+                if sl is not None and ent.get("job_id") and not ent.get("end"):
+                    got = (sl.collect_finished(ent["job_id"]) or {}).get(s["name"])  # finished since --no-wait
+                    ent.update({k: got[k] for k in EXEC_FIELDS if got and k in got})
+    write()
+
+    tasks = [RunTask(name=s["name"], run_dir=str(out / "runs" / s["name"]), model=mc.to_dict(), train=tc.to_dict(),
+                     threads=threads, gpus=gpus)
+             for s, mc, tc, cost in jobs if status[s["name"]] != "done"]
+    if executor != "inline":  # in parallel, costliest first: the longest run does not start last
+        tasks.reverse()
+    cost_of = {s["name"]: cost["all"] for s, mc, tc, cost in jobs}
     # Overall progress in FLOPs (the ledger's exact per-run counts), so the ETA weighs big runs right.
     bar = tqdm(total=total, initial=done_flops, unit="FLOP", unit_scale=True, desc=f"sweep {preset.name}",
-               disable=not (progress and lead), position=0, dynamic_ncols=True, file=sys.stderr)
-    entries = []
-    t_train = time.perf_counter()
-    for s, mc, tc, cost in jobs:
-        rd = out / "runs" / s["name"]
-        ent = {"name": s["name"], "dir": f"runs/{s['name']}", "model": mc.to_dict(), "train": tc.to_dict(),
-               "N": mc.N, "expected_flops": cost}
-        if status[s["name"]] != "done":
-            bar.set_postfix_str(f"run {len(entries) + 1}/{len(jobs)} {s['name']} (N={mc.N:,})")
-            tr = Trainer(mc, tc, rd, progress=progress, corpus=corpus_for(tc), progress_position=1)
-            tr.run()
-            bar.update(cost["all"])
-        if lead:
+               disable=not (progress and lead and (wait or executor != "slurm")), position=0, dynamic_ncols=True,
+               file=sys.stderr)
+    follower, finished_flops, failed = _Follower(), [done_flops], []
+
+    def on_start(t: RunTask, info: dict):
+        ent = by_name[t.name]
+        for k in ("node", "start", "end", "error"):
+            ent.pop(k, None)
+        ent.update(info, status="submitted" if info.get("job_id") else "running")
+        if executor == "inline":
+            bar.set_postfix_str(f"run {t.name} (N={ent['N']:,})")
+        write()
+
+    def on_done(t: RunTask, info: dict):
+        ent = by_name[t.name]
+        ent.update({k: v for k, v in info.items() if k in EXEC_FIELDS or k == "error"})
+        steps = ent["train"]["steps"]
+        if "error" not in info and lead and _run_status(Path(t.run_dir), steps)[0] != "done":
+            ent["error"] = "the task ended before the run finished"
+        if "error" in ent:
+            ent["status"] = "failed"
+            failed.append(f"{t.name}: {ent['error']}")
+            say(f"run {t.name} failed: {ent['error']}", True)
+        else:
             ent["status"] = "done"
-            ent["final"] = _summary(rd)
-        entries.append(ent)
-        if lead:
-            _write_manifest(out, preset, entries + [
-                {"name": j[0]["name"], "dir": f"runs/{j[0]['name']}", "N": j[1].N, "status": "pending"}
-                for j in jobs[len(entries):]], {"timing_s": {"data": round(t_data, 1)}})
-    bar.close()
-    t_runs = time.perf_counter() - t_train
-    man = {}
-    if lead:
-        extra = {"timing_s": {"data": round(t_data, 1), "runs_this_invocation": round(t_runs, 1)}}
+            if lead:
+                ent["final"] = _summary(Path(t.run_dir))
+            finished_flops[0] += cost_of[t.name]
+        follower.flops.pop(Path(t.run_dir), None)
+        tick()
+        write()
+
+    def tick():
+        running = [by_name[t.name] for t in tasks if by_name[t.name]["status"] in ("running", "submitted")]
+        now = finished_flops[0] + sum(min(follower.read(out / e["dir"]), cost_of[e["name"]]) for e in running)
+        bar.update(max(0, now - bar.n))
+
+    t_train = time.perf_counter()
+    if executor == "inline":
+        ex = InlineExecutor(progress=progress, corpus=full)
+    elif executor == "local":
+        ex = LocalExecutor(slots)
+    else:
+        ex = sl
+    if executor != "inline" and tasks:
+        where = (f"{len(slots)} local workers ({'GPUs ' + ' '.join(','.join(x['gpus']) for x in slots) if gpus else f'{threads} thread(s) each'})"
+                 if executor == "local" else "SLURM")
+        say(f"{len(tasks)} runs on {where}", progress)
+    try:
+        ex.run(tasks, on_start=on_start, on_done=on_done, tick=tick)
+    finally:
+        bar.close()
+        timing["runs_this_invocation"] = round(time.perf_counter() - t_train, 1)
+        for e in entries:  # stopped here (a signal, an error): resumed by the same command
+            if e["status"] == "running":
+                e["status"] = "interrupted"
+        write()
+    man = _read_manifest(out) if lead else {}
+    if lead and executor == "slurm" and not wait:
+        waiting = [e for e in entries if e["status"] == "submitted"]
+        man["waiting"] = len(waiting)
+        if waiting:
+            say(f"{len(waiting)} runs queued or running on SLURM (job ids {', '.join(sorted({e['job_id'] for e in waiting}))}); "
+                "run the same command again to collect them", True)
+            return man
+    if failed:
+        raise TrainError(f"{len(failed)} of {len(jobs)} runs failed ({'; '.join(failed)}); the others are kept; "
+                         "run the same command again to retry")
+    if lead and all(e["status"] == "done" for e in entries):
+        extra = {"executor": executor, "timing_s": timing}
         if fit:
             t0 = time.perf_counter()
-            extra["fit"] = fit_and_report(out, n_boot=n_boot, progress=progress)
-            extra["timing_s"]["fit_report"] = round(time.perf_counter() - t0, 1)
-        extra["timing_s"]["total_this_invocation"] = round(time.perf_counter() - t_start, 1)
+            extra["fit"] = fit_and_report(out, n_boot=preset.n_boot if n_boot is None else n_boot, progress=progress)
+            timing["fit_report"] = round(time.perf_counter() - t0, 1)
+        timing["total_this_invocation"] = round(time.perf_counter() - t_start, 1)
         _write_manifest(out, preset, entries, extra)
         man = json.loads((out / "sweep.json").read_text())
     return man
@@ -329,25 +468,57 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_config_arguments(p, TrainConfig, only=OVERRIDABLE, no_defaults=True,
                          titles={"data": "override the preset's data", "run": "override the preset's run settings",
                                  "kernels": "override the preset's kernel variants"})
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: the preset's; cpu-tiny uses 1)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the fits' 95%% intervals")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: the preset's, else 1), the same under every executor")
+    p.add_argument("--n-boot", type=int, default=None,
+                   help="bootstrap resamples for the fits' 95%% intervals (default: the preset's, 200 for most)")
     p.add_argument("--no-fit", action="store_true", help="run the grid only (fit later with `flopscale fit SWEEP_DIR/runs`)")
     p.add_argument("--dry-run", action="store_true", help="print the grid and its estimated FLOPs and wall time, run nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the grid as JSON on stdout ({\"runs\": [...]})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("where the runs execute (engine/executors.py)")
+    g.add_argument("--executor", choices=EXECUTORS, default="inline",
+                   help="inline: one run after another in this process; local: --workers processes on this machine, "
+                        "each pinned to its GPU(s) or cores; slurm: a submitit job array, one task per run")
+    g.add_argument("--workers", type=int, default=None,
+                   help="local: worker processes (default: GPUs / --gpus-per-run, or cores / --threads on CPU)")
+    g.add_argument("--gpus-per-run", type=int, default=1,
+                   help="GPUs per run on CUDA (more than 1: the run is launched through torchrun)")
+    g.add_argument("--no-wait", action="store_true",
+                   help="slurm: submit what is missing and return; the same command again collects what finished")
+    g.add_argument("--slurm-partition", default=None, help="slurm: partition (default: the cluster's)")
+    g.add_argument("--slurm-time", default=None, help="slurm: time limit per task, minutes or [D-]HH:MM[:SS] (default 60)")
+    g.add_argument("--slurm-gpus-per-task", type=int, default=None, help="slurm: GPUs per task (default: --gpus-per-run on CUDA)")
+    g.add_argument("--slurm-cpus-per-task", type=int, default=None, help="slurm: CPUs per task (default: --threads)")
+    g.add_argument("--slurm-account", default=None, help="slurm: account to charge")
+    g.add_argument("--slurm-runs-per-task", type=int, default=None, help="slurm: runs per array task, run one after another")
+    g.add_argument("--slurm-array-parallelism", type=int, default=None, help="slurm: array tasks running at once, at most")
+    g.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="slurm: any other sbatch option, repeatable (--slurm-option qos=high --slurm-option mem=8G)")
     return p
 
 
-def dry_run(preset: SweepPreset, overrides: dict, vocab: int = 4096) -> int:
+def dry_run(preset: SweepPreset, overrides: dict, vocab: int = 4096, as_json: bool = False) -> int:
     """Print the grid with the FLOP ledger's exact counts and a wall-time *estimate* at the
-    preset's assumed sustained FLOP/s (an assumption, stated; not a measurement)."""
-    rows, tot = [], 0
+    preset's assumed sustained FLOP/s (an assumption, stated; not a measurement).  ``as_json``:
+    one object on stdout, ``{"preset", "runs": [{"name", "N", "model", "train", "expected_flops",
+    "estimated_min"}], "total_flops", "estimated_min", "assumed_flops_per_s"}``."""
+    rows, runs, tot = [], [], 0
     for s in preset.runs():
         tr = dict(s["train"], **{k: v for k, v in overrides.items() if v is not None})
         mc, tc = ModelConfig(**s["model"], n_vocab=vocab), TrainConfig.from_dict(tr)
         c = run_flops(mc, tc)
         tot += c["all"]
+        est = c["all"] / preset.assumed_flops_per_s / 60
+        runs.append({"name": s["name"], "N": mc.N, "model": mc.to_dict(), "train": tc.to_dict(),
+                     "tokens_per_step": tc.batch_size * mc.n_ctx, "expected_flops": c, "estimated_min": est})
         rows.append(f"{s['name']:<22}{mc.N:>14,}{tc.steps:>8}{tc.batch_size * mc.n_ctx:>10,}"
-                    f"{c['nonembedding']:>14.3g}{c['all']:>14.3g}{c['all'] / preset.assumed_flops_per_s / 60:>10.1f}")
+                    f"{c['nonembedding']:>14.3g}{c['all']:>14.3g}{est:>10.1f}")
+    if as_json:
+        print(json.dumps({"preset": preset.name, "description": preset.description, "vocab": vocab, "runs": runs,
+                          "total_flops": tot, "estimated_min": tot / preset.assumed_flops_per_s / 60,
+                          "assumed_flops_per_s": preset.assumed_flops_per_s}, indent=1))
+        return 0
     print(f"preset {preset.name}: {preset.description}\n{preset.note}")
     print(f"{'run':<22}{'N':>14}{'steps':>8}{'tok/step':>10}{'C (non-emb)':>14}{'C (all)':>14}{'est. min':>10}")
     print("\n".join(rows))
@@ -357,21 +528,88 @@ def dry_run(preset: SweepPreset, overrides: dict, vocab: int = 4096) -> int:
     return 0
 
 
+def parse_slurm_time(text: str) -> int:
+    """Minutes from ``M``, ``HH:MM[:SS]`` or ``D-HH:MM[:SS]`` (sbatch's forms; seconds round up)."""
+    t = str(text).strip()
+    try:
+        days = 0
+        if "-" in t:
+            d, t = t.split("-", 1)
+            days = int(d)
+        parts = [int(x) for x in t.split(":")]
+        if len(parts) == 1:
+            mins = parts[0]
+        elif len(parts) in (2, 3):
+            h, m, sec = (parts + [0])[:3]
+            mins = h * 60 + m + (1 if sec else 0)
+        else:
+            raise ValueError
+        mins += days * 1440
+    except ValueError:
+        raise ConfigError(f"--slurm-time: want minutes or [D-]HH:MM[:SS], got {text!r}") from None
+    if mins < 1:
+        raise ConfigError(f"--slurm-time must be at least a minute, got {text!r}")
+    return mins
+
+
+def slurm_options(args) -> SlurmOptions:
+    extra = {}
+    for kv in args.slurm_option:
+        k, eq, v = kv.partition("=")
+        k = k.strip().lstrip("-")
+        if not k:
+            raise ConfigError(f"--slurm-option: want KEY=VALUE (an sbatch option), got {kv!r}")
+        extra[k] = v if eq else True
+    for name in ("slurm_runs_per_task", "slurm_array_parallelism", "slurm_gpus_per_task", "slurm_cpus_per_task"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "slurm_gpus_per_task" else 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {0 if 'gpus' in name else 1}, got {v}")
+    d = SlurmOptions()
+    return SlurmOptions(partition=args.slurm_partition,
+                        time_min=parse_slurm_time(args.slurm_time) if args.slurm_time else d.time_min,
+                        gpus_per_task=args.slurm_gpus_per_task, cpus_per_task=args.slurm_cpus_per_task,
+                        account=args.slurm_account, runs_per_task=args.slurm_runs_per_task or d.runs_per_task,
+                        array_parallelism=args.slurm_array_parallelism or d.array_parallelism, options=extra)
+
+
 def run_sweep(args) -> int:
     """flopscale sweep: run a preset's grid (resumable), then fit and report."""
+    from .train import RunInterrupted
+
     preset = get_preset(args.preset)
-    if args.n_boot < 0:
-        raise ConfigError(f"--n-boot must be >= 0, got {args.n_boot}")
+    n_boot = preset.n_boot if args.n_boot is None else args.n_boot
+    if n_boot < 0:
+        raise ConfigError(f"--n-boot must be >= 0, got {n_boot}")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    if args.workers is not None and (args.executor != "local" or args.workers < 1):
+        raise ConfigError("--workers takes a positive count, with --executor local")
+    if args.no_wait and args.executor != "slurm":
+        raise ConfigError("--no-wait needs --executor slurm")
+    if args.json and not args.dry_run:
+        raise ConfigError("--json goes with --dry-run (a finished sweep's record is SWEEP_DIR/sweep.json)")
+    slurm_set = [a for a in vars(args) if a.startswith("slurm_") and getattr(args, a) not in (None, [])]
+    if slurm_set and args.executor != "slurm":
+        raise ConfigError(f"--{slurm_set[0].replace('_', '-')} needs --executor slurm")
     overrides = config_values(args, OVERRIDABLE)
     if args.dry_run:
-        return dry_run(preset, overrides)
+        return dry_run(preset, overrides, as_json=args.json)
     out = Path(args.out)
     t0 = time.perf_counter()
-    man = run_grid(preset, out, overrides, progress=not args.quiet, fit=not args.no_fit, n_boot=args.n_boot,
-                    threads=args.threads)
+    try:
+        man = run_grid(preset, out, overrides, progress=not args.quiet, fit=not args.no_fit, n_boot=n_boot,
+                       threads=args.threads, executor=args.executor, workers=args.workers,
+                       gpus_per_run=args.gpus_per_run,
+                       slurm=slurm_options(args) if args.executor == "slurm" else None, wait=not args.no_wait)
+    except RunInterrupted as e:
+        print(f"interrupted by {signal.Signals(e.signum).name}: running runs wrote a checkpoint, finished runs are "
+              "kept; run the same command again to resume", file=sys.stderr)
+        return 128 + e.signum
     if man:
+        if man.get("waiting"):
+            print(f"sweep {preset.name}: {man['waiting']} of {len(man['runs'])} runs submitted or running; "
+                  f"run the same command again to collect them")
+            return 0
         if "fit" in man:
             print_summary(man["fit"], out)
         print(f"sweep {preset.name}: {len(man['runs'])} runs in {out}/runs, manifest {out}/sweep.json; "

@@ -26,6 +26,13 @@ Rank 0 alone writes config.json, metrics.jsonl, flops.json and the checkpoint; e
 the checkpoint on resume (a shared file system is assumed), and a run may resume on another
 world size.
 
+Stopping: SIGTERM (what SLURM sends before it kills a preempted or timed-out job) or SIGINT
+makes ``run()`` finish the step it is in, write a checkpoint and raise :class:`RunInterrupted`
+(a KeyboardInterrupt, so the CLI exits non-zero with one line); the same command again prints
+``resuming RUN_DIR from step S`` and continues bit for bit on CPU.  Under DDP the ranks agree on
+the step to stop at (one all-reduce of the flag per step).  A process training in RUN_DIR holds
+``RUN_DIR/.lock`` (engine/runlock.py); a second one refuses with one line naming the holder.
+
 Gradient noise scale (``noise_scale``, engine/noise.py): single-process, the small batch is one
 micro-batch and the big batch the whole step (grad_accum >= 2); under DDP, the small batch is one
 rank's share and the big batch the all-reduced one.  Logged in **tokens** (sequences x n_ctx).
@@ -36,7 +43,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +59,7 @@ from .dist import all_reduce_ints, all_reduce_mean_grads, all_reduce_sum, barrie
 from .model import GPT
 from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm
 from .rundir import TrainError
+from .runlock import RunLock
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.  None elsewhere.
@@ -86,11 +96,88 @@ def optimizer_step_flops(model: torch.nn.Module, tc: TrainConfig) -> int:
     return fl.optimizer_flops(sum(p.numel() for p in decay + other), n_decayed, tc.grad_clip > 0)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by a signal after finishing its step and writing a checkpoint."""
+
+    def __init__(self, signum: int, step: int, run_dir: str):
+        super().__init__(signum, step, run_dir)
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+
+    def __str__(self) -> str:
+        where = f" at step {self.step} of {self.run_dir}: checkpoint written" if self.step >= 0 else f" ({self.run_dir})"
+        return f"{signal.Signals(self.signum).name}{where}; run the same command again to resume"
+
+
+class StopOnSignal:
+    """While active (main thread only), SIGTERM and SIGINT set ``signum`` instead of killing
+    the process; the previous handlers come back on exit.  Nested ones share what they catch (a
+    signal that reached a sweep's worker before its Trainer started is not lost).  Later signals
+    are ignored: the run is already on its way out (SIGKILL still works)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    _active: list = []
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    @classmethod
+    def _handler(cls, signum, frame):
+        for s in cls._active:
+            if s.signum is None:
+                s.signum = signum
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self.signum = next((s.signum for s in self._active if s.signum), None)
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, StopOnSignal._handler)
+            StopOnSignal._active.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self in StopOnSignal._active:
+            StopOnSignal._active.remove(self)
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+
 def make_optimizer(model: GPT, tc: TrainConfig):
     decay, other = decay_split(model)
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8, foreach=False)
+    # CUDA: the fused kernel (one launch for every tensor).  CPU: foreach, which is bit for bit
+    # the per-tensor loop here (tests/test_train_speed_paths.py), so CPU runs and resumes stay
+    # exact; CPU's fused AdamW rounds differently.
+    fast = {"fused": True} if next(model.parameters()).device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8, **fast)
     return opt, optimizer_step_flops(model, tc)
+
+
+def check_device(tc: TrainConfig) -> None:
+    """One line saying what to do when the device, or the backend on it, cannot run here
+    (rather than torch's "Torch not compiled with CUDA enabled" or Triton's "0 active drivers")."""
+    try:
+        dev = torch.device(tc.device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {tc.device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "was built without CUDA" if torch.version.cuda is None else "sees no CUDA GPU"
+            raise ConfigError(f"--device {tc.device}: this torch ({torch.__version__}) {why}; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {tc.device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                              f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {tc.device!r}; use cpu, cuda or cuda:N")
+    if tc.backend == "cuda" and dev.type != "cuda":
+        raise ConfigError("--backend cuda runs CUDA kernels on GPU tensors; use --device cuda, or --backend torch on CPU")
+    if tc.backend == "triton" and dev.type != "cuda":
+        from flopscale.kernels.triton_utils import INTERPRET
+
+        if not INTERPRET:
+            raise ConfigError("--backend triton on --device cpu needs Triton's interpreter: set TRITON_INTERPRET=1 "
+                              "before starting (slow; for tests), or use --device cuda, or --backend torch")
 
 
 class Trainer:
@@ -103,6 +190,7 @@ class Trainer:
     def __init__(self, mc: ModelConfig, tc: TrainConfig, out: str | Path, progress: bool = True, corpus=None,
                  progress_position: int = 0):
         self.tc, self.out, self.progress, self.progress_position = tc, Path(out), progress, progress_position
+        check_device(tc)
         self.rank, self.world, local = init_distributed(tc.device)
         if tc.batch_size % (tc.grad_accum * self.world):
             raise ConfigError(f"batch_size ({tc.batch_size}) must be divisible by grad_accum x world size "
@@ -125,7 +213,11 @@ class Trainer:
         if self.world > 1 and dev == "cuda":
             dev = f"cuda:{local}"
         self.device = torch.device(dev)
-        self.model = GPT(mc, backend=tc.backend, kernel_options=tc.kernel_options()).to(self.device)  # the bare module (checkpoints, eval)
+        self.model = GPT(mc, backend=tc.backend, kernel_options=tc.kernel_options(),
+                         loss_impl=tc.loss_impl).to(self.device)  # the bare module (checkpoints, eval)
+        if tc.compile:
+            self.model.compile_core()
+        self._prefetched = None  # ((step, micro), (x, y) on the device): the next batch, drawn early
         self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -243,14 +335,34 @@ class Trainer:
         """Mean validation loss over eval_batches fixed batches (the same at every eval); under
         DDP, batch i is evaluated by rank i % world_size and the sum all-reduced."""
         self.model.eval()
-        tc, total = self.tc, 0.0
+        tc, total = self.tc, torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(self.rank, tc.eval_batches, self.world):
-            x, y = self.corpus.batch("val", i, 0, self.micro_batch, self.mc.n_ctx, tc.seed)
+            x, y = self._to_device(*self.corpus.batch("val", i, 0, self.micro_batch, self.mc.n_ctx, tc.seed))
             with self._autocast():
-                _, loss = self.model(x.to(self.device), y.to(self.device))
-            total += loss.item()
+                _, loss = self.model(x, y)
+            total += loss.detach().double()  # on the device: one host sync per eval, below
         self.model.train()
-        return self._all_reduce_sum([total])[0] / tc.eval_batches
+        return self._all_reduce_sum([float(total)])[0] / tc.eval_batches
+
+    def _to_device(self, x, y):
+        """A host batch to the device: pinned and non-blocking on CUDA (the copy overlaps the
+        work already queued); the same tensors on CPU."""
+        if self.device.type != "cuda":
+            return x, y
+        return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+
+    def _train_batch(self, step: int, micro: int):
+        """Train micro-batch ``micro`` (global index) of ``step`` on the device; the one drawn
+        ahead by ``_prefetch`` when it is that one.  Batches depend on (seed, step, micro) alone,
+        so drawing early changes nothing."""
+        if self._prefetched is not None and self._prefetched[0] == (step, micro):
+            batch = self._prefetched[1]
+            self._prefetched = None
+            return batch
+        return self._to_device(*self.corpus.batch("train", step, micro, self.micro_batch, self.mc.n_ctx, self.tc.seed))
+
+    def _prefetch(self, step: int, micro: int) -> None:
+        self._prefetched = ((step, micro), self._train_batch(step, micro))
 
     def _book_step_flops(self, step_ledger: fl.FlopLedger) -> None:
         """Sum this step's per-rank counts over ranks into the run's ledger, then the optimizer."""
@@ -275,20 +387,22 @@ class Trainer:
         # Noise scale under DDP: accumulate every micro-batch locally (no_sync), read the rank's
         # own gradient, then all-reduce by hand; otherwise DDP reduces in the last backward.
         manual_reduce = self.ddp is not None and self.noise is not None
-        total = 0.0
+        # The micro-batch losses add up on the device (float64, as Python floats would): the
+        # one host sync of a step is the float() at its end, after the next batch is drawn.
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         micro_norms = MicroBatchNorms(params, A) if self.noise is not None and self.world == 1 else None
         step_ledger = fl.FlopLedger()
         with step_ledger:
             for micro in range(A):
                 k = self.rank * A + micro  # global micro-batch index (module docstring)
-                x, y = self.corpus.batch("train", self.step, k, mb, self.mc.n_ctx, tc.seed)
+                x, y = self._train_batch(self.step, k)
                 sync = self.ddp is None or (micro == A - 1 and not manual_reduce)
                 ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
                 with ctx:
                     with self._autocast():
-                        _, loss = fwd(x.to(self.device), y.to(self.device))
+                        _, loss = fwd(x, y)
                     (loss / A).backward()
-                total += loss.item()
+                total += loss.detach().double()
                 if micro_norms is not None:
                     micro_norms.after_backward()
         self._book_step_flops(step_ledger)
@@ -307,7 +421,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens += tc.batch_size * self.mc.n_ctx
-        return self._all_reduce_sum([total / A])[0] / self.world
+        self._prefetch(self.step, self.rank * A)  # drawn and copied while the device works
+        return self._all_reduce_sum([float(total) / A])[0] / self.world
 
     def noise_scale_tokens(self):
         """The smoothed B_simple in tokens, or None (off, or |G|^2 not yet positive)."""
@@ -316,10 +431,41 @@ class Trainer:
         b = self.noise.b_simple
         return b * self.mc.n_ctx if b is not None else None
 
+    def _lock(self):
+        """Rank 0 takes RUN_DIR/.lock (every rank stops on its one-line refusal)."""
+        lock, err = None, None
+        if self.rank == 0:
+            try:
+                lock = RunLock(self.out).acquire()
+            except TrainError as e:
+                err = str(e)
+        err = broadcast_object(err, self.world)
+        if err:
+            raise TrainError(err)
+        return lock
+
+    def _stop_requested(self, stop: StopOnSignal):
+        """The signal to stop on, agreed by every rank (so they all stop after the same step)."""
+        if self.world == 1:
+            return stop.signum
+        anyone = self._all_reduce_sum([1.0 if stop.signum else 0.0])[0]
+        return (stop.signum or signal.SIGTERM) if anyone else None
+
     def run(self) -> dict:
+        lock = self._lock()
+        try:
+            with StopOnSignal() as stop:
+                return self._run(stop)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, stop: StopOnSignal) -> dict:
         tc = self.tc
         if self._check_or_write_config():
             self.load_checkpoint()
+            if self.rank == 0 and self.step < tc.steps:
+                _say(f"resuming {self.out} from step {self.step}")
         if self.step >= tc.steps:
             return {"step": self.step, "complete": True}
         lead = self.rank == 0
@@ -364,8 +510,21 @@ class Trainer:
                     self.save_checkpoint()
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.3f}", **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
+                signum = self._stop_requested(stop)
+                if signum:
+                    if not do_eval:
+                        self.save_checkpoint()
+                    bar.close()
+                    raise RunInterrupted(signum, self.step, str(self.out))
         bar.close()
         return row
+
+
+def _say(msg: str) -> None:
+    """One line on stderr that does not break a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str, position: int = 0):

@@ -123,7 +123,7 @@ def test_preset_grids():
     for name, p in PRESETS.items():
         runs = p.runs()
         Ns = sorted({ModelConfig(**r["model"]).N for r in runs})
-        assert math.log10(Ns[-1] / Ns[0]) >= 1.5 or name in ("h100-bcrit", "h100-nd"), name
+        assert math.log10(Ns[-1] / Ns[0]) >= 1.5 or name in ("h100-bcrit", "h100-nd", "cpu-smoke"), name
         for r in runs:
             m = r["model"]
             assert 16 <= m["d_model"] / m["n_layer"] <= 64 and 16 <= m["d_model"] // m["n_heads"] <= 64, (name, m)
@@ -134,6 +134,8 @@ def test_preset_grids():
     assert len({r["train"]["batch_size"] for r in PRESETS["h100-bcrit"].runs()}) == 6
     assert PRESETS["h100"].models[-1] == (12, 768, 12)  # GPT-2 small's shape
     assert get_preset("cpu-tiny").train["noise_scale"]
+    smoke = PRESETS["cpu-smoke"]  # a set-up check: a handful of tiny runs on one thread each
+    assert 3 <= len(smoke.runs()) <= 6 and smoke.cpu_threads == 1 and smoke.train["device"] == "cpu"
 
 
 def test_run_flops_matches_the_ledger_of_a_real_run(tmp_path):
@@ -153,3 +155,30 @@ def test_dry_run_prints_estimate():
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert "L12-d768" in out and "estimated" in out and "assumed" in out
+
+
+def test_dry_run_json():
+    p = _sweep("--preset", "cpu-smoke", "--out", "unused", "--dry-run", "--json")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    grid = json.loads(out)  # stdout is the JSON object alone
+    runs = grid["runs"]
+    assert [r["name"] for r in runs] == [r["name"] for r in PRESETS["cpu-smoke"].runs()]
+    for r in runs:
+        assert {"name", "N", "model", "train", "expected_flops"} <= set(r)
+        assert r["N"] == ModelConfig(**r["model"]).N
+        TrainConfig.from_dict(r["train"])
+        assert r["expected_flops"]["all"] == run_flops(ModelConfig(**r["model"]), TrainConfig.from_dict(r["train"]))["all"]
+    assert grid["total_flops"] == sum(r["expected_flops"]["all"] for r in runs)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--workers", "2"], "--workers takes a positive count, with --executor local"),
+    (["--no-wait"], "--no-wait needs --executor slurm"),
+    (["--slurm-partition", "gpu"], "--slurm-partition needs --executor slurm"),
+    (["--executor", "slurm", "--slurm-time", "soon"], "--slurm-time"),
+    (["--executor", "slurm", "--slurm-option", "=x"], "--slurm-option"),
+    (["--json"], "--json goes with --dry-run"),
+])
+def test_executor_flag_errors(tmp_path, args, needle):
+    _one_line_error(_sweep("--preset", "cpu-smoke", "--out", str(tmp_path / "s"), *args), needle)
