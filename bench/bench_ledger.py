@@ -63,11 +63,10 @@ def measure(cfg_kw: dict, batch: int, device: str, reps: int = 30) -> dict:
         on.append(step(True))
         off.append(step(False))
     t_on, t_off = min(on), min(off)
-    # The isolated cost: the same bookings on a 1-element tensor (every op's record, then the
-    # one backward tap) minus the same tiny forward/backward with no ledger open, so the number
+    # The isolated cost: the same bookings on a 1-element tensor (the pass's one record, then
+    # the one backward tap) minus the same tiny forward/backward with no ledger open, so the number
     # does not depend on the step's arithmetic or on the machine's other load.
-    mult = fl.op_multiplicity(cfg)
-    calls = [b for op, b in model._counts(batch, cfg.n_ctx).items() for _ in range(mult[op])]
+    calls = [model._pass_counts(batch, cfg.n_ctx, True)]  # one booking per pass, whatever the depth
     tiny = torch.ones(1, requires_grad=True)
 
     def books(with_ledger: bool) -> float:

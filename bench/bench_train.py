@@ -2,8 +2,9 @@
 shape, batch and dtype, measured in one run.
 
     python -m flopscale.bench.bench_train                                   # CPU, the small shape
+    python -m flopscale.bench.bench_train --threads 1 --compile --compile-ref               # + torch.compile
     python -m flopscale.bench.bench_train --device cuda --shapes gpt2-small,gpt2-medium --dtype bfloat16 \
-        --backends torch,triton,cuda --compile-ref --json bench/results/<gpu>_train.json
+        --backends torch,triton,cuda --compile --compile-ref --json bench/results/<gpu>_train.json
 
 Work model: the ledger's **model view**, every row (the exact algorithmic FLOPs of one
 optimizer step: the Table 1 matmuls, causal attention at 2·T·(T+1)·d_attn per layer and
@@ -15,14 +16,17 @@ under `torch.compile`.  Both draw their batches the same way (``Corpus.batch`` p
 from the same random token ids: throughput does not depend on the text), so data loading costs
 both sides alike and is part of what a step costs.
 
-Timing: ``--warmup`` steps first (autotune, compile, allocator), then the median over
-``--repeats`` windows of ``--steps`` steps, each window ended by a device sync.
+Timing: ``--warmup`` steps of every provider first (autotune, compile, allocator), then
+``--repeats`` windows of ``--steps`` steps per provider, taken in turns (so a shared machine's
+load drift hits every provider alike), each window ended by a device sync; the median window is
+reported, with every window and the load average kept in the JSON.  ``--profile PREFIX``
+prints and saves a torch.profiler table of one step of each flopscale provider.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
 import sys
 import time
@@ -86,18 +90,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_step_s(step, device, warmup: int, steps: int, repeats: int) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
+def _interleaved_median_step_s(steps_by_provider: dict, device, warmup: int, steps: int, repeats: int) -> dict:
+    """{provider: median seconds per step}: every provider warms up, then the timed windows
+    take turns (provider A's window, B's, ..., then A's again), so drift in the machine's load
+    (other jobs on a shared CPU) hits every provider alike."""
+    for step in steps_by_provider.values():
+        for _ in range(warmup):
             step()
         _sync(device)
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times)
+    times = {p: [] for p in steps_by_provider}
+    for _ in range(repeats):
+        for p, step in steps_by_provider.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            times[p].append((time.perf_counter() - t0) / steps)
+    return {p: statistics.median(t) for p, t in times.items()}, times
 
 
 def _random_corpus(vocab: int, n_tokens: int, seed: int = 0) -> Corpus:
@@ -107,20 +116,16 @@ def _random_corpus(vocab: int, n_tokens: int, seed: int = 0) -> Corpus:
                   provenance={"corpus": "random token ids (bench_train)", "n_train_tokens": int(toks.size)})
 
 
-def bench_flopscale(mc: ModelConfig, mb: int, ga: int, backend: str, device: str, dtype: str, corpus: Corpus,
-                    workdir: str, warmup: int, steps: int, repeats: int) -> dict:
+def flopscale_step(mc: ModelConfig, mb: int, ga: int, backend: str, device: str, dtype: str, corpus: Corpus,
+                   workdir: str, compiled: bool, loss_impl: str):
+    """(step function, trainer): one `flopscale train` optimizer step, Trainer.train_step itself."""
     tc = TrainConfig(batch_size=mb * ga, grad_accum=ga, steps=10 ** 6, warmup=10, backend=backend, device=device,
-                     dtype=dtype, eval_every=10 ** 6)
+                     dtype=dtype, eval_every=10 ** 6, compile=compiled, loss_impl=loss_impl)
     tr = Trainer(mc, tc, workdir, progress=False, corpus=corpus)
-    before = tr.ledger.total("model", rows="all")
-    s = _median_step_s(tr.train_step, tr.device, warmup, steps, repeats)
-    n_steps = warmup + steps * repeats
-    per_step = (tr.ledger.total("model", rows="all") - before) // n_steps  # every step has the same shape
-    return {"step_s": s, "model_flops_per_step": per_step}
+    return tr.train_step, tr
 
 
-def bench_reference(mc: ModelConfig, mb: int, ga: int, device: str, dtype: str, corpus: Corpus, compiled: bool,
-                    warmup: int, steps: int, repeats: int) -> dict:
+def reference_step(mc: ModelConfig, mb: int, ga: int, device: str, dtype: str, corpus: Corpus, compiled: bool):
     dev = torch.device(device)
     torch.manual_seed(0)
     model = RefGPT(mc).to(dev)
@@ -134,19 +139,36 @@ def bench_reference(mc: ModelConfig, mb: int, ga: int, device: str, dtype: str, 
     ctx = (lambda: torch.autocast(dev.type, dtype=amp)) if amp else (lambda: torch.autocast(dev.type, enabled=False))
     it = [0]
 
+    def to_dev(t):
+        return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
+
     def step():
         for m in range(ga):
             x, y = corpus.batch("train", it[0], m, mb, mc.n_ctx, 1)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with ctx():
-                loss = fwd(x, y)
+                loss = fwd(to_dev(x), to_dev(y))
             (loss / ga).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         it[0] += 1
 
-    return {"step_s": _median_step_s(step, dev, warmup, steps, repeats)}
+    return step
+
+
+def profile_step(step, device: torch.device, out_path: str, rows: int = 25) -> str:
+    """A torch.profiler table of one step (self time per op, top ``rows``), also saved as text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows)
+    with open(out_path, "w") as f:
+        f.write(table)
+    return table
 
 
 def peak(device: str, dtype: str):
@@ -163,11 +185,15 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default=None, help=f"comma list of {', '.join(SHAPES)} (default: cpu-small on CPU, "
                                                    "gpt2-small,gpt2-medium on CUDA)")
     ap.add_argument("--backends", default="torch", help="flopscale backends to time, comma separated")
+    ap.add_argument("--compile", action="store_true", help="also time each flopscale backend with --compile")
     ap.add_argument("--compile-ref", action="store_true", help="also time the reference under torch.compile")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--loss-impl", default="full", help="flopscale's loss: full | chunked")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (per provider)")
     ap.add_argument("--steps", type=int, default=5, help="steps per timed window")
-    ap.add_argument("--repeats", type=int, default=5, help="timed windows; the median is reported")
+    ap.add_argument("--repeats", type=int, default=5, help="timed windows per provider, interleaved; the median is reported")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--profile", default=None, help="write a torch.profiler table of one step of each flopscale "
+                                                    "provider to PREFIX_<shape>_<provider>.txt")
     ap.add_argument("--json", default=None, help="write the results document here")
     a = ap.parse_args(argv)
     if a.device.startswith("cuda") and not torch.cuda.is_available():
@@ -178,6 +204,8 @@ def main(argv=None) -> int:
     dtype = a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32")
     shapes = (a.shapes or ("gpt2-small,gpt2-medium" if a.device.startswith("cuda") else "cpu-small")).split(",")
     pk = peak(a.device, dtype)
+    dev = torch.device(a.device)
+    load_before = os.getloadavg()
     import tempfile
 
     rows = []
@@ -186,34 +214,56 @@ def main(argv=None) -> int:
         mc = ModelConfig(**kw)
         corpus = _random_corpus(mc.n_vocab, 1 << 20)
         tok = mb * ga * mc.n_ctx
-        res = {}
-        providers = [("reference", False)] + ([("reference+compile", True)] if a.compile_ref else [])
-        flops_step = None
-        for be in a.backends.split(","):
-            with tempfile.TemporaryDirectory() as d:
-                r = bench_flopscale(mc, mb, ga, be, a.device, dtype, corpus, d, a.warmup, a.steps, a.repeats)
-            flops_step = r["model_flops_per_step"]
-            res[f"flopscale-{be}"] = r["step_s"]
-        for prov, comp in providers:
-            res[prov] = bench_reference(mc, mb, ga, a.device, dtype, corpus, comp, a.warmup, a.steps, a.repeats)["step_s"]
-        for prov, s in res.items():
+        steps, trainers = {}, {}
+        with tempfile.TemporaryDirectory() as d:
+            for be in a.backends.split(","):
+                for comp in (False, True) if a.compile else (False,):
+                    prov = f"flopscale-{be}" + ("+compile" if comp else "")
+                    steps[prov], trainers[prov] = flopscale_step(mc, mb, ga, be, a.device, dtype, corpus,
+                                                                 f"{d}/{prov}", comp, a.loss_impl)
+            steps["reference"] = reference_step(mc, mb, ga, a.device, dtype, corpus, False)
+            if a.compile_ref:
+                steps["reference+compile"] = reference_step(mc, mb, ga, a.device, dtype, corpus, True)
+            before = {p: tr.ledger.total("model", rows="all") for p, tr in trainers.items()}
+            n_before = {p: tr.step for p, tr in trainers.items()}
+            med, samples = _interleaved_median_step_s(steps, dev, a.warmup, a.steps, a.repeats)
+            # every step has the same shape: the model view of one step, from the ledger itself
+            flops = {p: (tr.ledger.total("model", rows="all") - before[p]) // (tr.step - n_before[p])
+                     for p, tr in trainers.items()}
+            if len(set(flops.values())) > 1:
+                print(f"warning: the model view of a step differs between providers: {flops}", file=sys.stderr)
+            flops_step = next(iter(flops.values()))
+            if a.profile:
+                for p in trainers:
+                    print(f"--- profile of one step: {name} {p}")
+                    print(profile_step(steps[p], dev, f"{a.profile}_{name}_{p}.txt"))
+        ref_c = med.get("reference+compile")
+        for prov, s in med.items():
             rows.append({"shape": name, "model": mc.to_dict(), "N": mc.N, "tokens_per_step": tok, "provider": prov,
                          "dtype": dtype, "step_ms": s * 1e3, "tokens_per_s": tok / s,
+                         "window_ms": [1e3 * t for t in samples[prov]],
                          "model_flops_per_step": flops_step,
                          "mfu": flops_step / s / pk if pk and flops_step else None,
-                         "speedup_vs_reference": res["reference"] / s})
+                         "speedup_vs_reference": med["reference"] / s,
+                         "speedup_vs_reference_compile": ref_c / s if ref_c else None})
     dev_name = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device {dev_name}, torch {torch.__version__}, dtype {dtype}; model-view FLOPs, every row")
-    print(f"{'shape':<13}{'provider':<20}{'ms/step':>10}{'tokens/s':>12}{'MFU':>8}{'x reference':>13}")
+    load = (load_before, os.getloadavg())
+    print(f"device {dev_name}, torch {torch.__version__}, dtype {dtype}, loss {a.loss_impl}; model-view FLOPs, "
+          f"every row; load average {load[0][0]:.2f} -> {load[1][0]:.2f} on {os.cpu_count()} cores")
+    print(f"{'shape':<13}{'provider':<26}{'ms/step':>10}{'tokens/s':>12}{'MFU':>8}{'x ref':>8}{'x ref+compile':>15}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        print(f"{r['shape']:<13}{r['provider']:<20}{r['step_ms']:>10.2f}{r['tokens_per_s']:>12,.0f}{mfu:>8}"
-              f"{r['speedup_vs_reference']:>13.3f}")
+        rc = f"{r['speedup_vs_reference_compile']:.3f}" if r["speedup_vs_reference_compile"] else "-"
+        print(f"{r['shape']:<13}{r['provider']:<26}{r['step_ms']:>10.2f}{r['tokens_per_s']:>12,.0f}{mfu:>8}"
+              f"{r['speedup_vs_reference']:>8.3f}{rc:>15}")
     if a.json:
         from flopscale.fileio import atomic_write_json
 
         atomic_write_json(a.json, {"device": dev_name, "torch": torch.__version__, "peak_flops": pk, "rows": rows,
-                                   "settings": {"warmup": a.warmup, "steps": a.steps, "repeats": a.repeats}})
+                                   "load_average": {"before": load[0], "after": load[1]}, "cpu_count": os.cpu_count(),
+                                   "settings": {"warmup": a.warmup, "steps": a.steps, "repeats": a.repeats,
+                                                "threads": torch.get_num_threads(), "loss_impl": a.loss_impl,
+                                                "interleaved": True}})
     return 0
 
 

@@ -160,6 +160,8 @@ class TrainConfig(_DictConfig):
     device: str = _f("cpu", "cpu, cuda, cuda:1, ...")
     dtype: str = _f("float32", "float32 | bfloat16 | float16 (autocast)", choices=("float32", "bfloat16", "float16"))
     noise_scale: bool = _f(False, "estimate the gradient noise scale (needs --grad-accum >= 2)")
+    compile: bool = _f(False, "torch.compile the model (the backend's Triton/CUDA kernels as one custom op each)")
+    loss_impl: str = _f("full", "full (logits, then fp32 cross-entropy) | chunked (fused, no full fp32 logits)", choices=("full", "chunked"))
     # Kernel variants a user may pick (no environment variables: each choice is recorded in
     # config.json and the executed FLOP view follows it).  One field per option of
     # flopscale.kernels.BACKEND_OPTIONS, named "<backend>_<option>", default its first value.

@@ -264,12 +264,20 @@ class _BackwardTap(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        # A compiled pass's custom ops book their backward launches where this points, on
+        # whichever thread autograd runs them (kernels/accounting.py), until the backward ends.
+        accounting.set_backward_sinks(ctx.pending[-1][0])
+        torch.autograd.Variable._execution_engine.queue_callback(_clear_backward_sinks)
         for ledgers, bookings in ctx.pending:
             for led in ledgers:
                 c = led._bwd
                 for i, _, b in bookings:
                     c[i] += b
         return g, None
+
+
+def _clear_backward_sinks() -> None:
+    accounting.set_backward_sinks(())
 
 
 def _pending() -> list:

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flopscale.kernels import get_backend
+from flopscale.kernels.cross_entropy import linear_cross_entropy
 
 from . import flops as fl
 from .config import ConfigError, ModelConfig
@@ -51,13 +52,23 @@ class Block(nn.Module):
         self.fc_out = nn.Linear(dff, d)
 
 
+LOSS_IMPLS = ("full", "chunked")  # F.linear + fp32 cross-entropy | kernels/cross_entropy.py
+
+
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: str = "torch", kernel_options: dict | None = None):
+    def __init__(self, cfg: ModelConfig, backend: str = "torch", kernel_options: dict | None = None,
+                 loss_impl: str = "full"):
         """``kernel_options``: the backend's kernel choices (flopscale.kernels.BACKEND_OPTIONS;
-        ``kernel_options_for`` builds them from a run's fields); None: the defaults."""
+        ``kernel_options_for`` builds them from a run's fields); None: the defaults.
+        ``loss_impl``: "full" logits then the loss, or "chunked" (the fused de-embedding and
+        cross-entropy, no full fp32 logits; the same FLOPs)."""
         super().__init__()
+        if loss_impl not in LOSS_IMPLS:
+            raise ConfigError(f"loss_impl must be one of {', '.join(LOSS_IMPLS)}, got {loss_impl!r}")
         self.cfg = cfg
         self.backend = backend
+        self.loss_impl = loss_impl
+        self._core_fn = self._core  # torch.compile'd by compile_core()
         self.ops = get_backend(backend, kernel_options)
         self.wte = nn.Embedding(cfg.n_vocab, cfg.d_model)
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model)
@@ -85,7 +96,29 @@ class GPT(nn.Module):
             return sum(p.numel() for p in self.parameters())
         return sum(m.weight.numel() for b in self.blocks for m in (b.qkv, b.proj, b.fc_in, b.fc_out))
 
+    def compile_core(self, **options) -> None:
+        """torch.compile the forward's arithmetic (and so its backward); the ledger's bookings
+        stay outside the compiled region, precomputed per shape, so they are exact under compile.
+        The backend's Triton and CUDA ops enter the graph as one custom op each."""
+        self._core_fn = torch.compile(self._core, **options)
+
     # -- FLOP bookkeeping -------------------------------------------------------------------
+    def _pass_counts(self, B: int, T: int, loss: bool) -> tuple:
+        """One forward pass's bookings, every op times how often it runs (op_multiplicity),
+        summed into one tuple per (B, T): booked once per pass, so the ledger's cost does not
+        grow with depth (the launch-booked executed rows of ``Backend.books`` aside)."""
+        key = (B, T, loss)
+        if key not in self._counts_cache:
+            total: dict = {}
+            for op, k in fl.op_multiplicity(self.cfg).items():
+                if op == "loss" and not loss:
+                    continue
+                for slot, f, b in self._counts(B, T)[op]:
+                    cf, cb = total.get(slot, (0, 0))
+                    total[slot] = (cf + k * f, cb + k * b)
+            self._counts_cache[key] = tuple((s, f, b) for s, (f, b) in sorted(total.items()))
+        return self._counts_cache[key]
+
     def _counts(self, B: int, T: int) -> dict:
         """Every op's compiled bookings for a (B, T) batch, built once per shape: the paper and
         model views, and the executed view of the ops whose launches do not book it themselves
@@ -96,35 +129,44 @@ class GPT(nn.Module):
         return self._counts_cache[(B, T)]
 
     # -- forward ----------------------------------------------------------------------------
-    def _norm(self, x, r, w, b, counts):
+    def _norm(self, x, r, w, b):
         """LN(x) if there is no pending branch output r, else the fused (LN(x + r), x + r)."""
         if r is None:
-            return fl.record(self.ops.layer_norm(x, w, b, 1e-5), counts["ln"]), x
-        h, x = self.ops.add_layer_norm(x, r.to(x.dtype), w, b, 1e-5)  # the stream keeps its dtype under autocast
-        return fl.record(h, counts["add_ln"]), x
+            return self.ops.layer_norm(x, w, b, 1e-5), x
+        return self.ops.add_layer_norm(x, r.to(x.dtype), w, b, 1e-5)  # the stream keeps its dtype under autocast
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = idx.shape
+        if T > self.cfg.n_ctx:
+            raise ConfigError(f"sequence length {T} exceeds n_ctx {self.cfg.n_ctx}")
+        counts = self._pass_counts(B, T, targets is not None)  # the whole pass, every view
+        logits, loss = self._core_fn(idx, targets)
+        if targets is None:
+            return fl.record_backward(fl.record(logits, counts)), None
+        return logits, fl.record_backward(fl.record(loss, counts))
+
+    def _core(self, idx: torch.Tensor, targets: torch.Tensor | None):
+        """The arithmetic of a forward pass (what compile_core compiles): (logits or None, loss or None)."""
+        B, T = idx.shape
         c = self.cfg
-        if T > c.n_ctx:
-            raise ConfigError(f"sequence length {T} exceeds n_ctx {c.n_ctx}")
-        counts = self._counts(B, T)
         pos = torch.arange(T, device=idx.device)
-        x = fl.record(self.wte(idx) + self.wpe(pos), counts["embed"])  # (B, T, d)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, d)
         r = None  # the branch output still to be added to the residual stream
         for blk in self.blocks:
-            h, x = self._norm(x, r, blk.ln1_w, blk.ln1_b, counts)
-            qkv = fl.record(F.linear(h, blk.qkv.weight, blk.qkv.bias), counts["qkv"])  # (B, T, 3 d_attn)
+            h, x = self._norm(x, r, blk.ln1_w, blk.ln1_b)
+            qkv = F.linear(h, blk.qkv.weight, blk.qkv.bias)  # (B, T, 3 d_attn)
             q, k, v = _amp(qkv).view(B, T, 3, c.n_heads, c.d_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
-            a = fl.record(self.ops.attention(q, k, v, causal=True), counts["attn"])  # (B, H, T, Dh)
+            a = self.ops.attention(q, k, v, causal=True)  # (B, H, T, Dh)
             a = a.transpose(1, 2).reshape(B, T, c.d_attn)
-            r = fl.record(F.linear(a, blk.proj.weight, blk.proj.bias), counts["proj"])
-            h, x = self._norm(x, r, blk.ln2_w, blk.ln2_b, counts)
+            r = F.linear(a, blk.proj.weight, blk.proj.bias)
+            h, x = self._norm(x, r, blk.ln2_w, blk.ln2_b)
             ffn_in = _amp(h, blk.fc_in.weight, blk.fc_in.bias, blk.fc_out.weight, blk.fc_out.bias)
-            r = fl.record(self.ops.feedforward(*ffn_in), counts["ffn"])
-        h, _ = self._norm(x, r, self.lnf_w, self.lnf_b, counts)
-        logits = fl.record(F.linear(h, self.wte.weight), counts["deembed"])  # (B, T, V), tied weights
+            r = self.ops.feedforward(*ffn_in)
+        h, _ = self._norm(x, r, self.lnf_w, self.lnf_b)
+        if targets is not None and self.loss_impl == "chunked":
+            h2, w = _amp(h.reshape(B * T, c.d_model), self.wte.weight)  # the dtype F.linear would run in
+            return None, linear_cross_entropy(h2, w, targets.reshape(-1))  # tied weights, no (B, T, V) logits
+        logits = F.linear(h, self.wte.weight)  # (B, T, V), tied weights
         if targets is None:
-            return fl.record_backward(logits), None
-        loss = F.cross_entropy(logits.float().view(-1, c.n_vocab), targets.reshape(-1))
-        return logits, fl.record_backward(fl.record(loss, counts["loss"]))
+            return logits, None
+        return logits, F.cross_entropy(logits.float().view(-1, c.n_vocab), targets.reshape(-1))

@@ -18,9 +18,15 @@ deferred-backward rule as ``engine.flops.record``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 _local = threading.local()
+# The ledgers of the forward whose backward is running, process-wide: set by the engine's loss
+# tap (engine/flops.py) for the backward of a compiled step, whose custom ops cannot carry the
+# forward's sinks on a ctx and may run on autograd's device thread (CUDA), where this thread's
+# stack is empty.  Cleared when that backward ends.
+_backward: tuple = ()
 
 
 def active_sinks() -> tuple:
@@ -35,6 +41,29 @@ def push(sink) -> None:
 
 def pop(sink) -> None:
     _local.sinks = tuple(s for s in active_sinks() if s is not sink)
+
+
+@contextlib.contextmanager
+def scoped(sinks):
+    """Make ``sinks`` this thread's open sinks for the block (an autograd Function's backward
+    runs its custom op under the sinks its forward captured), then put the stack back."""
+    old = active_sinks()
+    _local.sinks = tuple(sinks)
+    try:
+        yield
+    finally:
+        _local.sinks = old
+
+
+def set_backward_sinks(sinks) -> None:
+    global _backward
+    _backward = tuple(sinks)
+
+
+def backward_sinks() -> tuple:
+    """Where a backward launch with no captured sinks books: this thread's open sinks, else
+    those of the forward whose backward is running (``set_backward_sinks``)."""
+    return active_sinks() or _backward
 
 
 def book(sinks, rows, backward: bool = False) -> None:

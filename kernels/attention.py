@@ -24,7 +24,7 @@ def attention_ref(q, k, v, causal=True, upcast=False):
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))  # (B, H, T, T)
     if causal:
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
-        scores = scores.masked_fill(mask, float("-inf"))
+        scores = scores.masked_fill_(mask, float("-inf"))  # in place: one (B, H, T, T) pass and buffer fewer
     # softmax in float32 at least: fp16/bf16 exp-sums lose too many bits over long rows
     p = torch.softmax(scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores, dim=-1)
     o = p.to(v.dtype) @ v  # (B, H, T, D)
@@ -54,6 +54,7 @@ def attention_executed_ref(B, H, T, D, causal=True):
 # masked on load and store; the tail of T is masked the same way.
 # =============================================================================================
 from . import accounting
+from .library import compiling, flop_formula
 from .triton_utils import INTERPRET, add_count, best_kwargs, f32_dot, launch_counter, mma, tl, triton
 
 
@@ -451,7 +452,71 @@ def attention_backward(do, q, k, v, o, lse, causal=True, counter=None, sinks=Non
     return dq, dk, dv
 
 
+# --- custom ops: one node each to torch.compile, CUDA graphs and FlopCounterMode ------------------
+@torch.library.custom_op("flopscale::triton_attention_fwd", mutates_args=())
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_forward(q, k, v, causal)  # books into the open sinks
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, causal):
+    B, H, T, D = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("flopscale::triton_attention_bwd", mutates_args=())
+def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                      lse: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, o = q.contiguous(), k.contiguous(), v.contiguous(), o.contiguous()
+    return attention_backward(do, q, k, v, o, lse, causal, sinks=accounting.backward_sinks())
+
+
+@_attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, causal):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, causal = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.causal = causal
+
+
+def _attention_op_backward(ctx, do, dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.flopscale.triton_attention_bwd(do, q, k, v, o, lse, ctx.causal)
+    return dq, dk, dv, None
+
+
+_attention_fwd_op.register_autograd(_attention_op_backward, setup_context=_attention_setup)
+
+
+def _tiles_ran(kernel):
+    c = (kernel.best_config or kernel.configs[0]).kwargs
+    return c["BLOCK_M"], c["BLOCK_N"]
+
+
+def _matmul_flops(kind, kernel, B, H, T, D, causal):
+    """The kernel's matmul FLOPs from the tiles it ran with: pairs x matmuls x one whole tile."""
+    BM, BN = _tiles_ran(kernel)
+    return B * H * causal_tile_pairs(T, BM, BN, causal) * _MATMULS[kind] * 2 * BM * BN * _block_d(D)
+
+
+@flop_formula(torch.ops.flopscale.triton_attention_fwd)
+def _attention_fwd_flops(q_shape, k_shape, v_shape, causal, *args, out_shape=None, **kwargs):
+    return _matmul_flops("fwd", _attention_fwd_kernel, *q_shape, causal)
+
+
+@flop_formula(torch.ops.flopscale.triton_attention_bwd)
+def _attention_bwd_flops(do_shape, q_shape, *args, out_shape=None, **kwargs):
+    causal = args[4]
+    return (_matmul_flops("dkdv", _attention_bwd_dkdv_kernel, *q_shape, causal)
+            + _matmul_flops("dq", _attention_bwd_dq_kernel, *q_shape, causal))
+
+
 class AttentionFunction(torch.autograd.Function):
+    """The eager path: the ledgers open at the forward get the backward's counts too."""
+
     @staticmethod
     def forward(ctx, q, k, v, causal, counter):
         # The kernels index a dense (B, H, T, D) layout; the model hands in strided views of its
@@ -459,7 +524,10 @@ class AttentionFunction(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         # The ledgers open now get the backward's counts too, whenever autograd runs it.
         ctx.sinks = accounting.active_sinks()
-        o, lse = attention_forward(q, k, v, causal, counter, ctx.sinks)
+        if counter is not None:  # instrumented (tests): the launchers take the counter
+            o, lse = attention_forward(q, k, v, causal, counter, ctx.sinks)
+        else:
+            o, lse = torch.ops.flopscale.triton_attention_fwd(q, k, v, causal)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal, ctx.counter = causal, counter
         return o
@@ -467,7 +535,11 @@ class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward(do, q, k, v, o, lse, ctx.causal, ctx.counter, ctx.sinks)
+        if ctx.counter is not None:
+            dq, dk, dv = attention_backward(do, q, k, v, o, lse, ctx.causal, ctx.counter, ctx.sinks)
+        else:
+            with accounting.scoped(ctx.sinks):
+                dq, dk, dv = torch.ops.flopscale.triton_attention_bwd(do, q, k, v, o, lse, ctx.causal)
         return dq, dk, dv, None, None
 
 
@@ -477,5 +549,8 @@ def attention(q, k, v, causal=True, counter=None):
     ``counter``: an int64 tensor of one element; when given, the kernels add the matmul FLOPs
     they execute to it (instrumented mode, tests only: atomics cost time).  The executed FLOPs
     of each launch are booked into the ledgers open when the forward ran (kernels/accounting.py).
+    Under torch.compile, the custom op with its registered autograd (kernels/library.py).
     """
+    if counter is None and compiling():
+        return torch.ops.flopscale.triton_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), causal)[0]
     return AttentionFunction.apply(q, k, v, causal, counter)

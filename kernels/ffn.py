@@ -41,6 +41,7 @@ import math
 import sys
 
 from . import accounting
+from .library import compiling, flop_formula
 from .flop_counts import BIAS_BWD, BIAS_FWD, GELU_BWD, GELU_FWD, padded_matmul_flops
 from .triton_utils import INTERPRET, add_count, best_kwargs, f32_dot, launch_counter, mma, tl, triton
 
@@ -335,10 +336,16 @@ def _matmul(a, b, epilogue=0, bias=None, pre=None, counter=None, sinks=(), backw
         kernel = _ffn_matmul_kernel
     add_count(counter, cnt)
     kw = best_kwargs(kernel)
+    _TILES_RAN[(M, N, K)] = (kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"])
     if sinks:
         accounting.book(sinks, _matmul_rows(M, N, K, kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], epilogue),
                         backward)
     return c, pre_out
+
+
+# {(M, N, K): (BLOCK_M, BLOCK_N, BLOCK_K)} of the last launch of each GEMM shape: what the
+# FlopCounterMode formula below pads each GEMM of an op call to.
+_TILES_RAN: dict = {}
 
 
 def feedforward_forward(x2, w_in, b_in, w_out, b_out, counter=None, sinks=None, loads="auto"):
@@ -368,12 +375,79 @@ def feedforward_backward(dy2, x2, w_in, w_out, pre, h, counter=None, sinks=None,
     return dx, dw_in, db_in, dw_out, db_out
 
 
+# --- custom ops: one node each to torch.compile, CUDA graphs and FlopCounterMode ------------------
+@torch.library.custom_op("flopscale::triton_feedforward_fwd", mutates_args=())
+def _feedforward_fwd_op(x2: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
+                        b_out: torch.Tensor, loads: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return feedforward_forward(x2, w_in, b_in, w_out, b_out, loads=loads)
+
+
+@_feedforward_fwd_op.register_fake
+def _(x2, w_in, b_in, w_out, b_out, loads):
+    M, d_ff = x2.shape[0], w_in.shape[0]
+    return x2.new_empty((M, w_out.shape[0])), x2.new_empty((M, d_ff)), x2.new_empty((M, d_ff))
+
+
+@torch.library.custom_op("flopscale::triton_feedforward_bwd", mutates_args=())
+def _feedforward_bwd_op(dy2: torch.Tensor, x2: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
+                        pre: torch.Tensor, h: torch.Tensor, loads: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return feedforward_backward(dy2, x2, w_in, w_out, pre, h, sinks=accounting.backward_sinks(), loads=loads)
+
+
+@_feedforward_bwd_op.register_fake
+def _(dy2, x2, w_in, w_out, pre, h, loads):
+    d_ff, d_model = w_in.shape
+    return (dy2.new_empty(x2.shape), dy2.new_empty((d_ff, d_model)), dy2.new_empty(d_ff),
+            dy2.new_empty((d_model, d_ff)), dy2.new_empty(d_model))
+
+
+def _ffn_setup(ctx, inputs, output):
+    x2, w_in, b_in, w_out, b_out, loads = inputs
+    ctx.save_for_backward(x2, w_in, w_out, output[1], output[2])
+    ctx.loads = loads
+
+
+def _ffn_op_backward(ctx, dy, dpre, dh):
+    x2, w_in, w_out, pre, h = ctx.saved_tensors
+    grads = torch.ops.flopscale.triton_feedforward_bwd(dy.contiguous(), x2, w_in, w_out, pre, h, ctx.loads)
+    return (*grads, None)
+
+
+_feedforward_fwd_op.register_autograd(_ffn_op_backward, setup_context=_ffn_setup)
+
+
+def _padded(M, N, K):
+    """A GEMM's FLOPs on whole tiles, with the tiles its last launch ran with."""
+    return padded_matmul_flops(M, N, K, *_TILES_RAN.get((M, N, K), _default_tiles()))
+
+
+def _default_tiles():
+    return tuple(_mm_configs()[0].kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+
+
+@flop_formula(torch.ops.flopscale.triton_feedforward_fwd)
+def _feedforward_fwd_flops(x_shape, w_in_shape, *args, out_shape=None, **kwargs):
+    (M, d), d_ff = x_shape, w_in_shape[0]
+    return _padded(M, d_ff, d) + _padded(M, d, d_ff)
+
+
+@flop_formula(torch.ops.flopscale.triton_feedforward_bwd)
+def _feedforward_bwd_flops(dy_shape, x_shape, w_in_shape, *args, out_shape=None, **kwargs):
+    (M, d), d_ff = x_shape, w_in_shape[0]
+    return _padded(M, d_ff, d) + _padded(d, d_ff, M) + _padded(M, d, d_ff) + _padded(d_ff, d, M)
+
+
 class FeedforwardFunction(torch.autograd.Function):
+    """The eager path: the ledgers open at the forward get the backward's counts too."""
+
     @staticmethod
     def forward(ctx, x, w_in, b_in, w_out, b_out, counter, loads):
         x2 = x.reshape(-1, x.shape[-1])  # (M, d_model)
         ctx.sinks = accounting.active_sinks()  # the backward books into the forward's ledgers
-        y, pre, h = feedforward_forward(x2, w_in, b_in, w_out, b_out, counter, ctx.sinks, loads)
+        if counter is not None:
+            y, pre, h = feedforward_forward(x2, w_in, b_in, w_out, b_out, counter, ctx.sinks, loads)
+        else:
+            y, pre, h = torch.ops.flopscale.triton_feedforward_fwd(x2, w_in, b_in, w_out, b_out, loads)
         ctx.save_for_backward(x2, w_in, w_out, pre, h)
         ctx.counter, ctx.loads = counter, loads
         return y.view(*x.shape[:-1], w_out.shape[0])
@@ -382,8 +456,12 @@ class FeedforwardFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x2, w_in, w_out, pre, h = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])
-        dx, dw_in, db_in, dw_out, db_out = feedforward_backward(dy2, x2, w_in, w_out, pre, h, ctx.counter,
-                                                                ctx.sinks, ctx.loads)
+        if ctx.counter is not None:
+            grads = feedforward_backward(dy2, x2, w_in, w_out, pre, h, ctx.counter, ctx.sinks, ctx.loads)
+        else:
+            with accounting.scoped(ctx.sinks):
+                grads = torch.ops.flopscale.triton_feedforward_bwd(dy2, x2, w_in, w_out, pre, h, ctx.loads)
+        dx, dw_in, db_in, dw_out, db_out = grads
         return dx.view(*dy.shape[:-1], x2.shape[1]), dw_in, db_in, dw_out, db_out, None, None
 
 
@@ -401,4 +479,7 @@ def feedforward(x, w_in, b_in, w_out, b_out, counter=None, loads="auto"):
         raise ValueError(f"feedforward wants w_in (d_ff, {d_model}), b_in (d_ff,), w_out "
                          f"({d_model}, d_ff), b_out ({d_model},); got {tuple(w_in.shape)}, "
                          f"{tuple(b_in.shape)}, {tuple(w_out.shape)}, {tuple(b_out.shape)}")
+    if counter is None and compiling():
+        y = torch.ops.flopscale.triton_feedforward_fwd(x.reshape(-1, d_model), w_in, b_in, w_out, b_out, loads)[0]
+        return y.view(*x.shape[:-1], d_model)
     return FeedforwardFunction.apply(x, w_in, b_in, w_out, b_out, counter, loads)

@@ -37,8 +37,10 @@ def add_layer_norm_ref(x, residual, weight, bias, eps=1e-5, upcast=False):
 # sums in fp32 registers; a second small kernel reduces the (G, C) partials.  No atomics.
 # =============================================================================================
 import functools
+from typing import Optional
 
 from . import accounting
+from .library import compiling
 from .flop_counts import LN_BWD, LN_BWD_PER_ROW, LN_FWD, LN_FWD_PER_ROW, RESIDUAL_BWD, RESIDUAL_FWD
 from .triton_utils import INTERPRET, add_count, launch_counter, tl, triton
 
@@ -232,13 +234,87 @@ def layer_norm_backward(dy, x, weight, mean, rstd, dres=None, counter=None, sink
     return dx, dw, db
 
 
+# --- custom ops: one node each to torch.compile, CUDA graphs and FlopCounterMode ------------------
+@torch.library.custom_op("flopscale::triton_layer_norm_fwd", mutates_args=())
+def _layer_norm_fwd_op(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, _, mean, rstd = layer_norm_forward(x2.contiguous(), None, weight, bias, eps)
+    return y, mean, rstd
+
+
+@_layer_norm_fwd_op.register_fake
+def _(x2, weight, bias, eps):
+    M = x2.shape[0]
+    return x2.new_empty(x2.shape), x2.new_empty(M, dtype=torch.float32), x2.new_empty(M, dtype=torch.float32)
+
+
+@torch.library.custom_op("flopscale::triton_add_layer_norm_fwd", mutates_args=())
+def _add_layer_norm_fwd_op(x2: torch.Tensor, r2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return layer_norm_forward(x2.contiguous(), r2.contiguous(), weight, bias, eps)
+
+
+@_add_layer_norm_fwd_op.register_fake
+def _(x2, r2, weight, bias, eps):
+    M = x2.shape[0]
+    return (x2.new_empty(x2.shape), x2.new_empty(x2.shape), x2.new_empty(M, dtype=torch.float32),
+            x2.new_empty(M, dtype=torch.float32))
+
+
+@torch.library.custom_op("flopscale::triton_layer_norm_bwd", mutates_args=())
+def _layer_norm_bwd_op(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                       rstd: torch.Tensor, dres: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dres = dres.contiguous() if dres is not None else None
+    return layer_norm_backward(dy2.contiguous(), x2.contiguous(), weight, mean, rstd, dres,
+                               sinks=accounting.backward_sinks())
+
+
+@_layer_norm_bwd_op.register_fake
+def _(dy2, x2, weight, mean, rstd, dres):
+    return x2.new_empty(x2.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+def _ln_setup(ctx, inputs, output):
+    x2, weight, bias, eps = inputs
+    ctx.save_for_backward(x2, weight, output[1], output[2])
+
+
+def _ln_op_backward(ctx, dy, dmean, drstd):
+    x2, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = torch.ops.flopscale.triton_layer_norm_bwd(dy, x2, weight, mean, rstd, None)
+    return dx, dw, db, None
+
+
+def _add_ln_setup(ctx, inputs, output):
+    x2, r2, weight, bias, eps = inputs
+    ctx.save_for_backward(output[1], weight, output[2], output[3])
+
+
+def _add_ln_op_backward(ctx, dy, ds, dmean, drstd):
+    s, weight, mean, rstd = ctx.saved_tensors
+    dy = dy if dy is not None else torch.zeros_like(s)
+    ds = ds if ds is not None else torch.zeros_like(s)
+    dsum, dw, db = torch.ops.flopscale.triton_layer_norm_bwd(dy, s, weight, mean, rstd, ds)
+    return dsum, dsum, dw, db, None
+
+
+_layer_norm_fwd_op.register_autograd(_ln_op_backward, setup_context=_ln_setup)
+_add_layer_norm_fwd_op.register_autograd(_add_ln_op_backward, setup_context=_add_ln_setup)
+# LayerNorm does no matmul: FlopCounterMode counts it as 0 (it has no formula), like aten's.
+
+
 class LayerNormFunction(torch.autograd.Function):
+    """The eager path: the ledgers open at the forward get the backward's counts too."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, eps, counter):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()  # (M, C)
         ctx.sinks = accounting.active_sinks()  # the backward books into the forward's ledgers
-        y, _, mean, rstd = layer_norm_forward(x2, None, weight, bias, eps, counter, ctx.sinks)
+        if counter is not None:
+            y, _, mean, rstd = layer_norm_forward(x2, None, weight, bias, eps, counter, ctx.sinks)
+        else:
+            y, mean, rstd = torch.ops.flopscale.triton_layer_norm_fwd(x2, weight, bias, eps)
         ctx.save_for_backward(x2, weight, mean, rstd)
         ctx.counter = counter
         return y.view(shape)
@@ -247,7 +323,11 @@ class LayerNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x2, weight, mean, rstd = ctx.saved_tensors
         dy2 = dy.reshape(x2.shape).contiguous()
-        dx, dw, db = layer_norm_backward(dy2, x2, weight, mean, rstd, None, ctx.counter, ctx.sinks)
+        if ctx.counter is not None:
+            dx, dw, db = layer_norm_backward(dy2, x2, weight, mean, rstd, None, ctx.counter, ctx.sinks)
+        else:
+            with accounting.scoped(ctx.sinks):
+                dx, dw, db = torch.ops.flopscale.triton_layer_norm_bwd(dy2, x2, weight, mean, rstd, None)
         return dx.view(dy.shape), dw, db, None, None
 
 
@@ -258,7 +338,10 @@ class AddLayerNormFunction(torch.autograd.Function):
         x2 = x.reshape(-1, shape[-1]).contiguous()
         r2 = residual.reshape(x2.shape).contiguous()
         ctx.sinks = accounting.active_sinks()
-        y, s, mean, rstd = layer_norm_forward(x2, r2, weight, bias, eps, counter, ctx.sinks)
+        if counter is not None:
+            y, s, mean, rstd = layer_norm_forward(x2, r2, weight, bias, eps, counter, ctx.sinks)
+        else:
+            y, s, mean, rstd = torch.ops.flopscale.triton_add_layer_norm_fwd(x2, r2, weight, bias, eps)
         ctx.save_for_backward(s, weight, mean, rstd)
         ctx.counter = counter
         return y.view(shape), s.view(shape)
@@ -271,7 +354,11 @@ class AddLayerNormFunction(torch.autograd.Function):
         # A zero ds where s went unused (autograd materialises it): the kernel still adds it,
         # so the residual row's backward is booked whichever outputs were used.
         ds2 = ds.reshape(s.shape).contiguous() if ds is not None else torch.zeros_like(s)
-        dsum, dw, db = layer_norm_backward(dy2, s, weight, mean, rstd, ds2, ctx.counter, ctx.sinks)
+        if ctx.counter is not None:
+            dsum, dw, db = layer_norm_backward(dy2, s, weight, mean, rstd, ds2, ctx.counter, ctx.sinks)
+        else:
+            with accounting.scoped(ctx.sinks):
+                dsum, dw, db = torch.ops.flopscale.triton_layer_norm_bwd(dy2, s, weight, mean, rstd, ds2)
         dsum = dsum.view(shape)
         return dsum, dsum, dw, db, None, None
 
@@ -286,6 +373,8 @@ def _check(x, weight, bias):
 def layer_norm(x, weight, bias, eps=1e-5, counter=None):
     """Fused LayerNorm over the last dim; ``counter`` as in attention (instrumented mode)."""
     _check(x, weight, bias)
+    if counter is None and compiling():
+        return torch.ops.flopscale.triton_layer_norm_fwd(x.reshape(-1, x.shape[-1]), weight, bias, eps)[0].view(x.shape)
     return LayerNormFunction.apply(x, weight, bias, eps, counter)
 
 
@@ -294,4 +383,9 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5, counter=None):
     _check(x, weight, bias)
     if residual.shape != x.shape:
         raise ValueError(f"add_layer_norm wants residual of x's shape {tuple(x.shape)}; got {tuple(residual.shape)}")
+    if counter is None and compiling():
+        C = x.shape[-1]
+        y, s, _, _ = torch.ops.flopscale.triton_add_layer_norm_fwd(x.reshape(-1, C), residual.reshape(-1, C),
+                                                                   weight, bias, eps)
+        return y.view(x.shape), s.view(x.shape)
     return AddLayerNormFunction.apply(x, residual, weight, bias, eps, counter)
