@@ -146,8 +146,12 @@ class TrainConfig(_DictConfig):
     grad_accum: int = _f(1, "micro-batches per step; batch_size must divide evenly", "schedule")
     steps: int = _f(200, "optimizer steps", "schedule")
     lr: float = _f(3e-3, "peak learning rate", "schedule")
-    min_lr_frac: float = _f(0.1, "cosine floor as a fraction of --lr", "schedule")
+    min_lr_frac: float = _f(0.1, "the schedule's floor as a fraction of --lr", "schedule")
     warmup: int = _f(20, "linear warmup steps", "schedule")
+    schedule: str = _f("cosine", "cosine (Kaplan et al.: warmup, cosine decay to the floor at --steps) | wsd "
+                       "(warmup, constant, linear decay to the floor over the last --decay-frac of the steps; "
+                       "Hägele et al. 2024)", "schedule", choices=("cosine", "wsd"))
+    decay_frac: float = _f(0.2, "wsd: fraction of the steps spent in the final decay (the cooldown)", "schedule")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (matmul weights and embeddings only)", "schedule")
     beta1: float = _f(0.9, "AdamW beta1", "schedule")
     beta2: float = _f(0.95, "AdamW beta2", "schedule")
@@ -156,6 +160,10 @@ class TrainConfig(_DictConfig):
     eval_batches: int = _f(4, "validation batches per eval")
     log_every: int = _f(1, "steps between metrics rows")
     seed: int = _f(1337, "initialisation and data-order seed")
+    keep_steps: Optional[str] = _f(None, "comma-separated steps at which to keep a checkpoint copy (ckpt-STEP.pt) "
+                                   "that cooldown branches start from")
+    init_from: Optional[str] = _f(None, "RUN_DIR@STEP: start from the checkpoint another run kept at STEP (a wsd "
+                                  "cooldown branch; its first STEP steps are that run's, bit for bit)")
     backend: str = _f("torch", "torch | triton | cuda")
     device: str = _f("cpu", "cpu, cuda, cuda:1, ...")
     dtype: str = _f("float32", "float32 | bfloat16 | float16 (autocast)", choices=("float32", "bfloat16", "float16"))
@@ -186,6 +194,11 @@ class TrainConfig(_DictConfig):
             raise ConfigError(f"min_lr_frac must lie in [0, 1], got {self.min_lr_frac}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        if not 0 < self.decay_frac <= 1:
+            raise ConfigError(f"decay_frac must lie in (0, 1], got {self.decay_frac}")
+        self.kept_steps()  # parses, or one clear line
+        if self.init_from is not None:
+            self.branch_point()
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be positive, got {self.max_tokens}")
         from flopscale.kernels import BACKEND_OPTIONS, BACKENDS
@@ -201,6 +214,27 @@ class TrainConfig(_DictConfig):
             v = self.tokenizer[4:]
             if not v.isdigit() or not 257 <= int(v) <= 65535:
                 raise ConfigError(f"tokenizer {self.tokenizer!r}: want bpe-V with 257 <= V <= 65535 (byte alphabet, uint16 ids)")
+
+    def kept_steps(self) -> frozenset:
+        """The steps of ``keep_steps`` (empty without it)."""
+        if not self.keep_steps:
+            return frozenset()
+        try:
+            steps = frozenset(int(x) for x in self.keep_steps.split(","))
+        except ValueError:
+            raise ConfigError(f"keep_steps must be comma-separated step numbers, got {self.keep_steps!r}") from None
+        if any(k < 1 or k > self.steps for k in steps):
+            raise ConfigError(f"keep_steps must lie in 1..steps ({self.steps}), got {self.keep_steps!r}")
+        return steps
+
+    def branch_point(self) -> tuple:
+        """(parent run directory, step) of ``init_from``."""
+        run, sep, step = (self.init_from or "").rpartition("@")
+        if not sep or not run or not step.isdigit() or int(step) < 1:
+            raise ConfigError(f"init_from must be RUN_DIR@STEP, got {self.init_from!r}")
+        if int(step) >= self.steps:
+            raise ConfigError(f"init_from's step {step} must be below steps ({self.steps})")
+        return run, int(step)
 
     def kernel_options(self) -> dict:
         """The options of flopscale.kernels.get_backend for this run's backend (its kernel fields)."""

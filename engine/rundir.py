@@ -42,6 +42,11 @@ def code_version() -> str:
     return __version__
 
 
+def kept_checkpoint(step: int) -> str:
+    """The file name of the checkpoint copy a run keeps at ``step`` (TrainConfig.keep_steps)."""
+    return f"ckpt-{step}.pt"
+
+
 def read_config(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -82,5 +87,11 @@ def truncate_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
+def copy_metrics(src: Path, dst: Path, step: int) -> None:
+    """Write ``src``'s rows up to ``step`` as ``dst`` (a cooldown branch starts with its parent's curve)."""
+    rows = [ln for ln in src.read_text().splitlines() if ln.strip() and row_step(ln) <= step]
+    atomic_write_text(dst, "".join(ln + "\n" for ln in rows))
+
+
 __all__ = ["CONFIG", "METRICS", "FLOPS", "CHECKPOINT", "TrainError", "code_version", "read_config", "write_json",
-           "save_checkpoint", "load_checkpoint", "row_step", "truncate_metrics"]
+           "kept_checkpoint", "save_checkpoint", "load_checkpoint", "row_step", "truncate_metrics", "copy_metrics"]

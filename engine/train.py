@@ -74,11 +74,29 @@ def peak_flops(device: str, dtype: str):
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to lr * min_lr_frac at ``steps``."""
+    """The learning rate of step ``step`` (0-based): linear warmup over ``warmup`` steps, then
+
+    * cosine: cosine decay to lr * min_lr_frac at ``steps`` (Kaplan et al. 2020);
+    * wsd: constant lr, then a linear decay to lr * min_lr_frac over the last
+      ``decay_frac * steps`` steps (warmup-stable-decay, Hägele et al. 2024).  Two wsd runs that
+      differ only in ``steps`` agree on every step before the shorter one's decay starts, which
+      is what makes a cooldown branch (``init_from``) the same run as a standalone one.
+    """
     if step < tc.warmup:
         return tc.lr * (step + 1) / tc.warmup
+    if tc.schedule == "wsd":
+        decay_start = decay_start_step(tc)
+        if step < decay_start:
+            return tc.lr
+        frac = (step + 1 - decay_start) / max(1, tc.steps - decay_start)
+        return tc.lr * (1 - (1 - tc.min_lr_frac) * min(frac, 1.0))
     frac = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
     return tc.lr * (tc.min_lr_frac + (1 - tc.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def decay_start_step(tc: TrainConfig) -> int:
+    """wsd: the first step of the final decay, (1 - decay_frac) * steps rounded, after warmup."""
+    return max(tc.warmup, round((1 - tc.decay_frac) * tc.steps))
 
 
 def decay_split(model: torch.nn.Module) -> tuple:
@@ -285,18 +303,21 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.rank == 0:
-            rundir.save_checkpoint(self.out / rundir.CHECKPOINT, {
+            state = {
                 "step": self.step, "tokens": self.tokens, "model": self.model.state_dict(),
                 "opt": self.opt.state_dict(), "ledger": self.ledger.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "noise": self.noise.state_dict() if self.noise else None,
                 "world_size": self.world,
-            })
+            }
+            rundir.save_checkpoint(self.out / rundir.CHECKPOINT, state)
+            if self.step in self.tc.kept_steps():  # a copy for cooldown branches to start from
+                rundir.save_checkpoint(self.out / rundir.kept_checkpoint(self.step), state)
             self._write_flops_json()
         barrier(self.world)  # nobody runs ahead of a checkpoint that may be resumed from
 
-    def load_checkpoint(self) -> None:
-        ck = rundir.load_checkpoint(self.out / rundir.CHECKPOINT, self.device)
+    def load_checkpoint(self, path: Path | None = None) -> None:
+        ck = rundir.load_checkpoint(path or self.out / rundir.CHECKPOINT, self.device)
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["opt"])
         self.ledger.load_state_dict(ck["ledger"])
@@ -305,9 +326,39 @@ class Trainer:
             self.noise.load_state_dict(ck["noise"])
         self.step, self.tokens = ck["step"], ck["tokens"]
         # Rows logged after the checkpoint were lost work; the resumed run writes them again.
-        if self.rank == 0:
+        if self.rank == 0 and path is None:
             rundir.truncate_metrics(self.out / rundir.METRICS, self.step)
         barrier(self.world)
+
+    def start_branch(self) -> None:
+        """A fresh run with ``init_from`` = PARENT@S: check that its first S steps are the
+        parent's (same model, data, seed and optimizer; the same learning rate at every step
+        before S), load the checkpoint the parent kept at S, and copy the parent's metrics rows
+        up to S, so this run's curve and its cumulative FLOPs are whole."""
+        parent, s = self.tc.branch_point()
+        pdir = Path(parent)
+        ckpt = pdir / rundir.kept_checkpoint(s)
+        if not (pdir / rundir.CONFIG).exists():
+            raise TrainError(f"init_from {self.tc.init_from}: no run in {pdir}")
+        old = rundir.read_config(pdir / rundir.CONFIG)
+        ptc = TrainConfig.from_dict({k: v for k, v in old["train"].items() if k in TrainConfig.__dataclass_fields__})
+        own = {"steps", "eval_every", "eval_batches", "log_every", "keep_steps", "init_from"}
+        diffs = [k for k, v in self.tc.to_dict().items() if k not in own and getattr(ptc, k) != v]
+        if old["model"] != self.mc.to_dict():
+            diffs.insert(0, "model")
+        bad_lr = next((t for t in range(s) if lr_at(t, ptc) != lr_at(t, self.tc)), None)
+        if diffs or bad_lr is not None:
+            why = f"fields differ: {', '.join(diffs)}" if diffs else f"the learning rate differs at step {bad_lr}"
+            raise TrainError(f"init_from {self.tc.init_from}: its first {s} steps are not this run's ({why}); "
+                             "a cooldown branch needs the same config, and a wsd parent still in its stable phase")
+        if not ckpt.exists():
+            raise TrainError(f"init_from {self.tc.init_from}: {ckpt} does not exist (train the parent with "
+                             f"--keep-steps {s} first)")
+        self.load_checkpoint(ckpt)
+        if self.rank == 0:
+            rundir.copy_metrics(pdir / rundir.METRICS, self.out / rundir.METRICS, s)
+            _say(f"starting {self.out} from {pdir} at step {s} (cooldown branch)")
+        self.save_checkpoint()  # a resumed branch resumes from here, not from the parent
 
     def _write_flops_json(self) -> None:
         led = self.ledger
@@ -466,10 +517,13 @@ class Trainer:
             self.load_checkpoint()
             if self.rank == 0 and self.step < tc.steps:
                 _say(f"resuming {self.out} from step {self.step}")
+        elif tc.init_from:
+            self.start_branch()
         if self.step >= tc.steps:
             return {"step": self.step, "complete": True}
         lead = self.rank == 0
         mpath = self.out / rundir.METRICS
+        kept = tc.kept_steps()
         bar = _progress(total=tc.steps, initial=self.step, enabled=self.progress and lead, desc=self.out.name,
                         position=self.progress_position)
         row = {}
@@ -506,13 +560,13 @@ class Trainer:
                     if lead:
                         mf.write(json.dumps(row) + "\n")
                         mf.flush()
-                if do_eval:
+                if do_eval or self.step in kept:
                     self.save_checkpoint()
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.3f}", **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
                 signum = self._stop_requested(stop)
                 if signum:
-                    if not do_eval:
+                    if not (do_eval or self.step in kept):
                         self.save_checkpoint()
                     bar.close()
                     raise RunInterrupted(signum, self.step, str(self.out))
