@@ -3,6 +3,10 @@
     flopscale sweep --preset cpu-tiny --out sweeps/cpu-tiny        # the README's main job, ~5 min on 2 CPU cores
     flopscale sweep --preset cpu-tiny --out sweeps/cpu-tiny        # again: finished runs are skipped, a killed one resumes
     flopscale sweep --preset h100 --out sweeps/h100 --dry-run      # the grid and its FLOP-ledger time estimate
+    flopscale sweep --preset cpu-smoke --out sweeps/smoke --executor local --workers 2   # two runs at a time
+    flopscale sweep --preset h100 --out sweeps/h100 --executor local --data /data/owt    # one run per GPU
+    flopscale sweep --preset h100 --out sweeps/h100 --executor slurm --slurm-partition gpu --slurm-time 4:00:00 \
+        --slurm-gpus-per-task 1 --no-wait                          # a job array; the same command again collects
     torchrun --nproc-per-node 8 -m flopscale.cli sweep --preset h100 --out sweeps/h100 --data /data/owt   # DDP per run
 
 The presets (what to run) are data in ``engine/presets.py``; this module runs them.  SWEEP_DIR
@@ -17,8 +21,19 @@ Resuming: a run whose checkpoint reached its last step is skipped; an interrupte
 by the Trainer from its last checkpoint (bit for bit on CPU); a run directory whose config differs
 from the preset's is refused with one line (use another --out).
 
-Under torchrun every rank runs the same grid in the same order and each run is DDP over all ranks;
-rank 0 alone writes the manifest and the report.
+Executors (engine/executors.py): ``inline`` runs the grid one run after another in this process;
+``local`` runs it on K spawned worker processes pinned to their GPUs or cores (a run asking for
+several GPUs, ``--gpus-per-run``, through torchrun); ``slurm`` submits it as a submitit job array
+and follows it (``--no-wait``: submit and return; the same command again collects what finished,
+follows what is queued or running and submits only what is missing).  The overall bar follows the
+runs' metrics files; sweep.json records each run's ``executor``, ``job_id``, ``node``, ``start``
+and ``end``; the fit runs once the grid is complete.  Every executor trains a run by the same
+function with the same thread count, so the runs are bit for bit those of an inline sweep on CPU.
+A SIGTERM or SIGINT to the sweep reaches its running runs, which checkpoint after their step; the
+sweep exits with 128 + the signal and the same command resumes.
+
+Under torchrun (inline only) every rank runs the same grid in the same order and each run is DDP
+over all ranks; rank 0 alone writes the manifest and the report.
 """
 
 from __future__ import annotations
@@ -45,9 +60,10 @@ from .presets import PRESETS, SweepPreset, get_preset
 # ---------------------------------------------------------------------------------------------
 # Cost model (the FLOP ledger's exact per-step counts, not 6ND)
 # ---------------------------------------------------------------------------------------------
-def run_flops(mc: ModelConfig, tc: TrainConfig) -> dict:
+def run_flops(mc: ModelConfig, tc: TrainConfig, branch: bool = False) -> dict:
     """{"nonembedding", "all"} model-view FLOPs of a whole run, from ``expected_rows`` per
-    micro-batch times the micro-batches, plus the optimizer (flops.optimizer_flops)."""
+    micro-batch times the micro-batches, plus the optimizer (flops.optimizer_flops).  ``branch``:
+    only what a cooldown branch adds (its steps after ``init_from``'s; the rest is its parent's)."""
     mb = tc.batch_size // tc.grad_accum
     rows = fl.expected_rows(mc, mb, mc.n_ctx, "model")
     per_micro_ne = sum(rows[r][0] + rows[r][1] for r in fl.NONEMBEDDING_ROWS)
@@ -61,8 +77,9 @@ def run_flops(mc: ModelConfig, tc: TrainConfig) -> dict:
 
     with torch.device("meta"):
         opt = optimizer_step_flops(GPT(mc), tc)
-    k = tc.steps * tc.grad_accum
-    return {"nonembedding": per_micro_ne * k, "all": per_micro_all * k + opt * tc.steps}
+    steps = tc.steps - (tc.branch_point()[1] if branch and tc.init_from else 0)
+    k = steps * tc.grad_accum
+    return {"nonembedding": per_micro_ne * k, "all": per_micro_all * k + opt * steps}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +140,8 @@ def _write_manifest(out: Path, preset: SweepPreset, entries: List[dict], extra: 
     rec = {"preset": preset.name, "description": preset.description, "note": preset.note,
            "code_version": rundir.code_version(), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "grid": {"models": [list(m) for m in preset.models], "n_ctx": preset.n_ctx, "tokens_per_run": preset.tokens,
-                    "max_tokens": preset.max_tokens, "batch_sizes": preset.batch_sizes or [preset.train["batch_size"]]},
+                    "max_tokens": preset.max_tokens, "batch_sizes": preset.batch_sizes or [preset.train["batch_size"]],
+                    "budgets": preset.budgets, "fixed_tokens": preset.fixed_tokens, "ladder": preset.ladder},
            "report_dir": "report", "runs": entries, **extra}
     atomic_write_json(out / "sweep.json", rec)
 
@@ -188,6 +206,10 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
     specs = preset.runs()
     for s in specs:
         s["train"] = dict(s["train"], **overrides)
+        if s.get("branch_of"):  # a cooldown branch starts from its parent's run directory
+            parent, step = s["branch_of"]
+            s["train"]["init_from"] = f"{out / 'runs' / parent}@{step}"
+    parent_of = {s["name"]: s["branch_of"][0] for s in specs if s.get("branch_of")}
     # validate every config before any work (types, divisibility, unknown fields)
     cfgs = [(s, ModelConfig(**s["model"], n_vocab=257), TrainConfig.from_dict(s["train"])) for s in specs]
     device = cfgs[0][2].device
@@ -250,7 +272,7 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
     jobs = []
     for s, mc, tc in cfgs:
         mc = ModelConfig(**s["model"], n_vocab=full.vocab_size)
-        jobs.append((s, mc, tc, run_flops(mc, tc)))
+        jobs.append((s, mc, tc, run_flops(mc, tc, branch=bool(s.get("branch_of")))))
     jobs.sort(key=lambda j: j[3]["all"])
     n_train = full.n_train_tokens
     if lead and preset.tokens > n_train and all(t.max_tokens is None for _, _, t, _ in jobs):
@@ -357,7 +379,15 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
                  if executor == "local" else "SLURM")
         say(f"{len(tasks)} runs on {where}", progress)
     try:
-        ex.run(tasks, on_start=on_start, on_done=on_done, tick=tick)
+        # Cooldown branches start from checkpoints their parents keep: parents (and every other
+        # run) first, then the branches whose parent has finished (with --no-wait on SLURM, the
+        # rest are submitted by the same command once their parents are done).
+        first = [t for t in tasks if t.name not in parent_of]
+        if first:
+            ex.run(first, on_start=on_start, on_done=on_done, tick=tick)
+        second = [t for t in tasks if t.name in parent_of and by_name[parent_of[t.name]]["status"] == "done"]
+        if second:
+            ex.run(second, on_start=on_start, on_done=on_done, tick=tick)
     finally:
         bar.close()
         timing["runs_this_invocation"] = round(time.perf_counter() - t_train, 1)
@@ -506,12 +536,15 @@ def dry_run(preset: SweepPreset, overrides: dict, vocab: int = 4096, as_json: bo
     rows, runs, tot = [], [], 0
     for s in preset.runs():
         tr = dict(s["train"], **{k: v for k, v in overrides.items() if v is not None})
+        if s.get("branch_of"):
+            tr["init_from"] = f"{s['branch_of'][0]}@{s['branch_of'][1]}"  # sibling run, as the sweep resolves it
         mc, tc = ModelConfig(**s["model"], n_vocab=vocab), TrainConfig.from_dict(tr)
-        c = run_flops(mc, tc)
+        c = run_flops(mc, tc, branch=bool(s.get("branch_of")))
         tot += c["all"]
         est = c["all"] / preset.assumed_flops_per_s / 60
         runs.append({"name": s["name"], "N": mc.N, "model": mc.to_dict(), "train": tc.to_dict(),
-                     "tokens_per_step": tc.batch_size * mc.n_ctx, "expected_flops": c, "estimated_min": est})
+                     "tokens_per_step": tc.batch_size * mc.n_ctx, "expected_flops": c, "estimated_min": est,
+                     "branch_of": s.get("branch_of")})
         rows.append(f"{s['name']:<22}{mc.N:>14,}{tc.steps:>8}{tc.batch_size * mc.n_ctx:>10,}"
                     f"{c['nonembedding']:>14.3g}{c['all']:>14.3g}{est:>10.1f}")
     if as_json:

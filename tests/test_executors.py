@@ -226,3 +226,29 @@ def test_multi_gpu_run_command_is_the_same_run():
     a = cli.build_parser().parse_args(cmd[cmd.index("train"):])
     assert TrainConfig(**config_values(a, TrainConfig.__dataclass_fields__)) == tc
     assert cli._model_config(a, 4096) == mc and a.out == "/x/r"
+
+
+def test_torchrun_ranks_stop_at_the_same_step_and_resume(data, tmp_path):
+    """SIGTERM to torchrun (what a multi-GPU run of the local executor is) reaches every rank;
+    they agree on the step, checkpoint there, and the same command resumes bit for bit."""
+    def cmd(out):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "flopscale.cli", "train", "--n-layer", "1", "--d-model", "16", "--n-heads", "2",
+                "--n-ctx", "16", "--data", data, "--tokenizer", "bpe-300", "--batch-size", "8", "--steps", "200",
+                "--eval-every", "100", "--warmup", "5", "--quiet", "--out", str(out)]
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = subprocess.run(cmd(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = tmp_path / "run"
+    p = subprocess.Popen(cmd(run), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_rows([run], 110, p)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=120)
+    assert p.returncode != 0
+    stopped = _metrics(run)[-1]["step"]
+    assert 110 <= stopped < 200 and json.loads((run / "flops.json").read_text())["steps"] == stopped
+    r = subprocess.run(cmd(run), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming {run} from step {stopped}" in r.stderr
+    assert [{k: x[k] for k in SAME} for x in _metrics(run)] == [{k: x[k] for k in SAME} for x in _metrics(tmp_path / "ref")]
