@@ -126,7 +126,7 @@ def _check_sweep_dir(out: Path, preset: SweepPreset) -> None:
         if old.get("preset") != preset.name:
             raise ConfigError(f"{out} holds a sweep of preset {old.get('preset')!r}, not {preset.name!r}; "
                               "use another --out")
-    elif out.is_dir() and any(p for p in out.iterdir() if p.name not in ("runs", "report")):
+    elif out.is_dir() and any(p for p in out.iterdir() if p.name not in ("runs", "report", "slurm")):
         raise ConfigError(f"{out} is not empty and holds no sweep.json; use a new or empty --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -528,11 +528,14 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def dry_run(preset: SweepPreset, overrides: dict, vocab: int = 4096, as_json: bool = False) -> int:
+def dry_run(preset: SweepPreset, overrides: dict, vocab: Optional[int] = None, as_json: bool = False) -> int:
     """Print the grid with the FLOP ledger's exact counts and a wall-time *estimate* at the
     preset's assumed sustained FLOP/s (an assumption, stated; not a measurement).  ``as_json``:
     one object on stdout, ``{"preset", "runs": [{"name", "N", "model", "train", "expected_flops",
     "estimated_min"}], "total_flops", "estimated_min", "assumed_flops_per_s"}``."""
+    from .presets import _vocab
+
+    vocab = vocab or _vocab(overrides.get("tokenizer") or preset.train.get("tokenizer", "bpe-4096"))
     rows, runs, tot = [], [], 0
     for s in preset.runs():
         tr = dict(s["train"], **{k: v for k, v in overrides.items() if v is not None})

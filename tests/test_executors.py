@@ -252,3 +252,22 @@ def test_torchrun_ranks_stop_at_the_same_step_and_resume(data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming {run} from step {stopped}" in r.stderr
     assert [{k: x[k] for k in SAME} for x in _metrics(run)] == [{k: x[k] for k in SAME} for x in _metrics(tmp_path / "ref")]
+
+
+def test_slurm_task_runs_its_group_and_checkpoints_as_itself(long_preset, tmp_path):
+    """The callable an array task runs (no SLURM needed): its runs in order, then done; its
+    checkpoint() for submitit's requeue is the same group again (finished runs are skipped)."""
+    from flopscale.engine.executors import SlurmTask
+    from flopscale.engine.presets import get_preset
+
+    spec = get_preset(long_preset).runs()[0]
+    tasks = []
+    for i in range(2):
+        tr = dict(spec["train"], steps=5, eval_every=5)
+        tasks.append(RunTask(name=f"r{i}", run_dir=str(tmp_path / f"r{i}"), model=dict(spec["model"], n_vocab=300),
+                             train=tr, threads=1))
+    infos = SlurmTask(tasks)()
+    assert [i["name"] for i in infos] == ["r0", "r1"] and all(i["executor"] == "slurm" for i in infos)
+    assert all(_metrics(tmp_path / f"r{i}")[-1]["step"] == 5 for i in range(2))
+    again = SlurmTask(tasks).checkpoint()
+    assert [t.name for t in again.function.tasks] == ["r0", "r1"]

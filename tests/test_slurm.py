@@ -97,16 +97,21 @@ def test_slurm_sweep_equals_inline_with_job_ids(slurm, presets, tmp_path):
     assert acct.count("|low|COMPLETED") == 3, acct
 
 
-def test_preempted_task_is_requeued_and_resumes_bit_identical(slurm, presets, tmp_path):
-    p = presets["test-preempt"]
-    _sweep("--preset", p, "--out", str(tmp_path / "inline"), "--no-fit")
-    args = ["--preset", p, "--out", str(tmp_path / "slurm"), "--no-fit", "--executor", "slurm", "--slurm-time", "30"]
+@pytest.fixture(scope="module")
+def preempt_inline(presets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("preempt") / "inline"
+    _sweep("--preset", presets["test-preempt"], "--out", str(out), "--no-fit")
+    return out
+
+
+def _submit_and_wait_for_progress(slurm, preset, out):
+    """--no-wait submission, then wait until a task is well into its run; returns (args, job ids)."""
+    args = ["--preset", preset, "--out", str(out), "--no-fit", "--executor", "slurm", "--slurm-time", "30"]
     r = _sweep(*args, "--no-wait")  # submit and return
     assert "run the same command again" in r.stdout
-    first = {e["name"]: e["job_id"] for e in json.loads((tmp_path / "slurm" / "sweep.json").read_text())["runs"]}
+    first = {e["name"]: e["job_id"] for e in json.loads((out / "sweep.json").read_text())["runs"]}
     assert all(first.values()), first
-    # once a task is well into its run, a job in the higher-priority partition takes the node
-    runs = [tmp_path / "slurm" / "runs" / n for n in first]
+    runs = [out / "runs" / n for n in first]
     deadline = time.time() + 180
     while time.time() < deadline:
         rows = [len((d / "metrics.jsonl").read_text().splitlines()) if (d / "metrics.jsonl").exists() else 0 for d in runs]
@@ -114,16 +119,42 @@ def test_preempted_task_is_requeued_and_resumes_bit_identical(slurm, presets, tm
             break
         time.sleep(0.05)
     assert max(rows) >= 30, (rows, slurm.squeue(), slurm.logs())
-    assert max(rows) < 800, "the runs finished before they could be preempted; make them longer"
+    assert max(rows) < 800, "the runs finished before they could be stopped; make them longer"
+    return args, first
+
+
+def _resumed(out: Path) -> list:
+    logs = "".join(f.read_text(errors="replace") for f in (out / "slurm").rglob("*_log.out"))
+    return logs, [(r, int(s)) for r, s in re.findall(r"resuming (\S+) from step (\d+)", logs)]
+
+
+def test_preempted_task_is_requeued_and_resumes_bit_identical(slurm, presets, preempt_inline, tmp_path):
+    out = tmp_path / "slurm"
+    args, first = _submit_and_wait_for_progress(slurm, presets["test-preempt"], out)
+    # a job in the higher-priority partition takes the node: both running tasks are preempted
     slurm.sbatch("-p", "high", "-c", "2", "-o", str(tmp_path / "preemptor.out"), "--wrap", "sleep 2")
     # the same command again follows the requeued tasks to the end and collects them
     _sweep(*args)
-    man = json.loads((tmp_path / "slurm" / "sweep.json").read_text())
+    man = json.loads((out / "sweep.json").read_text())
     assert {e["name"]: e["job_id"] for e in man["runs"]} == first  # requeued, not submitted again
     assert all(e["status"] == "done" for e in man["runs"])
-    logs = "".join(f.read_text(errors="replace") for f in (tmp_path / "slurm" / "slurm").rglob("*_log.out"))
-    resumed = re.findall(r"resuming (\S+) from step (\d+)", logs)
-    assert resumed and all(int(s) > 0 for _, s in resumed), logs[-3000:]  # resumed, not restarted
+    logs, resumed = _resumed(out)
+    assert resumed and all(s > 0 for _, s in resumed), logs[-3000:]  # resumed, not restarted
     acct = slurm._run("sacct", "-n", "-D", "-X", "-o", "JobID,State", "--parsable2").stdout
     assert "PREEMPTED" in acct or "REQUEUED" in acct, acct
-    _same_runs(tmp_path / "inline", tmp_path / "slurm")
+    _same_runs(preempt_inline, out)
+
+
+def test_sigterm_to_a_task_is_requeued_by_submitit(slurm, presets, preempt_inline, tmp_path):
+    """A SIGTERM that SLURM does not follow with a requeue of its own (the one --signal=TERM@90
+    sends before the time limit; here `scancel --signal=TERM`): submitit's handler requeues."""
+    out = tmp_path / "slurm"
+    args, first = _submit_and_wait_for_progress(slurm, presets["test-preempt"], out)
+    for jid in first.values():
+        slurm._run("scancel", "--signal=TERM", jid)
+    _sweep(*args)
+    man = json.loads((out / "sweep.json").read_text())
+    assert {e["name"]: e["job_id"] for e in man["runs"]} == first and all(e["status"] == "done" for e in man["runs"])
+    logs, resumed = _resumed(out)
+    assert "Requeued job" in logs and resumed and all(s > 0 for _, s in resumed), logs[-3000:]
+    _same_runs(preempt_inline, out)
