@@ -66,8 +66,13 @@ def _enough_for_auto(law: str, cols, n_fixed: int = 0) -> None:
         raise FitError("no point repeats its data (D <= U everywhere)")
 
 
-def _item(law, cols, source, name="", compute=None, fix=None):
-    return {"law": law, "cols": cols, "source": source, "name": name or law, "compute": compute, "fix": fix or {}}
+def _item(law, cols, source, name="", compute=None, fix=None, tag=None):
+    return {"law": law, "cols": cols, "source": source, "name": name or law, "compute": compute, "fix": fix or {},
+            "tag": tag or {}}
+
+
+# the embedding-included view of L(N) (Kaplan Fig. 6): law n on all parameters, fit entry `n_total`
+N_TOTAL_TAG = {"N_counts": "all parameters (embeddings included): config.json n_params_total, or a table's N_total"}
 
 
 def _plan_csv(path: str, laws: Optional[List[str]], fixed, compute):
@@ -114,6 +119,18 @@ def _plan_table(cols, path: str, laws: Optional[List[str]], fixed, compute):
                               fix=fx))
         else:
             plan.append(_item(law, c, path, compute=conv, fix=fx))
+        if law == "n" and "N_total" in cols and not hasattr(cols["N_total"], "message"):
+            t = {"N": cols["N_total"], "loss": cols["loss"]}
+            if "D" in cols and not hasattr(cols["D"], "message") and np.unique(cols["D"]).size > 1:
+                t = best_per(dict(t, key=np.asarray(cols["N"], float)), "key")
+                t = {"N": t["N"], "loss": t["loss"]}
+            try:
+                check_points("n", t, len(fx))
+                if laws is None:
+                    _enough_for_auto("n", t, len(fx))
+                plan.append(_item("n", t, f"{path}: column N_total", name="n_total", fix=fx, tag=N_TOTAL_TAG))
+            except FitError as e:
+                skipped["n_total"] = str(e)
     if laws is None and "isoflop" in [p["law"] for p in plan]:
         # auto: isoflop only where the table holds slices (several sizes at several budgets)
         from .isoflop import group_slices
@@ -144,7 +161,7 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
     convs = [compute] + [c for c in COMPUTE if c != compute]
     have_total = all(np.isfinite(r.flops_total).any() for r in runs)
 
-    def add(law, cols, source, name="", conv=None):
+    def add(law, cols, source, name="", conv=None, tag=None):
         fx = _fix_for(law, fixed, laws is not None)
         if fx is None:
             skipped[name or law] = "--fix names are not its parameters"
@@ -164,10 +181,18 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
                 raise FitError(f"law {law!r} from runs: {e}") from None
             skipped[name or law] = str(e)
             return
-        plan.append(_item(law, cols, source, name, conv, fx))
+        plan.append(_item(law, cols, source, name, conv, fx, tag))
 
     if "n" in want:
         add("n", best_per(pts, "N"), f"{src}, lowest per N")
+        totals = [r.config.get("n_params_total") for r in runs]
+        if all(totals):
+            bp = best_per(dict(pts, N_total=np.array(totals, float)), "N")
+            add("n", {"N": bp["N_total"], "loss": bp["loss"]},
+                f"{src}, lowest per N, against N_total = all parameters (config.json n_params_total)",
+                name="n_total", tag=N_TOTAL_TAG)
+        else:
+            skipped["n_total"] = "runs without n_params_total in config.json (the embedding-included view)"
     if "d" in want:
         add("d", best_per(pts, "D"), f"{src}, lowest per D (D = unique tokens seen)")
     if "nd" in want:
@@ -232,6 +257,8 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
             ip = run_points(runs, point, compute=conv, tokens_seen=True)
             add("isoflop", {k: ip[k] for k in ("N", "C", "loss", "D")},
                 f"{src} (one point per run, slices by its C = {conv})", name="isoflop" + sfx, conv=conv)
+    from .study import study_from_runs
+    extra["study"] = study_from_runs(runs, point)
     # keep the order of the laws for the report
     order = {k: i for i, k in enumerate(ALL_LAWS)}
     plan.sort(key=lambda p: order[p["law"]])
@@ -327,7 +354,8 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
             plan, skipped, groups = _plan_groups(cols, label, group, laws, fixed, compute)
         else:
             plan, skipped = _plan_table(cols, label, laws, fixed, compute)
-        extra = {"csv": label}
+        from .study import study_from_table
+        extra = {"csv": label, "study": study_from_table(cols) if group is None else None}
         inputs = f"CSV {csv}" if csv else f"a table of {len(next(iter(cols.values()), []))} rows"
         if group is not None:
             inputs += f", one fit per value of {group!r}"
@@ -342,8 +370,17 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
     for it in plan:
         law, cols = it["law"], it["cols"]
         if law == "isoflop":
-            res, boot = fit_isoflop(cols, tol_dex=slice_tol, window_dex=slice_window, n_boot=n_boot, seed=seed,
-                                    fix=it["fix"], return_boot=True)
+            try:
+                res, boot = fit_isoflop(cols, tol_dex=slice_tol, window_dex=slice_window, n_boot=n_boot, seed=seed,
+                                        fix=it["fix"], return_boot=True)
+            except FitError as e:
+                # planned on budgets alone; the slices' minima can still fail (not interior, too few).
+                # In auto mode, or for the second compute convention (a grid at fixed non-embedding C
+                # is not isoFLOP in all FLOPs), that skips the entry instead of losing the report.
+                if laws is not None and it["compute"] in (None, compute):
+                    raise
+                skipped[it["name"]] = str(e)
+                continue
             used = cols
         else:
             res, boot = fit(law, cols, delta=huber_delta, n_boot=n_boot, seed=seed, grid=grid, return_boot=True,
@@ -355,13 +392,15 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
                 res["compute_source"] = "table column C, in the convention declared by --compute"
         if it.get("group"):
             res["group"] = it["group"]
+        res.update(it.get("tag") or {})
         entries.append(FitEntry(res, boot, used, source=str(it["source"]), name=it["name"]))
+    study = extra.get("study")
     payload = build_payload(entries, frontiers=extra.get("frontiers"), compute=compute, batch=extra.get("batch"),
-                            inputs=inputs, skipped=skipped)
+                            inputs=inputs, skipped=skipped, study=study["summary"] if study else None)
     if groups is not None:
         payload["groups"] = _side_by_side(payload["fits"], group, groups)
     if out:
-        write_report(str(out), entries, payload, frontier_curves=extra.get("frontier_curves"))
+        write_report(str(out), entries, payload, frontier_curves=extra.get("frontier_curves"), study=study)
     if not quiet:
         print_summary(entries, skipped, out)
     return payload

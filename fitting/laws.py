@@ -45,9 +45,22 @@ PAPER: Dict[str, Dict[str, float]] = {
                          "alpha": 0.3526596, "beta": 0.3526596, "R_D_star": 15.387756, "R_N_star": 5.309743},
 }
 
-# Hoffmann et al. 2022, Table 2: N_opt ~ C^a, D_opt ~ C^b by their three approaches (and Kaplan's).
+# Hoffmann et al. 2022, Table 2: N_opt ~ C^a, D_opt ~ C^b by their three approaches (1: minimum
+# over training curves, 2: isoFLOP profiles, 3: the parametric fit of eq. (10)), and Kaplan et al.'s
+# row of the same table (N ~ C^0.73, section 6.1; D then ~ C^0.27). Their N counts all parameters
+# and C = 6ND; Kaplan's N and C are non-embedding.
 PAPER_ALLOCATION_HOFFMANN = {"approach 1": {"a": 0.50, "b": 0.50}, "approach 2": {"a": 0.49, "b": 0.51},
                              "approach 3": {"a": 0.46, "b": 0.54}, "Kaplan et al.": {"a": 0.73, "b": 0.27}}
+
+# Where each reference number comes from (report.md prints this list under the exponent table).
+PAPER_SOURCES = {
+    "n, d, c, nd, ns, bcrit": "Kaplan et al. 2020, eqs. (1.1)-(1.6) and section 1.2 (non-embedding N, C in PF-days "
+                              "converted to FLOPs; B_star 2e8 tokens as in the text, 2.1e8 in the summary table)",
+    "chinchilla (E 1.69, A 406.4, B 410.7, alpha 0.34, beta 0.28)": "Hoffmann et al. 2022, eq. (10), approach 3",
+    "N_opt ~ C^a, D_opt ~ C^b (a 0.50/0.49/0.46, b 0.50/0.51/0.54)": "Hoffmann et al. 2022, Table 2, approaches 1/2/3",
+    "Kaplan N_opt ~ C^0.73, D ~ C^0.27": "Kaplan et al. 2020, section 6.1 (and Hoffmann et al. 2022, Table 2)",
+    "data-constrained": "Muennighoff et al. 2023, the C4 fit in github.com/huggingface/datablations",
+}
 
 # The paper's empirical compute-efficient exponents (N, B, S against C_min; section 6.1, Fig. 14).
 PAPER_ALLOCATION_EMPIRICAL = {"N": 0.73, "B": 0.24, "S": 0.03}

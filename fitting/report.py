@@ -125,9 +125,10 @@ def plot_fit(entry: FitEntry, path: str) -> str:
         ax.plot(grid[~seen], y[~seen], color="C1", ls="--", label="extrapolation")
         if band is not None:
             ax.fill_between(grid, band[0], band[1], color="C1", alpha=0.25, lw=0, label="95% band (bootstrap)")
-        if res["law"] in PAPER:
+        total = bool(res.get("N_counts"))
+        if res["law"] in PAPER and not total:
             ax.plot(grid, law.predict(PAPER[res["law"]], **{xk: grid}), color="0.5", ls=":", label="paper")
-        ax.set_xlabel(AXIS[xk])
+        ax.set_xlabel("N_total (all parameters, embeddings included)" if total else AXIS[xk])
     else:
         # two inputs: x axis the scale variable, one curve per value (or bin) of the other
         xk = "S" if res["law"] == "ns" else "N"
@@ -203,8 +204,16 @@ def plot_isoflop(entry: FitEntry, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res, cols = entry.fit, entry.cols
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    iso_slices_axes(a1, entry)
+    iso_opt_axes(a2, entry)
+    _save(fig, path)
+    return path
+
+
+def iso_slices_axes(a1, entry: FitEntry) -> None:
+    """The isoFLOP slices: loss against N per budget, each slice's parabola and its minimum."""
+    res, cols = entry.fit, entry.cols
     for i, sl in enumerate(res["slices"]):
         rows = np.array(sl["rows"])
         c = f"C{i % 10}" if "N_opt" in sl else "0.6"
@@ -223,8 +232,15 @@ def plot_isoflop(entry: FitEntry, path: str) -> str:
             a1.scatter([sl["N_opt"]], [sl["loss_opt"]], marker="*", s=110, color=c, edgecolors="k", zorder=4)
     a1.set_xscale("log")
     a1.set_xlabel(AXIS["N"]); a1.set_ylabel(AXIS["loss"])
-    a1.set_title("isoFLOP slices: parabola in the window (hollow: outside it), star: minimum", fontsize=8)
+    a1.set_title("isoFLOP slices" + (f" (C {res['compute']})" if res.get("compute") else "")
+                 + ": parabola in the window (hollow: outside it), star: minimum", fontsize=8)
     a1.legend(fontsize=6, ncol=2)
+    a1.grid(True, which="both", alpha=0.3)
+
+
+def iso_opt_axes(a2, entry: FitEntry) -> None:
+    """N_opt(C) and D_opt(C) from the slices' minima, with the fitted power laws and bands."""
+    res = entry.fit
     good = [sl for sl in res["slices"] if "N_opt" in sl]
     C = np.array([sl["C"] for sl in good])
     p = res["params"]
@@ -243,10 +259,7 @@ def plot_isoflop(entry: FitEntry, path: str) -> str:
     a2.set_xlabel(AXIS["C"] + (f", {res['compute']}" if res.get("compute") else ""))
     a2.set_ylabel("N (params), D (tokens)")
     a2.legend(fontsize=7)
-    for a in (a1, a2):
-        a.grid(True, which="both", alpha=0.3)
-    _save(fig, path)
-    return path
+    a2.grid(True, which="both", alpha=0.3)
 
 
 def plot_data_constrained(entry: FitEntry, path: str) -> str:
@@ -318,12 +331,14 @@ def _ci_text(ci) -> str:
 
 def _fit_section(e: FitEntry, png: Optional[str]) -> List[str]:
     r = e.fit
-    paper = PAPER.get(r["law"], {})
+    paper = {} if r.get("N_counts") else PAPER.get(r["law"], {})
     if r["law"] == "isoflop":
         paper = PAPER_ALLOCATION_HOFFMANN["approach 2"]
     out = [f"## `{e.stem}`: {r['formula']}", ""]
     if e.source:
-        out += [f"Points: {e.source}." + (f" C: {r['compute']}." if r.get("compute") else ""), ""]
+        out += [f"Points: {e.source}." + (f" C: {r['compute']}." if r.get("compute") else "")
+                + (f" N counts {r['N_counts']}; Kaplan et al. quote no power law for it (Fig. 6)." if r.get("N_counts")
+                   else ""), ""]
     out += ["| parameter | fitted | 95% interval | paper | units |", "| --- | --- | --- | --- | --- |"]
     for k, v in r["params"].items():
         out.append(f"| {k} | {_param_cell(k, v)} | {_interval(r, k)} | {_param_cell(k, paper.get(k))} | "
@@ -443,9 +458,98 @@ def _groups_section(groups: Optional[dict]) -> List[str]:
     return out + [""]
 
 
+def _study_section(s: Optional[dict]) -> List[str]:
+    """What the runs span: sizes, tokens, compute in both conventions, the non-embedding share."""
+    if not s or not s.get("n_runs"):
+        return []
+
+    def rg(k, unit=""):
+        r = s.get(k + "_range")
+        return "—" if not r else f"{_fmt(r[0])} to {_fmt(r[1])}{unit} ({math.log10(r[1] / r[0]):.2f} decades)"
+    out = ["## About this study", "",
+           f"| quantity | range |", "| --- | --- |",
+           f"| {'runs' if s['source'] == 'runs' else 'table rows'} | {s['n_runs']} ({s['n_sizes']} model sizes"
+           + (f"; depths {', '.join(map(str, s['n_layers']))} layers" if s.get("n_layers") else "") + ") |",
+           f"| N, non-embedding parameters | {rg('N')} |",
+           f"| N_total, all parameters | {rg('N_total')} |",
+           f"| D, tokens at each run's point | {rg('D')} |",
+           f"| tokens per parameter | {rg('tokens_per_param')} |",
+           f"| C, non-embedding FLOPs (Kaplan's C) | {rg('C')} |",
+           f"| C, all FLOPs | {rg('C_all')} |",
+           f"| loss (nats/token) | {rg('loss')} |"]
+    sh = s.get("nonembedding_share")
+    if sh:
+        out.append(f"| non-embedding share of compute (flops / flops_total) | {100 * sh['min']:.1f}% to "
+                   f"{100 * sh['max']:.1f}% (median {100 * sh['median']:.1f}%) |")
+    out.append("")
+    if sh:
+        out += [f"The paper's C counts non-embedding FLOPs only; here the embedding, de-embedding and other rows are "
+                f"{100 * (1 - sh['median']):.0f}% of the median run's compute, so fits under `compute: all` (the "
+                f"`_all` entries) and under Kaplan's C can differ, and both are shown.", ""]
+    elif s["source"] == "runs":
+        out += ["The runs log no flops_total: the non-embedding share of compute is unknown.", ""]
+    else:
+        out += ["A table carries one C (the convention --compute declares): the non-embedding share of compute is "
+                "not known from it.", ""]
+    if s.get("fixed_token_budget"):
+        out += [f"Every run's point sits at the same {_fmt(s['D_range'][0])} tokens: L(N) is read at a fixed token "
+                f"budget, not at convergence.", ""]
+    g = s.get("c_vs_6ND") or {}
+    if g:
+        out += ["Measured C against 6ND (approach 3's convention) over these points: "
+                + "; ".join(f"C_{k} ~ (6ND)^{v['gamma']:.3f}, C/6ND from {v['ratio_range'][0]:.3g} to "
+                            f"{v['ratio_range'][1]:.3g}" for k, v in g.items()) + ".", ""]
+    return out
+
+
+def _cooldown_section(s: Optional[dict], payload: dict) -> List[str]:
+    cds = (s or {}).get("cooldowns") or []
+    if not cds:
+        return []
+    envs = {k: v for k, v in payload.items() if k == "frontier" or k.startswith("frontier_")}
+    out = ["## Points from cooldown branches", "",
+           "These runs start from another run's checkpoint (config.json `train.init_from`, a warmup-stable-decay "
+           "cooldown). Their points enter the fits like any run's; the panels draw their curves dashed and their "
+           "points as diamonds.", "",
+           "| run | parent | from step | N | tokens | loss | on the frontier |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for c in cds:
+        on = [f"{k}: {sum(1 for r in v.get('envelope_runs', []) if r == c['run'])} points" for k, v in envs.items()
+              if c["run"] in v.get("envelope_runs", [])]
+        out.append(f"| `{c['run']}` | `{c['parent']}` | {c.get('step', '?')} | {_fmt(c['N'])} | {_fmt(c['D'])} | "
+                   f"{_fmt(c['loss'])} | {', '.join(on) or 'no'} |")
+    notes = [f"- `{c['run']}`: {c['compute_note']}" for c in cds if c.get("compute_note")]
+    return out + ([""] + notes if notes else []) + [""]
+
+
+def _exponent_section(rows: List[dict]) -> List[str]:
+    from .study import sources_note
+
+    if not rows:
+        return []
+    out = ["## Fitted exponents next to Kaplan et al. 2020 and Hoffmann et al. 2022", "",
+           "Approach 3 works in C = 6ND (Hoffmann et al.'s convention); its rows are also converted to each measured "
+           "convention through the power law C ~ (6ND)^gamma these runs follow. Hoffmann et al.'s N counts all "
+           "parameters, Kaplan et al.'s only non-embedding ones.", "",
+           "| quantity | fit | compute | this study | 95% interval | Kaplan et al. | Hoffmann et al. | note |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['quantity']} | `{r['fit']}` | {r.get('compute') or '—'} | {_fmt(r['value'])} | "
+                   f"{_ci_text(r['ci95']) if r['ci95'] is not None else '—'} | {_fmt(r['kaplan'])} | "
+                   f"{_fmt(r['hoffmann'])} | {r.get('note', '')} |")
+    return out + ["", "Reference numbers:", ""] + sources_note() + [""]
+
+
+def _caveat_section(lines: Dict[str, str]) -> List[str]:
+    if not lines:
+        return []
+    return (["## What this study can and cannot tell", "", "One line per fit, computed from its points and intervals.",
+             ""] + [f"- `{k}`: {v}." for k, v in lines.items()] + [""])
+
+
 def build_payload(entries: List[FitEntry], *, frontiers: Optional[dict] = None, compute: str = "nonembedding",
-                  batch: Optional[dict] = None, inputs: str = "", skipped: Optional[Dict[str, str]] = None) -> dict:
-    """The fits.json content (strict JSON: NaN and inf as null)."""
+                  batch: Optional[dict] = None, inputs: str = "", skipped: Optional[Dict[str, str]] = None,
+                  study: Optional[dict] = None) -> dict:
+    """The fits.json content (strict JSON: NaN and inf as null). study: study.summarise's dict."""
     payload = {"inputs": inputs, "fits": [dict(e.fit, source=e.source, name=e.stem) for e in entries]}
     frontiers = frontiers or {}
     for conv, fr in frontiers.items():
@@ -463,11 +567,22 @@ def build_payload(entries: List[FitEntry], *, frontiers: Optional[dict] = None, 
                                                                    PAPER["bcrit"]["alpha_B"]),
                                    "empirical": PAPER_ALLOCATION_EMPIRICAL,
                                    "hoffmann_table2": PAPER_ALLOCATION_HOFFMANN}
-    return clean_json(payload)
+    from .study import caveats, exponent_rows
+
+    payload = clean_json(payload)
+    if study is not None:
+        payload["study"] = clean_json(study)
+    payload["exponents"] = clean_json(exponent_rows(payload, study))
+    payload["caveats"] = caveats(payload, study)
+    return payload
 
 
-def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, frontier_curves=None) -> Dict[str, str]:
-    """Write fits.json (payload), one PNG per fit and report.md into out_dir; returns {name: path}."""
+def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, frontier_curves=None,
+                 study: Optional[dict] = None) -> Dict[str, str]:
+    """Write fits.json (payload), one PNG per fit, the six panels and overview.png (fitting/panels.py)
+    and report.md into out_dir; returns {name: path}. study: study.study_from_runs / _from_table."""
+    from .panels import write_panels
+
     os.makedirs(out_dir, exist_ok=True)
     written: Dict[str, str] = {}
     pngs = {}
@@ -479,6 +594,9 @@ def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, fronti
                  for k, v in payload.items() if k == "frontier" or k.startswith("frontier_")}
     if frontier is not None:
         written["frontier"] = plot_frontier(frontier, frontier_curves or [], os.path.join(out_dir, "frontier.png"))
+    panels = write_panels(out_dir, entries, payload, study)
+    written.update(panels)
+    payload["panels"] = {k: os.path.basename(v) for k, v in panels.items()}
     fj = os.path.join(out_dir, "fits.json")
     atomic_write_json(fj, payload, indent=1)
     written["fits.json"] = fj
@@ -502,6 +620,17 @@ def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, fronti
     md.append("")
     if skipped:
         md += ["Not fitted: " + "; ".join(f"`{k}` ({v})" for k, v in skipped.items()) + ".", ""]
+    md += _study_section(payload.get("study"))
+    md += ["## The study at a glance", "",
+           "Kaplan et al.'s Figure 1 laid out for these runs: 1 loss against compute (curves coloured by N, the "
+           "frontier, the L(C) fit), 2 against tokens, 3 against N beside N_total (embeddings included, Figure 6), "
+           "4 N_opt(C) by Hoffmann et al.'s approaches 1, 2, 3 under both compute conventions, 5 B_crit(L), "
+           "6 the isoFLOP slices. Dashed curves and diamonds are cooldown branches. Each panel is also its own "
+           "file: " + ", ".join(f"[{k}]({os.path.basename(v)})" for k, v in panels.items() if k != "overview") + ".",
+           "", "![overview](overview.png)", ""]
+    md += _caveat_section(payload.get("caveats"))
+    md += _exponent_section(payload.get("exponents") or [])
+    md += _cooldown_section(payload.get("study"), payload)
     for e in entries:
         md += _fit_section(e, pngs.get(e.stem))
     md += _approaches_section(entries, frontiers)

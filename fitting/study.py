@@ -1,0 +1,404 @@
+"""What a set of runs (or a table) spans, the exponent table against the papers, and one line per law
+saying what this study can and cannot tell. report.py renders them; fits.json carries them.
+
+    from flopscale.fitting.study import study_from_runs, exponent_rows, caveats
+    st = study_from_runs(load_runs(["sweeps/s/runs"]))     # {"summary": {...}, "runs": [...], "curves": [...]}
+    rows = exponent_rows(payload, st["summary"])            # [{"quantity", "fit", "value", "ci95", ...}]
+    lines = caveats(payload, st["summary"])                 # {fit name: one line}
+
+Cooldown branches: a run whose config.json `train` holds "init_from": "PARENT_DIR@STEP" started
+from another run's checkpoint (a warmup-stable-decay cooldown). Its points enter every fit like
+any run's; the summary lists them and the panels mark them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .fit import FitError, fit_power
+from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PAPER_SOURCES
+
+CONVENTIONS = ("nonembedding", "all")
+
+
+def _rng(v) -> Optional[List[float]]:
+    v = np.asarray([x for x in v if x is not None and math.isfinite(x) and x > 0], float)
+    return [float(v.min()), float(v.max())] if v.size else None
+
+
+def _dec(r) -> float:
+    return float(np.log10(r[1] / r[0])) if r else 0.0
+
+
+def _parse_init(init) -> Optional[Dict]:
+    if not init:
+        return None
+    s = str(init)
+    parent, _, step = s.rpartition("@")
+    try:
+        return {"init_from": s, "parent": os.path.basename(os.path.normpath(parent)) or parent,
+                "parent_path": parent, "step": int(step)}
+    except ValueError:
+        return {"init_from": s, "parent": s, "parent_path": s, "step": None}
+
+
+def study_from_runs(runs: Sequence, point: str = "best") -> Dict:
+    """Per-run rows, plotting curves and the summary (JSON-safe) of a set of runs."""
+    from .frontier import run_curve
+    from .runs import run_point
+
+    rows, curves = [], []
+    for r in runs:
+        cfg = r.config
+        p = run_point(r, point, tokens_seen=True)
+        ok = np.isfinite(r.flops) & np.isfinite(r.flops_total) & (r.flops_total > 0)
+        share = float(r.flops[ok][-1] / r.flops_total[ok][-1]) if ok.any() else None
+        C_all = None
+        ev = np.flatnonzero(np.isfinite(r.val_loss))
+        i = int(ev[np.argmin(r.val_loss[ev])]) if ev.size and point == "best" else (int(ev[-1]) if ev.size else -1)
+        if np.isfinite(r.flops_total[i]):
+            C_all = float(r.flops_total[i])
+        ntot = cfg.get("n_params_total")
+        cool = _parse_init((cfg.get("train") or {}).get("init_from"))
+        row = {"name": r.name, "N": r.N, "N_total": float(ntot) if ntot else None,
+               "n_layer": (cfg.get("model") or {}).get("n_layer"), "D": p["D"], "U": p["U"], "C": p["C"],
+               "C_all": C_all, "loss": p["loss"], "step": p["S"], "tokens_per_param": p["D"] / r.N,
+               "nonembedding_share": share, "cooldown": cool,
+               # the run's best evaluation is its last: still improving when it stopped
+               "improving_at_end": bool(ev.size >= 2 and i == int(ev[-1]))}
+        if cool and cool["step"] is not None:
+            row["cooldown"]["compute_note"] = _branch_compute_note(r, cool)
+        rows.append(row)
+        cv = {}
+        for conv in CONVENTIONS:
+            c = run_curve(r, 0.0, conv) if (conv == "nonembedding" or np.isfinite(r.flops_total).any()) else None
+            if c is not None:
+                cv[conv] = c
+        if "nonembedding" in cv:
+            C, L = cv["nonembedding"]
+            okt = np.isfinite(r.flops) & (r.flops > 0)
+            cv["tokens"] = (np.interp(C, r.flops[okt], r.tokens[okt]), L)
+        curves.append(cv)
+    return {"summary": summarise(rows, source="runs"), "runs": rows, "curves": curves}
+
+
+def _branch_compute_note(run, cool) -> Optional[str]:
+    """A branch's logged flops should count its parent's compute up to the branch step (the model
+    it trains cost that much); say so when its first row counts less than the parent had spent."""
+    from .runs import load_run
+
+    cands = [cool["parent_path"], os.path.join(os.path.dirname(os.path.normpath(run.path)), cool["parent"])]
+    for c in cands:
+        if os.path.isfile(os.path.join(c, "metrics.jsonl")):
+            try:
+                par = load_run(c)
+            except FitError:
+                return None
+            k = np.flatnonzero(par.step <= cool["step"])
+            if not k.size or not run.flops.size:
+                return None
+            spent = float(par.flops[k[-1]])
+            if run.flops[0] < 0.5 * spent:
+                return (f"its flops start at {run.flops[0]:.3g}, below the {spent:.3g} its parent had spent by step "
+                        f"{cool['step']}: its C counts the cooldown only")
+            return None
+    return None
+
+
+def study_from_table(cols: Dict) -> Dict:
+    """Rows and summary from a table (no curves, no compute shares: a table carries one C)."""
+    def num(k):
+        v = cols.get(k)
+        if v is None or hasattr(v, "message"):
+            return None
+        return np.asarray(v, float)
+    N, D, C, L, Nt = num("N"), num("D"), num("C"), num("loss"), num("N_total")
+    n = len(L) if L is not None else 0
+    rows = []
+    for i in range(n):
+        rows.append({"name": f"row {i + 2}", "N": None if N is None else float(N[i]),
+                     "N_total": None if Nt is None else float(Nt[i]), "n_layer": None,
+                     "D": None if D is None else float(D[i]), "C": None if C is None else float(C[i]),
+                     "C_all": None, "loss": float(L[i]), "cooldown": None, "nonembedding_share": None,
+                     "tokens_per_param": float(D[i] / N[i]) if D is not None and N is not None else None,
+                     "improving_at_end": False})
+    return {"summary": summarise(rows, source="table"), "runs": rows, "curves": []}
+
+
+def summarise(rows: List[Dict], source: str) -> Dict:
+    def col(k):
+        return [r[k] for r in rows if r.get(k) is not None]
+    s: Dict = {"source": source, "n_runs": len(rows)}
+    for k in ("N", "N_total", "D", "C", "C_all", "tokens_per_param", "loss"):
+        s[k + "_range"] = _rng(col(k))
+    s["n_sizes"] = int(np.unique(col("N")).size)
+    s["N_decades"] = _dec(s["N_range"])
+    s["C_decades"] = _dec(s["C_range"])
+    sh = [v for v in col("nonembedding_share") if v is not None]
+    s["nonembedding_share"] = ({"min": float(min(sh)), "median": float(np.median(sh)), "max": float(max(sh))}
+                               if sh else None)
+    D = np.asarray(col("D"), float)
+    s["fixed_token_budget"] = bool(D.size >= 2 and D.max() <= D.min() * 1.01)
+    s["n_improving_at_end"] = int(sum(bool(r.get("improving_at_end")) for r in rows))
+    # sizes trained at several token counts (what L(N, D) and Chinchilla's fit need)
+    byN: Dict[float, set] = {}
+    for r in rows:
+        if r.get("N") and r.get("D"):
+            byN.setdefault(r["N"], set()).add(round(math.log(r["D"]), 3))
+    s["sizes_with_several_D"] = int(sum(len(v) >= 2 for v in byN.values()))
+    s["cooldowns"] = [dict(run=r["name"], N=r["N"], D=r["D"], loss=r["loss"], **r["cooldown"])
+                      for r in rows if r.get("cooldown")]
+    s["n_layers"] = sorted({int(r["n_layer"]) for r in rows if r.get("n_layer") is not None})
+    # approach 3 uses C = 6 N D; the measured C of either convention against it, C ~ k (6ND)^gamma
+    s["c_vs_6ND"] = {}
+    for conv, key in (("nonembedding", "C"), ("all", "C_all")):
+        pr = [(6 * r["N"] * r["D"], r[key]) for r in rows if r.get(key) and r.get("N") and r.get("D")]
+        if len(pr) >= 3 and np.unique([p[0] for p in pr]).size >= 2:
+            x, y = np.array(pr).T
+            q = fit_power(x, y, n_boot=0)
+            s["c_vs_6ND"][conv] = {"gamma": q["exponent"], "coef": q["coef"],
+                                   "ratio_range": [float((y / x).min()), float((y / x).max())]}
+    return s
+
+
+# ------------------------------------------------------------------------------------------------
+# The exponent table
+# ------------------------------------------------------------------------------------------------
+
+def _fits_by_name(payload) -> Dict[str, dict]:
+    return {f.get("name", f["law"]): f for f in payload.get("fits", [])}
+
+
+def _frontiers(payload) -> Dict[str, dict]:
+    out = {}
+    for k, v in payload.items():
+        if k == "frontier" or k.startswith("frontier_"):
+            out[v.get("compute", "nonembedding")] = v
+    return out
+
+
+def approach3(fit: dict, summary: Optional[Dict]) -> List[Dict]:
+    """Approach 3's a, b in C = 6ND, and converted to each measured convention with C ~ k (6ND)^gamma
+    (a -> a/gamma, b -> b/gamma; the interval ignores gamma's own uncertainty)."""
+    al = fit["allocation"]
+    out = [{"compute": "6ND", "a": al["a"], "b": al["b"], "ci95": al["ci95"], "gamma": 1.0}]
+    for conv, g in ((summary or {}).get("c_vs_6ND") or {}).items():
+        gm = g["gamma"]
+        ci = {k: (None if al["ci95"].get(k) is None else [v / gm for v in al["ci95"][k]]) for k in ("a", "b")}
+        out.append({"compute": conv, "a": al["a"] / gm, "b": al["b"] / gm, "ci95": ci, "gamma": gm})
+    return out
+
+
+def exponent_rows(payload: dict, summary: Optional[Dict] = None) -> List[Dict]:
+    """One row per fitted exponent: value, 95% interval, Kaplan et al.'s and Hoffmann et al.'s."""
+    fits = _fits_by_name(payload)
+    rows: List[Dict] = []
+
+    def add(q, fit, key, compute=None, kaplan=None, hoffmann=None, note=""):
+        f = fits.get(fit)
+        if f is None or key not in f["params"]:
+            return
+        rows.append({"quantity": q, "fit": fit, "compute": compute or f.get("compute"), "value": f["params"][key],
+                     "ci95": (f.get("ci95") or {}).get(key), "kaplan": kaplan, "hoffmann": hoffmann, "note": note})
+
+    add("alpha_N", "n", "alpha_N", kaplan=PAPER["n"]["alpha_N"], note="N non-embedding")
+    add("alpha_N (embeddings included)", "n_total", "alpha_N",
+        note="N_total = all parameters; Kaplan Fig. 6: no clean power law with embeddings")
+    add("alpha_D", "d", "alpha_D", kaplan=PAPER["d"]["alpha_D"])
+    for name, f in fits.items():
+        if f["law"] == "c":
+            add("alpha_C", name, "alpha_C", kaplan=PAPER["c"]["alpha_C"] if f.get("compute") != "all" else None)
+    add("alpha_N of L(N, D)", "nd", "alpha_N", kaplan=PAPER["nd"]["alpha_N"])
+    add("alpha_D of L(N, D)", "nd", "alpha_D", kaplan=PAPER["nd"]["alpha_D"])
+    add("alpha_N of L(N, S)", "ns", "alpha_N", kaplan=PAPER["ns"]["alpha_N"])
+    add("alpha_S of L(N, S)", "ns", "alpha_S", kaplan=PAPER["ns"]["alpha_S"])
+    for name, f in fits.items():
+        if f["law"] == "bcrit":
+            add("alpha_B of B_crit(L)", name, "alpha_B", kaplan=PAPER["bcrit"]["alpha_B"])
+            add("B_star of B_crit(L) (tokens)", name, "B_star", kaplan=PAPER["bcrit"]["B_star"])
+    ch = PAPER["chinchilla"]
+    add("Chinchilla alpha (N)", "chinchilla", "alpha", hoffmann=ch["alpha"])
+    add("Chinchilla beta (D)", "chinchilla", "beta", hoffmann=ch["beta"])
+    add("Chinchilla E (nats/token)", "chinchilla", "E", hoffmann=ch["E"])
+
+    H = PAPER_ALLOCATION_HOFFMANN
+    kap = H["Kaplan et al."]
+    for conv, fr in _frontiers(payload).items():
+        for key, q, ex in (("N_opt", "a", "N_opt ~ C^a"), ("D_opt", "b", "D_opt ~ C^b")):
+            if key in fr:
+                rows.append({"quantity": f"{ex}, approach 1 (frontier)", "fit": "frontier", "compute": conv,
+                             "value": fr[key]["exponent"], "ci95": fr[key]["ci95"]["exponent"],
+                             "kaplan": kap[q], "hoffmann": H["approach 1"][q],
+                             "note": "intervals understate (neighbouring envelope points)"})
+    for name, f in fits.items():
+        if f["law"] == "isoflop":
+            for q, ex in (("a", "N_opt ~ C^a"), ("b", "D_opt ~ C^b")):
+                if q in f["params"]:
+                    rows.append({"quantity": f"{ex}, approach 2 (isoFLOP)", "fit": name, "compute": f.get("compute"),
+                                 "value": f["params"][q], "ci95": (f.get("ci95") or {}).get(q), "kaplan": kap[q],
+                                 "hoffmann": H["approach 2"][q], "note": ""})
+    for name, f in fits.items():
+        if f.get("allocation") and f["law"] == "chinchilla":
+            for a3 in approach3(f, summary):
+                for q, ex in (("a", "N_opt ~ C^a"), ("b", "D_opt ~ C^b")):
+                    note = ("C = 6ND, as Hoffmann et al." if a3["compute"] == "6ND" else
+                            f"converted: C_{a3['compute']} ~ (6ND)^{a3['gamma']:.3f} over these runs")
+                    rows.append({"quantity": f"{ex}, approach 3 (L(N, D) fit)", "fit": name, "compute": a3["compute"],
+                                 "value": a3[q], "ci95": a3["ci95"].get(q), "kaplan": kap[q],
+                                 "hoffmann": H["approach 3"][q], "note": note})
+    if payload.get("allocation"):
+        rows.append({"quantity": "N_opt ~ C_min^a, derived from L(N, S) and B_crit(L)", "fit": "ns + bcrit",
+                     "compute": "nonembedding", "value": payload["allocation"]["N"], "ci95": None,
+                     "kaplan": PAPER_ALLOCATION_EMPIRICAL["N"], "hoffmann": None,
+                     "note": "Kaplan's constants imply 0.68, he measured 0.73"})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# One line per law: what this study can and cannot tell
+# ------------------------------------------------------------------------------------------------
+
+def _g(v) -> str:
+    if v is None or not math.isfinite(v):
+        return "?"
+    return f"{v:.3g}"
+
+
+def _rel_width(ci, v) -> Optional[float]:
+    if ci is None or v is None or not v or any(x is None or not math.isfinite(x) for x in ci):
+        return None
+    return float((ci[1] - ci[0]) / abs(v))
+
+
+def _identified(f: dict, keys) -> str:
+    """'identified' / 'not identified: ...' for the exponents among keys."""
+    bad = []
+    for k in keys:
+        ci = (f.get("ci95") or {}).get(k)
+        v = f["params"].get(k)
+        if ci is None:
+            continue
+        w = _rel_width(ci, v)
+        if w is None or w > 1.0:
+            bad.append(f"{k}'s interval is {'unbounded' if w is None else f'{w:.1f}x'} its estimate")
+    for w in f.get("warnings") or []:
+        if "bound or a plateau" in w:
+            bad.append(w.split(":")[0] + " sits at a bound")
+    return "not identified (" + "; ".join(dict.fromkeys(bad)) + ")" if bad else "identified"
+
+
+def _exp_text(f, k) -> str:
+    ci = (f.get("ci95") or {}).get(k)
+    v = f["params"][k]
+    w = _rel_width(ci, v)
+    iv = "" if ci is None else f" [{_g(ci[0])}, {_g(ci[1])}]"
+    return f"{k} = {_g(v)}{iv}" + ("" if w is None else f" (interval {100 * w:.0f}% of the estimate)")
+
+
+def _share_text(s) -> str:
+    sh = s.get("nonembedding_share")
+    if not sh:
+        return "the non-embedding share of compute is unknown (no flops_total)"
+    return (f"non-embedding FLOPs are {100 * sh['min']:.0f}-{100 * sh['max']:.0f}% (median {100 * sh['median']:.0f}%) "
+            f"of all FLOPs, so {100 * (1 - sh['median']):.0f}% of the median run's compute lies outside the paper's C")
+
+
+def caveats(payload: dict, summary: Optional[Dict]) -> Dict[str, str]:
+    """{fit or approach name: one line}, computed from the points and the fits."""
+    s = summary or {}
+    out: Dict[str, str] = {}
+    tpp = s.get("tokens_per_param_range")
+    tpp_t = f"{_g(tpp[0])}-{_g(tpp[1])} tokens per parameter" if tpp else "tokens per parameter unknown"
+    for name, f in _fits_by_name(payload).items():
+        law, n, rg = f["law"], f.get("n_points"), f.get("ranges") or {}
+
+        def span(k, label=None):
+            r = rg.get(k)
+            if not r:
+                return ""
+            return f"{_g(r[0])}-{_g(r[1])} {label or k} ({_dec(r):.2f} decades)"
+        if law == "n":
+            total = name == "n_total"
+            line = (f"{n} sizes over {span('N', 'parameters' + (' (all, embeddings included)' if total else ''))}; "
+                    f"{_exp_text(f, 'alpha_N')}, {_identified(f, ['alpha_N'])}")
+            if s.get("fixed_token_budget") and s.get("D_range"):
+                line += (f"; read at a fixed budget of {_g(s['D_range'][0])} tokens ({tpp_t}), not at convergence: "
+                         f"larger models are further from their converged loss, which flattens alpha_N")
+            elif s.get("n_improving_at_end"):
+                line += (f"; {s['n_improving_at_end']} of {s['n_runs']} runs were still improving at their last "
+                         f"evaluation ({tpp_t}), so L(N) is read short of convergence")
+            if total:
+                base = _fits_by_name(payload).get("n")
+                if base:
+                    worse = f["rmse_log"] > base["rmse_log"]
+                    line += (f"; with embeddings the trend is {'worse' if worse else 'no worse'}: rmse_log "
+                             f"{f['rmse_log']:.3g} against {base['rmse_log']:.3g} without (Kaplan Fig. 6)")
+        elif law == "d":
+            line = f"{n} points over {span('D', 'tokens')}; {_exp_text(f, 'alpha_D')}, {_identified(f, ['alpha_D'])}"
+        elif law == "c":
+            conv = f.get("compute", "nonembedding")
+            fr = _frontiers(payload).get(conv, {})
+            env = fr.get("envelope") or {}
+            nsz = (fr.get("N_opt") or {}).get("n_sizes_on_frontier")
+            carried = sum(bool(x) for x in env.get("carried", []))
+            line = (f"{n} envelope points over {span('C', 'FLOPs')}"
+                    + (f", {nsz} sizes on the envelope" if nsz else "")
+                    + (f", {carried} carried flat from a lower C" if carried else "")
+                    + f"; {_exp_text(f, 'alpha_C')}, {_identified(f, ['alpha_C'])}; the envelope points are "
+                      f"neighbours on a few curves, so the interval is a lower bound; C = {conv}: " + _share_text(s))
+        elif law in ("nd", "chinchilla", "data-constrained"):
+            keys = ["alpha_N", "alpha_D"] if law == "nd" else ["alpha", "beta"]
+            line = (f"{n} runs over {span('N', 'parameters')} and {span('D', 'tokens')}; "
+                    f"{s.get('sizes_with_several_D', '?')} of {s.get('n_sizes', '?')} sizes trained at several D; "
+                    + ", ".join(_exp_text(f, k) for k in keys) + f"; {_identified(f, keys)}")
+            if law == "chinchilla":
+                line += f"; E = {_g(f['params']['E'])} is an extrapolation past every point"
+            if s.get("sizes_with_several_D", 0) < 2:
+                line += "; too few sizes with several D to separate the N and D terms"
+        elif law == "ns":
+            line = (f"{n} evaluations over {span('N', 'parameters')} and {span('S', 'steps')}; "
+                    + ", ".join(_exp_text(f, k) for k in ("alpha_N", "alpha_S")) + f"; {_identified(f, ['alpha_N', 'alpha_S'])}")
+        elif law == "bcrit":
+            r = rg.get("loss")
+            lr = f"losses {_g(r[0])}-{_g(r[1])} nats (a factor {r[1] / r[0]:.2f})" if r else "losses"
+            line = (f"{n} points over {lr}, far above the paper's; {_exp_text(f, 'alpha_B')}, "
+                    f"B_star = {_g(f['params']['B_star'])} tokens; {_identified(f, ['alpha_B'])}; "
+                    f"B_star extrapolates to loss 1")
+        elif law == "isoflop":
+            sl = f.get("slices") or []
+            used = [x for x in sl if "N_opt" in x]
+            Cs = [x["C"] for x in used]
+            line = (f"{len(used)} of {len(sl)} slices used over "
+                    + (f"{_dec([min(Cs), max(Cs)]):.2f} decades of C ({f.get('compute', 'nonembedding')})" if Cs else "no C")
+                    + f", {n} points; " + ", ".join(_exp_text(f, k) for k in ("a", "b") if k in f["params"])
+                    + f"; {_identified(f, ['a'])}" + ("" if len(used) >= 4 else "; fewer than 4 slices: a rests on a "
+                                                                              "line through very few minima"))
+        else:
+            line = f"{n} points"
+        out[name] = line
+    for conv, fr in _frontiers(payload).items():
+        q = fr.get("N_opt")
+        if q:
+            ci = q["ci95"]["exponent"]
+            w = _rel_width(ci, q["exponent"])
+            ident = ("not identified: the interval is wider than the estimate" if w is None or w > 1
+                     else f"interval {100 * w:.0f}% of the estimate, a lower bound")
+            out[f"approach 1 ({conv})"] = (
+                f"N_opt ~ C^{q['exponent']:.3f} [{_g(ci[0])}, {_g(ci[1])}] read off a staircase of "
+                f"{q.get('n_sizes_on_frontier', '?')} discrete sizes along the envelope; {ident}")
+    for name, f in _fits_by_name(payload).items():
+        if f["law"] == "chinchilla" and f.get("allocation"):
+            a3 = approach3(f, s)
+            conv = "; ".join(f"{x['compute']}: a = {x['a']:.3f}" for x in a3)
+            out["approach 3"] = (f"from the L(N, D) fit at C = 6ND ({conv}); only as good as alpha and beta, "
+                                 f"{_identified(f, ['alpha', 'beta'])}")
+    return out
+
+
+def sources_note() -> List[str]:
+    """Where each reference number comes from (laws.PAPER_SOURCES)."""
+    return [f"- {k}: {v}" for k, v in PAPER_SOURCES.items()]
