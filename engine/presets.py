@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, TrainConfig
 
 
 @dataclass
@@ -44,9 +44,22 @@ class SweepPreset:
     cpu_threads: Optional[int] = None      # torch threads per CPU run (None: 1)
     n_boot: int = 200                      # bootstrap resamples of the fits at the end (--n-boot overrides)
     note: str = ""
+    # An isoFLOP design instead of one token budget: [[C, [indices into models]], ...], C the
+    # non-embedding model-view FLOPs of a run (Kaplan's C, the ledger's exact count); each listed
+    # size trains round(C / its FLOPs per step) steps.
+    budgets: Optional[List[list]] = None
+    fixed_tokens: Optional[int] = None     # with budgets: every size also at this many tokens (L(N) at a fixed D)
+    # With budgets: one warmup-stable-decay run per size to its longest target, every other target
+    # a cooldown branch from a checkpoint of its stable phase (Hägele et al. 2024), instead of
+    # one cosine run per target.
+    ladder: bool = False
 
     def runs(self) -> List[dict]:
-        """Every run of the grid: {"name", "model": ModelConfig kwargs, "train": TrainConfig kwargs}."""
+        """Every run of the grid: {"name", "model": ModelConfig kwargs, "train": TrainConfig kwargs}
+        (+ "branch_of": [parent name, step] for a cooldown branch, whose train gets init_from from
+        the runner, which knows where the parent's run directory is)."""
+        if self.budgets:
+            return self._budget_runs()
         out = []
         bss = self.batch_sizes or [self.train["batch_size"]]
         n_max = max(ModelConfig(n_layer=L, d_model=d, n_heads=H).N for L, d, H in self.models)
@@ -64,14 +77,79 @@ class SweepPreset:
                         tr["grad_accum"] = 1
                     mc = dict(n_layer=L, d_model=d, n_heads=H, n_ctx=self.n_ctx)
                     if self.lr_by_size:
-                        N = ModelConfig(**mc).N
-                        # Kaplan et al. eq. (D.1); relative to its value at N = 1e5 so train["lr"] sets the scale
-                        k = (0.003239 - 0.0001395 * math.log(N)) / (0.003239 - 0.0001395 * math.log(1e5))
-                        tr["lr"] = float(f"{self.train['lr'] * k:.3g}")
+                        tr["lr"] = self._lr(mc)
                     name = f"L{L}-d{d}" + (f"-D{_si(cap)}" if len(self.max_tokens) > 1 else "") + \
                            (f"-B{bs}" if self.batch_sizes and len(self.batch_sizes) > 1 else "")
                     out.append({"name": name, "model": mc, "train": tr})
         return out
+
+
+    def _lr(self, mc: dict) -> float:
+        if not self.lr_by_size:
+            return float(self.train["lr"])
+        # Kaplan et al. eq. (D.1); relative to its value at N = 1e5 so train["lr"] sets the scale
+        N = ModelConfig(**mc).N
+        k = (0.003239 - 0.0001395 * math.log(N)) / (0.003239 - 0.0001395 * math.log(1e5))
+        return float(f"{self.train['lr'] * k:.3g}")
+
+    def _budget_runs(self) -> List[dict]:
+        from . import flops as fl
+        from .train import decay_start_step
+
+        vocab = _vocab(self.train.get("tokenizer", "bpe-4096"))
+        bs = int(self.train["batch_size"])
+        evals = max(1, self.evals)
+        out = []
+        for i, (L, d, H) in enumerate(self.models):
+            mc = dict(n_layer=L, d_model=d, n_heads=H, n_ctx=self.n_ctx)
+            rows = fl.expected_rows(ModelConfig(**mc, n_vocab=vocab), bs, self.n_ctx, "model")
+            per_step = sum(rows[r][0] + rows[r][1] for r in fl.NONEMBEDDING_ROWS)  # the same for every step
+            targets: Dict[int, str] = {}
+            for C, members in self.budgets:
+                if i in members:
+                    S = max(1, round(float(C) / per_step))
+                    targets[S] = "-".join(filter(None, [targets.get(S), f"C{_si_float(float(C))}"]))
+            if self.fixed_tokens:
+                S = max(1, self.fixed_tokens // (bs * self.n_ctx))
+                targets[S] = "-".join(filter(None, [targets.get(S), f"D{_si_float(S * bs * self.n_ctx)}"]))
+            if not targets:
+                continue
+            warmup = max(1, min(int(self.train.get("warmup", 0)) or min(targets) // 10, min(targets) // 5))
+            base = dict(self.train, warmup=warmup, lr=self._lr(mc))
+            if not self.ladder:
+                for S, label in sorted(targets.items()):
+                    out.append({"name": f"L{L}-d{d}-{label}", "model": mc,
+                                "train": dict(base, steps=S, eval_every=max(1, S // evals))})
+                continue
+            longest = max(targets)
+            parent = f"L{L}-d{d}-{targets[longest]}"
+            wsd = dict(base, schedule="wsd")
+            branches = []
+            for S, label in sorted(targets.items()):
+                if S == longest:
+                    continue
+                s = decay_start_step(TrainConfig.from_dict(dict(wsd, steps=S)))
+                branches.append({"name": f"L{L}-d{d}-{label}", "model": mc, "branch_of": [parent, s],
+                                 "train": dict(wsd, steps=S, eval_every=max(1, S // evals))})
+            keep = ",".join(str(b["branch_of"][1]) for b in branches) or None
+            out.append({"name": parent, "model": mc,
+                        "train": dict(wsd, steps=longest, eval_every=max(1, longest // evals), keep_steps=keep)})
+            out.extend(branches)
+        return out
+
+
+def _vocab(tokenizer: str) -> int:
+    """The vocabulary a tokenizer spec gives, for the cost model: bpe-V is V; a tokenizer file's
+    size is known only once loaded (the sweep recomputes with the real one), 4096 until then."""
+    return int(tokenizer[4:]) if tokenizer.startswith("bpe-") and tokenizer[4:].isdigit() else 4096
+
+
+def _si_float(x: float) -> str:
+    """6e10 -> "60G", 2.5e11 -> "250G": a budget in a run name."""
+    for unit, k in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if x >= k:
+            return f"{x / k:.3g}{unit}"
+    return f"{x:.3g}"
 
 
 def _si(n: Optional[int]) -> str:
@@ -88,6 +166,7 @@ def _si(n: Optional[int]) -> str:
 # ---------------------------------------------------------------------------------------------
 _CPU_TRAIN = dict(data="stdlib", tokenizer="bpe-4096", batch_size=16, grad_accum=2, lr=3e-3, warmup=40,
                   eval_batches=8, noise_scale=True, device="cpu", backend="torch", dtype="float32")
+_CPU_TINY_TRAIN = dict(_CPU_TRAIN, tokenizer="bpe-512", eval_batches=16)
 _GPU_TRAIN = dict(data="stdlib", tokenizer="bpe-4096", batch_size=64, grad_accum=2, lr=1e-3,
                   eval_batches=20, noise_scale=True, device="cuda", backend="triton", dtype="bfloat16")
 _GPU_MODELS = [(2, 128, 2), (4, 256, 4), (6, 384, 6), (8, 512, 8), (10, 640, 10), (12, 768, 12)]
@@ -95,18 +174,27 @@ _GPU_MODELS = [(2, 128, 2), (4, 256, 4), (6, 384, 6), (8, 512, 8), (10, 640, 10)
 PRESETS: Dict[str, SweepPreset] = {
     "cpu-tiny": SweepPreset(
         name="cpu-tiny",
-        description="L(N), L(C) frontier and B_noise(L) on 2 CPU cores in under 10 minutes",
-        models=[(1, 32, 2), (2, 40, 2), (2, 64, 4), (3, 96, 6), (4, 128, 8)],  # N 12k .. 786k (1.8 decades)
-        # Every size trains on the same 655k tokens (640 steps of 16 x 64), so L(N) is read at a
-        # fixed D.  (Training the small sizes longer, tokens x (N_max/N)^0.5, was tried: they then
-        # beat the undertrained large ones and L(N) came out inverted.)
-        n_ctx=64, tokens=640 * 16 * 64, train=_CPU_TRAIN, evals=16, assumed_flops_per_s=25e9,
-        # One thread: on 2 cores shared with other work, two OpenMP threads spin at every op's
-        # barrier while one is descheduled; measured 593 ms/step with 2 threads against 117 ms/step
-        # with 1 for the L3-d96 run (load average 4 on 2 cores).  `--threads 2` on an idle machine.
-        cpu_threads=1,
-        note="640 steps of 16 x 64 tokens per size (655k tokens, 0.07 epochs of the stdlib corpus: no "
-             "repetition); micro-batches of 8 give the noise scale; stdlib BPE-4096; one torch thread.",
+        description="a whole small scaling study on 2 CPU cores: L(N), L(N, D), Chinchilla, isoFLOP slices, "
+                    "the L(C) frontier and B_noise(L), in about 10 minutes",
+        # Nine sizes, N 3.1k .. 786k (2.4 decades), d_model / n_layer 16-48 at 1-4 layers, head
+        # dim 8-16.  BPE-512: at these widths a 4096-token vocabulary made the de-embedding 54% of
+        # all FLOPs (90% for the smallest size); at 512 it is ~25% of the study's compute (the
+        # report states the share from the runs).
+        models=[(1, 16, 2), (1, 24, 2), (1, 32, 2), (1, 48, 3), (2, 48, 3), (2, 64, 4), (3, 80, 5), (3, 96, 6),
+                (4, 128, 8)],
+        n_ctx=64, tokens=0, train=_CPU_TINY_TRAIN, evals=8, lr_by_size=True, assumed_flops_per_s=25e9, cpu_threads=1,
+        # Four isoFLOP budgets (non-embedding C, the ledger's exact count), each with the sizes that
+        # bracket its optimum (pilot runs at 5e10-3e11 put N_opt near 7k-30k) and at least ~100
+        # steps; every size also at D = 328k tokens (320 steps: L(N) at a fixed D).  Each size is
+        # one wsd run to its longest target, the others cooldown branches of it (Hägele et al.).
+        budgets=[[4e10, [0, 1, 2, 3, 4]], [1.3e11, [0, 1, 2, 3, 4, 5]], [4e11, [1, 2, 3, 4, 5, 6, 7]],
+                 [1.3e12, [3, 4, 5, 6, 7, 8]]],
+        fixed_tokens=320 * 16 * 64, ladder=True,
+        note="isoFLOP budgets 4e10, 1.3e11, 4e11, 1.3e12 non-embedding FLOPs over 5-7 sizes each, plus every "
+             "size at 328k tokens; one warmup-stable-decay run per size, the other points 20% cooldowns "
+             "branched from it; 16 x 64 tokens per step, micro-batches of 8 for the noise scale; stdlib "
+             "BPE-512; lr by size (Kaplan eq. D.1); one torch thread per run (use --executor local "
+             "--workers 2 on two cores).",
     ),
     "cpu-smoke": SweepPreset(
         name="cpu-smoke",
