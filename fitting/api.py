@@ -147,6 +147,25 @@ def _plan_table(cols, path: str, laws: Optional[List[str]], fixed, compute):
     return plan, skipped
 
 
+def fixed_d_runs(pts: Dict[str, np.ndarray], min_sizes: int = 4) -> Optional[np.ndarray]:
+    """Indices of the runs that share one token count D across the most sizes, when the runs
+    train some size at several D (an isoFLOP or L(N, D) grid): Kaplan's L(N) is read at a fixed
+    D, and "lowest loss per N" would then mix sizes trained on very different D.  None when
+    every size has one D (lowest per N is then the same thing), or no D is shared by
+    ``min_sizes`` sizes over a decade of N."""
+    N, D = pts["N"], pts["D"]
+    if all(np.unique(D[N == n]).size == 1 for n in np.unique(N)):
+        return None
+    best = None
+    for d in np.unique(D):
+        idx = np.flatnonzero(D == d)
+        sizes = np.unique(N[idx])
+        if sizes.size >= min_sizes and sizes.max() >= 10 * sizes.min() and (best is None or sizes.size > best[1]):
+            keep = np.array([idx[np.argmin(np.where(N[idx] == n, pts["loss"][idx], np.inf))] for n in sizes])
+            best = (keep, sizes.size)
+    return None if best is None else np.sort(best[0])
+
+
 def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: int, seed: int, fixed, compute,
                slice_tol: float):
     from . import batch as B
@@ -184,12 +203,18 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
         plan.append(_item(law, cols, source, name, conv, fx, tag))
 
     if "n" in want:
-        add("n", best_per(pts, "N"), f"{src}, lowest per N")
-        totals = [r.config.get("n_params_total") for r in runs]
-        if all(totals):
-            bp = best_per(dict(pts, N_total=np.array(totals, float)), "N")
-            add("n", {"N": bp["N_total"], "loss": bp["loss"]},
-                f"{src}, lowest per N, against N_total = all parameters (config.json n_params_total)",
+        totals = np.array([r.config.get("n_params_total") or np.nan for r in runs], float)
+        fixed = fixed_d_runs(pts)
+        if fixed is not None:  # L(N) at one D shared by the most sizes (the runs also vary D)
+            sel = {k: v[fixed] for k, v in dict(pts, N_total=totals).items()}
+            how = f"{src}, the runs at D = {sel['D'][0]:,.0f} tokens (L(N) at a fixed D)"
+        else:
+            sel = best_per(dict(pts, N_total=totals), "N")
+            how = f"{src}, lowest per N"
+        add("n", {k: sel[k] for k in ("N", "loss")}, how)
+        if np.isfinite(totals).all():
+            add("n", {"N": sel["N_total"], "loss": sel["loss"]},
+                f"{how}, against N_total = all parameters (config.json n_params_total)",
                 name="n_total", tag=N_TOTAL_TAG)
         else:
             skipped["n_total"] = "runs without n_params_total in config.json (the embedding-included view)"
