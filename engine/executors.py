@@ -66,15 +66,12 @@ def _now() -> str:
 _CORPORA: Dict[tuple, object] = {}  # (data, tokenizer) -> the full corpus, once per process
 
 
-def corpus_for(train: dict, full=None):
+def corpus_for(train: dict):
     """The run's corpus: the process's one load of (data, tokenizer), its training tokens capped
-    at max_tokens (what ``load_corpus(data, tokenizer, max_tokens)`` returns, without reloading).
-    ``full``: an already loaded corpus to share (the inline sweep's)."""
+    at max_tokens (what ``load_corpus(data, tokenizer, max_tokens)`` returns, without reloading)."""
     from .data import Corpus, load_corpus
 
     key = (train["data"], train["tokenizer"])
-    if full is not None:
-        _CORPORA.setdefault(key, full)
     if key not in _CORPORA:
         _CORPORA[key] = load_corpus(*key, None)
     full = _CORPORA[key]
@@ -166,14 +163,15 @@ class InlineExecutor(Executor):
 
     name = "inline"
 
-    def __init__(self, progress: bool = True, corpus=None):
-        self.progress, self.corpus = progress, corpus
+    def __init__(self, progress: bool = True, corpora: Optional[dict] = None):
+        """``corpora``: {(data, tokenizer): Corpus} already loaded here (the sweep's), shared."""
+        self.progress = progress
+        _CORPORA.update(corpora or {})
 
     def run(self, tasks, on_start, on_done, tick):
         for t in tasks:
-            on_start(t, {"executor": self.name, "job_id": None})
-            info = train_run(t, progress=self.progress, progress_position=1,
-                             corpus=corpus_for(t.train, self.corpus))
+            on_start(t, {"executor": self.name, "job_id": None, "state": "running"})
+            info = train_run(t, progress=self.progress, progress_position=1)
             on_done(t, dict(info, executor=self.name, job_id=None))
 
 
@@ -267,11 +265,15 @@ class LocalExecutor(Executor):
             futs = {}
             for t in tasks:
                 futs[pool.submit(_worker_run, t)] = t
-                on_start(t, {"executor": self.name, "job_id": None})
-            pending = set(futs)
+                on_start(t, {"executor": self.name, "job_id": None, "state": "queued"})
+            pending, started = set(futs), set()
             forwarded = False
             while pending:
                 done, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                for f in pending - started:
+                    if f.running():  # handed to a worker
+                        started.add(f)
+                        on_start(futs[f], {"executor": self.name, "job_id": None, "state": "running"})
                 while not pid_q.empty():
                     pids.append(pid_q.get())
                 if stop.signum and not forwarded:
@@ -440,7 +442,7 @@ class SlurmExecutor(Executor):
             jobs += list(zip(subs, groups))
         for j, g in jobs:
             for t in g:
-                on_start(t, {"executor": self.name, "job_id": j.job_id})
+                on_start(t, {"executor": self.name, "job_id": j.job_id, "state": "submitted"})
         if not self.wait:
             return
         watcher = _submitit().SlurmJob.watcher

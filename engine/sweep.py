@@ -338,7 +338,9 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         ent = by_name[t.name]
         for k in ("node", "start", "end", "error"):
             ent.pop(k, None)
-        ent.update(info, status="submitted" if info.get("job_id") else "running")
+        info = dict(info)
+        state = info.pop("state")  # queued | running | submitted
+        ent.update(info, status=state)
         if executor == "inline":
             bar.set_postfix_str(f"run {t.name} (N={ent['N']:,})")
         write()
@@ -363,13 +365,13 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         write()
 
     def tick():
-        running = [by_name[t.name] for t in tasks if by_name[t.name]["status"] in ("running", "submitted")]
+        running = [by_name[t.name] for t in tasks if by_name[t.name]["status"] in ("running", "queued", "submitted")]
         now = finished_flops[0] + sum(min(follower.read(out / e["dir"]), cost_of[e["name"]]) for e in running)
         bar.update(max(0, now - bar.n))
 
     t_train = time.perf_counter()
     if executor == "inline":
-        ex = InlineExecutor(progress=progress, corpus=full)
+        ex = InlineExecutor(progress=progress, corpora={(tc0.data, tc0.tokenizer): full})
     elif executor == "local":
         ex = LocalExecutor(slots)
     else:
@@ -392,8 +394,8 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         bar.close()
         timing["runs_this_invocation"] = round(time.perf_counter() - t_train, 1)
         for e in entries:  # stopped here (a signal, an error): resumed by the same command
-            if e["status"] == "running":
-                e["status"] = "interrupted"
+            if e["status"] in ("running", "queued"):
+                e["status"] = "interrupted" if e["status"] == "running" else "pending"
         write()
     man = _read_manifest(out) if lead else {}
     if lead and executor == "slurm" and not wait:
