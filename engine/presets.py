@@ -145,8 +145,8 @@ def _vocab(tokenizer: str) -> int:
 
 
 def _si_float(x: float) -> str:
-    """6e10 -> "60G", 2.5e11 -> "250G": a budget in a run name."""
-    for unit, k in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+    """6e10 -> "60G", 327680 -> "328k": a budget or a token count in a run name."""
+    for unit, k in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if x >= k:
             return f"{x / k:.3g}{unit}"
     return f"{x:.3g}"

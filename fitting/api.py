@@ -204,9 +204,9 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
 
     if "n" in want:
         totals = np.array([r.config.get("n_params_total") or np.nan for r in runs], float)
-        fixed = fixed_d_runs(pts)
-        if fixed is not None:  # L(N) at one D shared by the most sizes (the runs also vary D)
-            sel = {k: v[fixed] for k, v in dict(pts, N_total=totals).items()}
+        shared_d = fixed_d_runs(pts)
+        if shared_d is not None:  # L(N) at one D shared by the most sizes (the runs also vary D)
+            sel = {k: v[shared_d] for k, v in dict(pts, N_total=totals).items()}
             how = f"{src}, the runs at D = {sel['D'][0]:,.0f} tokens (L(N) at a fixed D)"
         else:
             sel = best_per(dict(pts, N_total=totals), "N")

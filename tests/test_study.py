@@ -1,0 +1,85 @@
+"""The main job's study design (cpu-tiny): the grid has what the laws need, and a shrunken copy
+of it, run end to end, gives isoFLOP slices with interior minima, a frontier that never rises,
+and the same numbers on two local workers as inline."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flopscale.engine import ModelConfig, TrainConfig
+from flopscale.engine.data import stdlib_sample
+from flopscale.engine.presets import get_preset
+from flopscale.fitting.api import fixed_d_runs
+
+
+def test_cpu_tiny_design():
+    p = get_preset("cpu-tiny")
+    runs = p.runs()
+    by = {r["name"]: r for r in runs}
+    Ns = sorted({ModelConfig(**r["model"]).N for r in runs})
+    assert len(Ns) >= 6 and math.log10(Ns[-1] / Ns[0]) >= 2  # 6+ sizes over 2+ decades
+    assert len(p.budgets) >= 3 and all(len(m) >= 4 for _, m in p.budgets)  # 3+ slices of 4+ sizes
+    for r in runs:
+        tc = TrainConfig.from_dict(r["train"])
+        assert tc.steps >= 100 and tc.noise_scale and tc.schedule == "wsd", r["name"]
+        if r.get("branch_of"):  # a cooldown branch: its parent keeps the checkpoint it starts from
+            parent, step = r["branch_of"]
+            assert str(step) in by[parent]["train"]["keep_steps"].split(",")
+            assert by[parent]["train"]["steps"] > tc.steps
+    fixed = [r for r in runs if "D328k" in r["name"]]
+    assert len({r["model"]["d_model"] * 10 + r["model"]["n_layer"] for r in fixed}) == len(p.models)  # L(N) at one D
+
+
+def test_fixed_d_runs_picks_the_shared_d():
+    pts = {"N": np.array([1e3, 1e3, 1e4, 1e4, 1e5, 1e5, 1e6]), "D": np.array([5, 9, 5, 7, 5, 8, 5.]),
+           "loss": np.array([3, 2.9, 2.5, 2.4, 2.2, 2.1, 2.0])}
+    assert fixed_d_runs(pts).tolist() == [0, 2, 4, 6]
+    one_d_each = {k: v[[0, 2, 4, 6]] for k, v in pts.items()}
+    assert fixed_d_runs(one_d_each) is None  # lowest per N is the same thing then
+
+
+@pytest.fixture(scope="module")
+def shrunk(tmp_path_factory):
+    """cpu-tiny's structure at toy scale: four budgets over six sizes, a fixed D, wsd ladders."""
+    d = tmp_path_factory.mktemp("study")
+    data = stdlib_sample(d / "data", n_files=12)
+    p = d / "shrunk.json"
+    p.write_text(json.dumps({
+        "name": "shrunk", "description": "cpu-tiny at toy scale", "n_ctx": 16, "tokens": 0, "evals": 4,
+        "models": [[1, 8, 2], [1, 16, 2], [1, 24, 2], [1, 32, 2], [2, 32, 2], [2, 48, 3]],
+        "budgets": [[2e8, [0, 1, 2, 3]], [6e8, [0, 1, 2, 3, 4]], [2e9, [1, 2, 3, 4, 5]]],
+        "fixed_tokens": 120 * 4 * 16, "ladder": True, "lr_by_size": True, "cpu_threads": 1, "n_boot": 20,
+        "train": {"data": data, "tokenizer": "bpe-300", "batch_size": 4, "grad_accum": 2, "noise_scale": True,
+                  "lr": 0.01, "warmup": 10, "eval_batches": 8}}))
+    return str(p)
+
+
+def _sweep(preset, out, *extra):
+    r = subprocess.run([sys.executable, "-m", "flopscale.cli", "sweep", "--preset", preset, "--out", str(out),
+                        "--quiet", *extra], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((Path(out) / "report" / "fits.json").read_text())
+
+
+def test_shrunken_study_end_to_end(shrunk, tmp_path):
+    fits = _sweep(shrunk, tmp_path / "inline")
+    par = _sweep(shrunk, tmp_path / "local", "--executor", "local", "--workers", "2")
+    names = sorted(p.name for p in (tmp_path / "inline" / "runs").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "local" / "runs").iterdir())
+    for n in names:  # parallel and serial runs agree bit for bit
+        a = (tmp_path / "inline" / "runs" / n / "metrics.jsonl").read_text().splitlines()
+        b = (tmp_path / "local" / "runs" / n / "metrics.jsonl").read_text().splitlines()
+        key = lambda ln: {k: v for k, v in json.loads(ln).items() if k not in ("tokens_per_s", "mfu")}  # noqa: E731
+        assert [key(x) for x in a] == [key(x) for x in b], n
+    by = {f.get("name", f["law"]): f for f in fits["fits"]}
+    assert {"n", "nd", "chinchilla", "c", "isoflop", "bcrit"} <= set(by), sorted(by)
+    used = [s for s in by["isoflop"]["slices"] if "note" not in s]
+    assert len(used) >= 2, by["isoflop"]["slices"]  # slices whose minimum is interior
+    env = fits["frontier"]["envelope"]["loss"]
+    assert all(b <= a for a, b in zip(env, env[1:]))  # the frontier never rises
+    assert [f["params"] for f in par["fits"]] == [f["params"] for f in fits["fits"]]
