@@ -205,8 +205,10 @@ def draw_loss_vs_params(ax, study, entry, key: str, title: str, xlabel: str, oth
     if entry is not None:
         f = entry.fit
         x = np.asarray(entry.cols["N"])
+        src = entry.source or ""
+        which = "the runs at one fixed D" if "fixed D" in src else "the lowest loss per N"
         ax.scatter(x, entry.cols["loss"], s=60, facecolors="none", edgecolors="k", lw=0.9, zorder=4,
-                   label="fitted: the lowest loss per N")
+                   label=f"fitted: {which}")
         grid = np.logspace(np.log10(x.min()), np.log10(x.max() * 10), 100)
         rm = f"rmse_log {f['rmse_log']:.3g}"
         if other is not None:
