@@ -199,13 +199,13 @@ PRESETS: Dict[str, SweepPreset] = {
     "cpu-smoke": SweepPreset(
         name="cpu-smoke",
         description="a set-up check end to end: four tiny runs, about a minute inline on 2 CPU cores",
-        # Four sizes of near-equal cost (so two local workers split them evenly), 200 steps of
+        # Four sizes of near-equal cost (so two local workers split them evenly), 300 steps of
         # 16 x 64 tokens each; the fit at the end is a smoke test, not a measurement (N spans 0.9
         # decades; 50 bootstrap resamples).  The stdlib corpus at BPE-4096, like the h100 presets.
         models=[(1, 32, 2), (2, 32, 2), (2, 48, 2), (2, 64, 4)],
-        n_ctx=64, tokens=200 * 16 * 64, train=_CPU_TRAIN, evals=4, assumed_flops_per_s=25e9, cpu_threads=1,
+        n_ctx=64, tokens=300 * 16 * 64, train=_CPU_TRAIN, evals=4, assumed_flops_per_s=25e9, cpu_threads=1,
         n_boot=50,
-        note="200 steps of 16 x 64 tokens per size, four evals (and checkpoints) per run; stdlib BPE-4096 "
+        note="300 steps of 16 x 64 tokens per size, four evals (and checkpoints) per run; stdlib BPE-4096 "
              "(the first run on a machine also trains the tokenizer, 20-50 s); one torch thread per run. "
              "Try `--executor local --workers 2` or `--executor slurm` with it.",
     ),
