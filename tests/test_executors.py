@@ -73,7 +73,10 @@ def long_preset(data, tmp_path_factory):
 def test_cpu_smoke_local_two_workers_faster_and_bit_identical(tmp_path):
     """The must-show on 2 cores: cpu-smoke on two local workers at least 1.5x faster than inline
     (whole commands, warm token cache), every per-step number identical."""
-    load_corpus("stdlib", "bpe-4096")  # warm the session's token cache so neither run pays for BPE
+    from flopscale.engine.presets import get_preset
+
+    tr = get_preset("cpu-smoke").train
+    load_corpus(tr["data"], tr["tokenizer"])  # warm the session's token cache so neither run pays for BPE
     walls = {}
     for ex in ("inline", "local"):
         extra = ["--workers", "2"] if ex == "local" else []
