@@ -2,6 +2,6 @@
 
 from .config import ConfigError, ModelConfig, TrainConfig
 from .flops import FlopLedger
-from .model import GPT
+from .model import GPT, LSTMLM, make_model
 
-__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "FlopLedger", "GPT"]
+__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "FlopLedger", "GPT", "LSTMLM", "make_model"]

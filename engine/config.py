@@ -71,6 +71,11 @@ class _DictConfig:
         return cls(**d)
 
 
+# Model families (Kaplan et al. 2020, Figures 7 and 17); the architecture is part of the model's
+# shape (N, Table 1 and the ledger's rows are functions of ModelConfig alone), so it lives here.
+ARCHS = ("gpt", "lstm", "universal")
+
+
 @dataclass
 class ModelConfig(_DictConfig):
     """Shape of a GPT-2-style decoder (Kaplan et al. notation)."""
@@ -82,6 +87,9 @@ class ModelConfig(_DictConfig):
     d_ff: Optional[int] = _f(None, "feedforward width (default: 4 * d_model)", "model")
     n_ctx: int = _f(1024, "context length (maximum T)", "model")
     n_vocab: int = _f(50257, "vocabulary size (GPT-2's BPE)", "model")
+    arch: str = _f("gpt", "gpt (n_layer blocks) | lstm (n_layer LSTM layers of width d_model; attention and "
+                   "feedforward fields unused) | universal (one block applied n_layer times, weights shared)",
+                   "model", choices=ARCHS)
 
     def __post_init__(self):
         if self.d_attn is None:

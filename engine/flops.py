@@ -41,11 +41,16 @@ from flopscale.kernels.flop_counts import (  # re-exported (__all__): fl.LN_FWD,
     LOSS_FWD_PER_ROW, RESIDUAL_BWD, RESIDUAL_FWD, SOFTMAX_BWD, SOFTMAX_FWD, SOFTMAX_FWD_PER_ROW,
     attention_op_model, bias_flops, causal_attention_flops, causal_tile_pairs, feedforward_op_model,
     gelu_flops, layernorm_flops, linear_flops, loss_flops, optimizer_flops, residual_flops,
-    softmax_flops)
+    softmax_flops, LSTM_BIASES_PER_HIDDEN, LSTM_GATES_BWD, LSTM_GATES_FWD, lstm_layer_op_model)
 
-TABLE1_ROWS = ("embed", "attention_qkv", "attention_mask", "attention_project", "feedforward", "deembed")
-NONEMBEDDING_ROWS = ("attention_qkv", "attention_mask", "attention_project", "feedforward")
-EXTRA_ROWS = ("layernorm", "softmax", "gelu", "bias", "residual", "loss", "optimizer")
+# ``lstm``: the LSTM's gate matmuls (W_ih and W_hh of every layer; arch lstm), the Table 1 row the
+# paper's recipe gives it (params 8*n_layer*d_model^2 = N, forward 2N per token), non-embedding;
+# ``lstm_gates``: its element-wise gate math (sigmoid, tanh, products), an extra row.  Both are 0
+# for the Transformers.  A universal Transformer books into the GPT's rows, every application.
+TABLE1_ROWS = ("embed", "attention_qkv", "attention_mask", "attention_project", "feedforward", "lstm", "deembed")
+NONEMBEDDING_ROWS = ("attention_qkv", "attention_mask", "attention_project", "feedforward", "lstm")
+EXTRA_ROWS = ("layernorm", "softmax", "gelu", "bias", "residual", "loss", "optimizer", "lstm_gates")
+LSTM_ROWS = ("lstm", "lstm_gates")  # the rows only an LSTM books
 ROWS = TABLE1_ROWS + EXTRA_ROWS
 VIEWS = ("paper", "model", "executed")
 
@@ -57,40 +62,71 @@ def _shape(cfg):
     return cfg.n_layer, cfg.d_model, cfg.d_attn, cfg.d_ff, cfg.n_ctx, cfg.n_vocab
 
 
+def _arch(cfg) -> str:
+    return getattr(cfg, "arch", "gpt")
+
+
 def table1_params(cfg) -> dict:
-    """The paper's parameter counts per row (embedding rows included, biases and LN excluded)."""
+    """The paper's parameter counts per row (embedding rows included, biases and LN excluded).
+    universal: the one shared block's weights, counted once; lstm: W_ih and W_hh of each layer,
+    4*d_model x d_model each, and no position embedding."""
     L, d, da, dff, T, V = _shape(cfg)
+    arch = _arch(cfg)
+    if arch == "lstm":
+        return {**dict.fromkeys(TABLE1_ROWS, 0), "embed": V * d, "lstm": L * 2 * 4 * d * d}
+    held = 1 if arch == "universal" else L  # blocks whose weights exist
     return {
         "embed": (V + T) * d,
-        "attention_qkv": L * d * 3 * da,
+        "attention_qkv": held * d * 3 * da,
         "attention_mask": 0,
-        "attention_project": L * da * d,
-        "feedforward": L * 2 * d * dff,
+        "attention_project": held * da * d,
+        "feedforward": held * 2 * d * dff,
+        "lstm": 0,
         "deembed": 0,  # tied to embed
     }
 
 
 def table1_forward_flops_per_token(cfg) -> dict:
-    """The paper's forward FLOPs per token per row (a multiply-add is 2)."""
+    """The paper's forward FLOPs per token per row (a multiply-add is 2); every application of
+    a universal Transformer's shared block counts.  lstm: 2 FLOPs per weight (2N) in ``lstm``,
+    and embed 2*d_model, the token half of the paper's 4*d_model (there are no positions)."""
     L, d, da, dff, T, V = _shape(cfg)
+    if _arch(cfg) == "lstm":
+        return {**dict.fromkeys(TABLE1_ROWS, 0), "embed": 2 * d, "lstm": 2 * L * 2 * 4 * d * d, "deembed": 2 * d * V}
     return {
         "embed": 4 * d,
         "attention_qkv": 2 * L * d * 3 * da,
         "attention_mask": 2 * L * T * da,
         "attention_project": 2 * L * da * d,
         "feedforward": 2 * L * 2 * d * dff,
+        "lstm": 0,
         "deembed": 2 * d * V,
     }
 
 
 def non_embedding_params(cfg) -> int:
-    """N = 2 * d_model * n_layer * (2 * d_attn + d_ff)."""
-    return 2 * cfg.d_model * cfg.n_layer * (2 * cfg.d_attn + cfg.d_ff)
+    """N = 2 * d_model * n_layer * (2 * d_attn + d_ff) (gpt); universal: the shared block once,
+    2 * d_model * (2 * d_attn + d_ff); lstm: 8 * n_layer * d_model^2 (W_ih, W_hh; no biases)."""
+    arch = _arch(cfg)
+    if arch == "lstm":
+        return 8 * cfg.n_layer * cfg.d_model ** 2
+    held = 1 if arch == "universal" else cfg.n_layer
+    return 2 * cfg.d_model * held * (2 * cfg.d_attn + cfg.d_ff)
+
+
+def n_counts(cfg) -> str:
+    """What N counts, in words (config.json's ``N_counts``)."""
+    return {"gpt": "matmul weights of the n_layer blocks (biases, LayerNorms, embeddings excluded)",
+            "lstm": "W_ih and W_hh of the n_layer LSTM layers (biases, LayerNorm, embedding excluded)",
+            "universal": "the shared block's matmul weights, once (the block is applied n_layer times; C counts "
+                         "every application)"}[_arch(cfg)]
 
 
 def forward_flops_per_token(cfg) -> int:
-    """C_forward = 2N + 2 * n_layer * n_ctx * d_attn (non-embedding, per token)."""
-    return 2 * non_embedding_params(cfg) + 2 * cfg.n_layer * cfg.n_ctx * cfg.d_attn
+    """C_forward: the non-embedding rows of Table 1 per token; gpt: 2N + 2 * n_layer * n_ctx *
+    d_attn, universal: 2 * n_layer * N + the same mask term, lstm: 2N."""
+    per_tok = table1_forward_flops_per_token(cfg)
+    return sum(per_tok[r] for r in NONEMBEDDING_ROWS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +152,17 @@ def op_counts(cfg, B: int, T: int, executed=None, booked=frozenset()) -> dict:
         return {"model": model_rows, "executed": {**model_rows, **ex} if ex else model_rows}
 
     ln = layernorm_flops(BT, d)
+    if _arch(cfg) == "lstm":
+        return {
+            # Token embedding only: the gather is 0 FLOPs.  Backward: the scatter-add into wte (1 per
+            # element) and the add where its embedding and de-embedding gradients meet (V*d).
+            "embed": {"paper": {"embed": (per_tok["embed"] * BT, 2 * per_tok["embed"] * BT)},
+                      "model": {"embed": (0, BT * d + V * d)}},
+            "lstm": {"paper": paper("lstm"), "model": lstm_layer_op_model(BT, d, d)},
+            "ln": with_exec({"layernorm": ln}, "layernorm", rows=BT, C=d),
+            "deembed": {"paper": paper("deembed", per_layer=False), "model": {"deembed": linear_flops(BT, d, V)}},
+            "loss": {"model": {"loss": loss_flops(BT, V)}},
+        }
     return {
         # Embedding lookup is a gather (0 FLOPs); the position add is 1 FLOP per element.
         # Backward: scatter-add into wte and the batch sum into wpe (1 each per element), plus
@@ -140,8 +187,11 @@ def op_counts(cfg, B: int, T: int, executed=None, booked=frozenset()) -> dict:
 def op_multiplicity(cfg) -> dict:
     """How often each op of ``op_counts`` runs in one forward pass of the GPT: the first
     LayerNorm stands alone; every later one (ln2 of each block, ln1 of blocks 2..L, ln_f) has
-    the residual add before it fused in."""
+    the residual add before it fused in.  universal: the same, its one block applied L times;
+    lstm: each layer once, then the final LayerNorm."""
     L = cfg.n_layer
+    if _arch(cfg) == "lstm":
+        return {"embed": 1, "lstm": L, "ln": 1, "deembed": 1, "loss": 1}
     return {"embed": 1, "ln": 1, "add_ln": 2 * L, "qkv": L, "attn": L, "proj": L, "ffn": L, "deembed": 1, "loss": 1}
 
 
@@ -238,8 +288,8 @@ class FlopLedger:
         return {v: {r: [self._fwd[_SLOT[(v, r)]], self._bwd[_SLOT[(v, r)]]] for r in ROWS} for v in VIEWS}
 
     def load_state_dict(self, state: dict) -> None:
-        for (v, r), i in _SLOT.items():
-            self._fwd[i], self._bwd[i] = (int(x) for x in state[v][r])
+        for (v, r), i in _SLOT.items():  # a row added since the state was saved reads as 0
+            self._fwd[i], self._bwd[i] = (int(x) for x in state[v].get(r, (0, 0)))
 
 
 def compile_counts(counts: dict) -> tuple:
@@ -329,8 +379,9 @@ def record_step(counts) -> None:
 
 # The module's API, the formulas it re-exports from kernels/flop_counts.py included.
 __all__ = [
-    "TABLE1_ROWS", "NONEMBEDDING_ROWS", "EXTRA_ROWS", "ROWS", "VIEWS", "table1_params",
-    "table1_forward_flops_per_token", "non_embedding_params", "forward_flops_per_token",
+    "TABLE1_ROWS", "NONEMBEDDING_ROWS", "EXTRA_ROWS", "LSTM_ROWS", "ROWS", "VIEWS", "table1_params",
+    "table1_forward_flops_per_token", "non_embedding_params", "n_counts", "forward_flops_per_token",
+    "LSTM_BIASES_PER_HIDDEN", "LSTM_GATES_BWD", "LSTM_GATES_FWD", "lstm_layer_op_model",
     "op_counts", "op_multiplicity", "expected_rows", "active_ledgers", "FlopLedger",
     "compile_counts", "record", "record_backward", "record_step", "ADAMW_DECAY_PER_PARAM",
     "ADAMW_PER_PARAM", "BIAS_BWD", "BIAS_FWD", "CLIP_PER_PARAM", "GELU_BWD", "GELU_FWD", "LN_BWD",

@@ -12,6 +12,12 @@ multi-head attention, GELU (tanh) feedforward, a final LayerNorm and a de-embedd
 the token embedding.  LayerNorm, attention and the feedforward block go through the backend
 (``torch``, ``triton`` or ``cuda``); the QKV and output projections are plain matmuls.  Each
 residual add is fused into the LayerNorm that follows it (``add_layer_norm``).
+
+``arch`` (ModelConfig): ``gpt``; ``universal``, one block applied n_layer times (its weights
+shared: N counts them once, C every application; Dehghani et al. 2018, Kaplan et al. Figure 17);
+``lstm`` (:class:`LSTMLM`), n_layer torch.nn.LSTM layers of width d_model between the same token
+embedding (no positions), final LayerNorm, tied de-embedding and loss (Figure 7).  ``make_model``
+builds whichever the config names.
 """
 
 from __future__ import annotations
@@ -72,7 +78,8 @@ class GPT(nn.Module):
         self.ops = get_backend(backend, kernel_options)
         self.wte = nn.Embedding(cfg.n_vocab, cfg.d_model)
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        # universal: one block whose weights every application shares
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(1 if cfg.arch == "universal" else cfg.n_layer))
         self.lnf_w, self.lnf_b = nn.Parameter(torch.ones(cfg.d_model)), nn.Parameter(torch.zeros(cfg.d_model))
         self._counts_cache: dict = {}
         self.reset_parameters()
@@ -152,7 +159,8 @@ class GPT(nn.Module):
         pos = torch.arange(T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)  # (B, T, d)
         r = None  # the branch output still to be added to the residual stream
-        for blk in self.blocks:
+        for layer in range(c.n_layer):
+            blk = self.blocks[layer % len(self.blocks)]  # universal: the one shared block, every time
             h, x = self._norm(x, r, blk.ln1_w, blk.ln1_b)
             qkv = F.linear(h, blk.qkv.weight, blk.qkv.bias)  # (B, T, 3 d_attn)
             q, k, v = _amp(qkv).view(B, T, 3, c.n_heads, c.d_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
@@ -163,6 +171,12 @@ class GPT(nn.Module):
             ffn_in = _amp(h, blk.fc_in.weight, blk.fc_in.bias, blk.fc_out.weight, blk.fc_out.bias)
             r = self.ops.feedforward(*ffn_in)
         h, _ = self._norm(x, r, self.lnf_w, self.lnf_b)
+        return self._head(h, targets)
+
+    def _head(self, h: torch.Tensor, targets: torch.Tensor | None):
+        """The tied de-embedding and the loss of the final hidden states h (B, T, d)."""
+        B, T, _ = h.shape
+        c = self.cfg
         if targets is not None and self.loss_impl == "chunked":
             h2, w = _amp(h.reshape(B * T, c.d_model), self.wte.weight)  # the dtype F.linear would run in
             return None, linear_cross_entropy(h2, w, targets.reshape(-1))  # tied weights, no (B, T, V) logits
@@ -170,3 +184,52 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.float().view(-1, c.n_vocab), targets.reshape(-1))
+
+
+class LSTMLM(GPT):
+    """An LSTM language model (Kaplan et al. 2020, Figure 7): the token embedding (no positions:
+    the recurrence knows the order), ``n_layer`` torch.nn.LSTM layers of width d_model, a final
+    LayerNorm, and the GPT's tied de-embedding and loss.  The forward, the ledger's bookings and
+    the loss are the GPT's (``op_counts`` books the ``lstm`` and ``lstm_gates`` rows).  The torch
+    backend only: the recurrence is torch's own kernel (cuDNN on CUDA)."""
+
+    def __init__(self, cfg: ModelConfig, backend: str = "torch", kernel_options: dict | None = None,
+                 loss_impl: str = "full"):
+        if backend != "torch":
+            raise ConfigError(f"--arch lstm runs on --backend torch only (got {backend!r}): torch.nn.LSTM is its kernel")
+        nn.Module.__init__(self)
+        if loss_impl not in LOSS_IMPLS:
+            raise ConfigError(f"loss_impl must be one of {', '.join(LOSS_IMPLS)}, got {loss_impl!r}")
+        self.cfg, self.backend, self.loss_impl = cfg, backend, loss_impl
+        self._core_fn = self._core
+        self.ops = get_backend(backend, kernel_options)
+        self.wte = nn.Embedding(cfg.n_vocab, cfg.d_model)
+        self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True)
+        self.lnf_w, self.lnf_b = nn.Parameter(torch.ones(cfg.d_model)), nn.Parameter(torch.zeros(cfg.d_model))
+        self._counts_cache = {}
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # torch's LSTM init (uniform +-1/sqrt(d)); the embedding N(0, 0.02) as the GPT's.
+        self.lstm.reset_parameters()
+        nn.init.normal_(self.wte.weight, 0.0, 0.02)
+        nn.init.ones_(self.lnf_w)
+        nn.init.zeros_(self.lnf_b)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """non_embedding: the LSTM's weight matrices (biases excluded, as Table 1 excludes them)."""
+        if not non_embedding:
+            return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for name, p in self.lstm.named_parameters() if name.startswith("weight_"))
+
+    def _core(self, idx: torch.Tensor, targets: torch.Tensor | None):
+        x = self.wte(idx)  # (B, T, d)
+        h, _ = self.lstm(x)  # (B, T, d), zero initial state per sequence
+        return self._head(self.ops.layer_norm(h, self.lnf_w, self.lnf_b, 1e-5), targets)
+
+
+def make_model(cfg: ModelConfig, backend: str = "torch", kernel_options: dict | None = None,
+               loss_impl: str = "full") -> GPT:
+    """The model ``cfg.arch`` names: GPT (gpt, universal) or LSTMLM (lstm)."""
+    cls = LSTMLM if cfg.arch == "lstm" else GPT
+    return cls(cfg, backend=backend, kernel_options=kernel_options, loss_impl=loss_impl)

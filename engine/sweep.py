@@ -72,11 +72,11 @@ def run_flops(mc: ModelConfig, tc: TrainConfig, branch: bool = False) -> dict:
     # model itself, built on the meta device (no memory, no init cost), by the Trainer's code.
     import torch
 
-    from .model import GPT
+    from .model import make_model
     from .train import optimizer_step_flops
 
     with torch.device("meta"):
-        opt = optimizer_step_flops(GPT(mc), tc)
+        opt = optimizer_step_flops(make_model(mc, loss_impl=tc.loss_impl), tc)
     steps = tc.steps - (tc.branch_point()[1] if branch and tc.init_from else 0)
     k = steps * tc.grad_accum
     return {"nonembedding": per_micro_ne * k, "all": per_micro_all * k + opt * steps}

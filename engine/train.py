@@ -56,7 +56,7 @@ from . import rundir
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import load_corpus
 from .dist import all_reduce_ints, all_reduce_mean_grads, all_reduce_sum, barrier, broadcast_object, init_distributed
-from .model import GPT
+from .model import GPT, make_model
 from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm
 from .rundir import TrainError
 from .runlock import RunLock
@@ -231,8 +231,8 @@ class Trainer:
         if self.world > 1 and dev == "cuda":
             dev = f"cuda:{local}"
         self.device = torch.device(dev)
-        self.model = GPT(mc, backend=tc.backend, kernel_options=tc.kernel_options(),
-                         loss_impl=tc.loss_impl).to(self.device)  # the bare module (checkpoints, eval)
+        self.model = make_model(mc, backend=tc.backend, kernel_options=tc.kernel_options(),
+                                loss_impl=tc.loss_impl).to(self.device)  # the bare module (checkpoints, eval)
         if tc.compile:
             self.model.compile_core()
         self._prefetched = None  # ((step, micro), (x, y) on the device): the next batch, drawn early
@@ -259,6 +259,7 @@ class Trainer:
     def config_record(self) -> dict:
         return {
             "model": self.mc.to_dict(), "train": self.tc.to_dict(), "N": self.mc.N,
+            "N_counts": fl.n_counts(self.mc),  # universal: the shared block once
             "n_params_total": self.model.num_params(non_embedding=False),
             "data": self.corpus.provenance, "code_version": rundir.code_version(),
             "tokens_per_step": self.tc.batch_size * self.mc.n_ctx,
@@ -344,7 +345,7 @@ class Trainer:
         ptc = TrainConfig.from_dict({k: v for k, v in old["train"].items() if k in TrainConfig.__dataclass_fields__})
         own = {"steps", "eval_every", "eval_batches", "log_every", "keep_steps", "init_from"}
         diffs = [k for k, v in self.tc.to_dict().items() if k not in own and getattr(ptc, k) != v]
-        if old["model"] != self.mc.to_dict():
+        if ModelConfig.from_dict(old["model"]).to_dict() != self.mc.to_dict():  # fields added since read as defaults
             diffs.insert(0, "model")
         bad_lr = next((t for t in range(s) if lr_at(t, ptc) != lr_at(t, self.tc)), None)
         if diffs or bad_lr is not None:

@@ -41,18 +41,22 @@ def cmd_flops(a) -> int:
 
     cfg = _model_config(a, a.n_vocab)
     T = cfg.n_ctx
-    model = fl.expected_rows(cfg, 1, T, "model")
+    # The LSTM's rows are shown for --arch lstm only (a Transformer's table stays the paper's).
+    hide = () if cfg.arch == "lstm" else fl.LSTM_ROWS
+    model = {r: c for r, c in fl.expected_rows(cfg, 1, T, "model").items() if r not in hide}
+    table1_rows = [r for r in fl.TABLE1_ROWS if r not in hide]
     out = {
         "config": cfg.to_dict(),
         "N": fl.non_embedding_params(cfg),
+        "N_counts": fl.n_counts(cfg),
         "C_forward": fl.forward_flops_per_token(cfg),
-        "params": fl.table1_params(cfg),
-        "forward_flops_per_token": fl.table1_forward_flops_per_token(cfg),
+        "params": {r: c for r, c in fl.table1_params(cfg).items() if r not in hide},
+        "forward_flops_per_token": {r: c for r, c in fl.table1_forward_flops_per_token(cfg).items() if r not in hide},
         "model": {
             "sequence_length": T,
             "convention": "FLOPs (multiply-add = 2) for one sequence of n_ctx tokens, causal attention exact",
             "rows": {r: {"fwd": f, "bwd": b} for r, (f, b) in model.items() if r != "optimizer"},
-            "nonembedding_forward_per_token": sum(model[r][0] for r in fl.NONEMBEDDING_ROWS) / T,
+            "nonembedding_forward_per_token": sum(model[r][0] for r in fl.NONEMBEDDING_ROWS if r in model) / T,
         },
     }
     if a.json:
@@ -61,10 +65,10 @@ def cmd_flops(a) -> int:
     p, f = out["params"], out["forward_flops_per_token"]
     print(f"config: {json.dumps(out['config'])}")
     print(f"{'row':<20}{'params':>16}{'paper fwd/token':>18}{'model fwd/token':>18}")
-    for r in fl.TABLE1_ROWS:
+    for r in table1_rows:
         print(f"{r:<20}{p[r]:>16,}{f[r]:>18,}{model[r][0] / T:>18,.1f}")
     for r in fl.EXTRA_ROWS:
-        if r != "optimizer":
+        if r != "optimizer" and r not in hide:
             print(f"{r:<20}{'':>16}{'-':>18}{model[r][0] / T:>18,.1f}")
     print(f"N (non-embedding params) = {out['N']:,}")
     print(f"C_forward (per token)    = {out['C_forward']:,}")

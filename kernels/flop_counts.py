@@ -66,6 +66,24 @@ LOSS_BWD_PER_ROW = 1
 # Decoupled weight decay p *= (1 - lr*wd): 1 more on decayed parameters.
 ADAMW_PER_PARAM = 14
 ADAMW_DECAY_PER_PARAM = 1
+# LSTM cell (torch.nn.LSTM's equations), per hidden element h_t[j] of one layer and token; the
+# four gate pre-activations are z = W_ih x + b_ih + W_hh h_{t-1} + b_hh (the two matmuls are the
+# ``lstm`` row, the two bias adds the ``bias`` row: 2 per gate element, 8 per hidden element).
+# Forward: the two matmul outputs summed, 1 add per gate element (4); sigmoid of i, f, o as
+# 1 / (1 + exp(-z)): negate, exp, add, divide = 4 each (12); tanh of g (1);
+# c = f*c_prev + i*g (2 mul + 1 add = 3); h = o * tanh(c) (tanh 1 + mul 1 = 2); total 22.
+LSTM_GATES_FWD = 22
+# Backward, per hidden element, given dh (from the layer above plus the recurrent dh, 1 add where
+# they meet) and dc from step t+1, with tanh(c) and the gates kept from the forward:
+# do = dh*tanh(c) (1); dh*o*(1 - tanh(c)^2) (mul, square, sub, mul = 4); dc = dc_next + that (1);
+# df = dc*c_prev, dc_prev = dc*f, di = dc*g, dg = dc*i (4); sigmoid' for i, f, o as
+# dz = da*s*(1 - s) (sub, mul, mul = 3 each: 9); tanh' for g, dz = dg*(1 - g^2) (3); the meeting
+# of the upward and recurrent dh (1); total 1 + 4 + 1 + 4 + 9 + 3 + 1 = 23.  Step 0 is counted like
+# every other (torch multiplies by the zero initial state too).
+LSTM_GATES_BWD = 23
+# The LSTM's biases: two per gate element (b_ih, b_hh), forward 1 add each; backward one column
+# sum each, 1 add per element: BIAS_FWD, BIAS_BWD times 2 * 4 * d per token and layer.
+LSTM_BIASES_PER_HIDDEN = 8
 # Gradient clipping by global norm, per parameter: square (1), add into the norm (1), scale
 # by the clip coefficient (1) = 3.  (The scale is applied whether or not it clips.)
 CLIP_PER_PARAM = 3
@@ -129,6 +147,16 @@ def feedforward_op_model(rows: int, d_model: int, d_ff: int) -> dict:
     f2, b2 = linear_flops(rows, d_ff, d_model)
     bf, bb = bias_flops(rows * (d_ff + d_model))
     return {"feedforward": (f1 + f2, b1 + b2), "gelu": gelu_flops(rows * d_ff), "bias": (bf, bb)}
+
+
+def lstm_layer_op_model(rows: int, d_in: int, d_hidden: int) -> dict:
+    """Model view of one LSTM layer over ``rows`` = B*T tokens: the gate matmuls W_ih (4h, d_in)
+    and W_hh (4h, h), the gate element-wise math, the two bias adds per gate element."""
+    fi, bi = linear_flops(rows, d_in, 4 * d_hidden)
+    fh, bh = linear_flops(rows, d_hidden, 4 * d_hidden)
+    e = rows * d_hidden
+    bf, bb = bias_flops(LSTM_BIASES_PER_HIDDEN * e)
+    return {"lstm": (fi + fh, bi + bh), "lstm_gates": (LSTM_GATES_FWD * e, LSTM_GATES_BWD * e), "bias": (bf, bb)}
 
 
 # ---------------------------------------------------------------------------------------------
