@@ -166,6 +166,8 @@ class TrainConfig(_DictConfig):
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)", "schedule")
     eval_every: int = _f(50, "steps between evals and checkpoints")
     eval_batches: int = _f(4, "validation batches per eval")
+    eval_positions: bool = _f(False, "at each eval, also the validation loss at every token position, to "
+                              "RUN_DIR/positions.jsonl (Kaplan et al. Figure 20); val_loss is then their mean")
     log_every: int = _f(1, "steps between metrics rows")
     seed: int = _f(1337, "initialisation and data-order seed")
     keep_steps: Optional[str] = _f(None, "comma-separated steps at which to keep a checkpoint copy (ckpt-STEP.pt) "

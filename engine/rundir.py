@@ -19,6 +19,7 @@ import torch
 from flopscale.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 CONFIG, METRICS, FLOPS, CHECKPOINT = "config.json", "metrics.jsonl", "flops.json", "ckpt.pt"
+POSITIONS = "positions.jsonl"  # --eval-positions: {"step", "val_loss_by_position": [n_ctx floats]} per eval
 
 
 class TrainError(RuntimeError):
@@ -93,5 +94,5 @@ def copy_metrics(src: Path, dst: Path, step: int) -> None:
     atomic_write_text(dst, "".join(ln + "\n" for ln in rows))
 
 
-__all__ = ["CONFIG", "METRICS", "FLOPS", "CHECKPOINT", "TrainError", "code_version", "read_config", "write_json",
+__all__ = ["CONFIG", "METRICS", "POSITIONS", "FLOPS", "CHECKPOINT", "TrainError", "code_version", "read_config", "write_json",
            "kept_checkpoint", "save_checkpoint", "load_checkpoint", "row_step", "truncate_metrics", "copy_metrics"]

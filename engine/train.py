@@ -329,6 +329,7 @@ class Trainer:
         # Rows logged after the checkpoint were lost work; the resumed run writes them again.
         if self.rank == 0 and path is None:
             rundir.truncate_metrics(self.out / rundir.METRICS, self.step)
+            rundir.truncate_metrics(self.out / rundir.POSITIONS, self.step)
         barrier(self.world)
 
     def start_branch(self) -> None:
@@ -358,6 +359,8 @@ class Trainer:
         self.load_checkpoint(ckpt)
         if self.rank == 0:
             rundir.copy_metrics(pdir / rundir.METRICS, self.out / rundir.METRICS, s)
+            if (pdir / rundir.POSITIONS).exists():
+                rundir.copy_metrics(pdir / rundir.POSITIONS, self.out / rundir.POSITIONS, s)
             _say(f"starting {self.out} from {pdir} at step {s} (cooldown branch)")
         self.save_checkpoint()  # a resumed branch resumes from here, not from the parent
 
@@ -385,7 +388,11 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss over eval_batches fixed batches (the same at every eval); under
-        DDP, batch i is evaluated by rank i % world_size and the sum all-reduced."""
+        DDP, batch i is evaluated by rank i % world_size and the sum all-reduced.  With
+        ``eval_positions`` the loss per token position too (``self.positions``), and the mean
+        loss is their mean."""
+        if self.tc.eval_positions:
+            return self._evaluate_positions()
         self.model.eval()
         tc, total = self.tc, torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(self.rank, tc.eval_batches, self.world):
@@ -395,6 +402,27 @@ class Trainer:
             total += loss.detach().double()  # on the device: one host sync per eval, below
         self.model.train()
         return self._all_reduce_sum([float(total)])[0] / tc.eval_batches
+
+    @torch.no_grad()
+    def _evaluate_positions(self) -> float:
+        """``evaluate`` per position: the per-token losses of the same batches, summed over the
+        sequences at each position t (n_ctx sums, float64), all-reduced, then averaged.  Every
+        batch holds micro_batch sequences of n_ctx tokens, so the mean over positions is the
+        mean over tokens: the eval loss (equal to the default path's up to rounding)."""
+        self.model.eval()
+        tc, T = self.tc, self.mc.n_ctx
+        sums = torch.zeros(T, dtype=torch.float64, device=self.device)
+        for i in range(self.rank, tc.eval_batches, self.world):
+            x, y = self._to_device(*self.corpus.batch("val", i, 0, self.micro_batch, T, tc.seed))
+            with self._autocast():
+                logits, _ = self.model(x)  # (B, T, V)
+            tok = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1),
+                                                    reduction="none").view(y.shape)  # (B, T)
+            sums += tok.double().sum(0)
+        self.model.train()
+        n_seq = tc.eval_batches * self.micro_batch
+        self.positions = [s / n_seq for s in self._all_reduce_sum(sums.tolist())]
+        return sum(self.positions) / T
 
     def _to_device(self, x, y):
         """A host batch to the device: pinned and non-blocking on CUDA (the copy overlaps the
@@ -542,6 +570,9 @@ class Trainer:
                 val_loss = self.evaluate() if do_eval else None
                 if do_eval and not math.isfinite(val_loss):
                     raise TrainError(f"validation loss is {val_loss} at step {self.step}")
+                if do_eval and tc.eval_positions and lead:
+                    with open(self.out / rundir.POSITIONS, "a") as pf:
+                        pf.write(json.dumps({"step": self.step, "val_loss_by_position": self.positions}) + "\n")
                 if self.step % tc.log_every == 0 or do_eval:
                     dt = max(t_train, 1e-9)
                     tps = (self.tokens - tok_last) / dt

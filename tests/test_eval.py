@@ -1,0 +1,36 @@
+"""Evaluation extras: the loss per token position (--eval-positions)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from flopscale.engine import ModelConfig, TrainConfig
+from flopscale.engine.data import stdlib_sample
+from flopscale.engine.train import Trainer
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    return stdlib_sample(tmp_path_factory.mktemp("corpus"), n_files=4)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+def test_positions_average_to_the_eval_loss(arch, small_corpus, tmp_path):
+    mc = ModelConfig(n_layer=1, d_model=32, n_heads=2, n_ctx=24, arch=arch)
+    tc = TrainConfig(data=small_corpus, tokenizer="bpe-300", batch_size=4, steps=6, eval_every=3, warmup=2,
+                     eval_batches=3, eval_positions=True)
+    tr = Trainer(mc, tc, tmp_path / "run", progress=False)
+    tr.run()
+    rows = [json.loads(l) for l in Path(tmp_path / "run", "metrics.jsonl").read_text().splitlines()]
+    pos = [json.loads(l) for l in Path(tmp_path / "run", "positions.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["val_loss"] is not None]
+    assert [p["step"] for p in pos] == [r["step"] for r in evals] == [3, 6]
+    for p, r in zip(pos, evals):
+        by_t = p["val_loss_by_position"]
+        assert len(by_t) == 24 and all(math.isfinite(x) and x > 0 for x in by_t)
+        assert sum(by_t) / len(by_t) == pytest.approx(r["val_loss"], rel=1e-12, abs=0)
+    # the same model and batches through the default eval path: the same loss up to rounding
+    tr.tc.eval_positions = False
+    assert tr.evaluate() == pytest.approx(evals[-1]["val_loss"], rel=1e-6)
