@@ -424,6 +424,11 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
                             inputs=inputs, skipped=skipped, study=study["summary"] if study else None)
     if groups is not None:
         payload["groups"] = _side_by_side(payload["fits"], group, groups)
+    if extra.get("runs"):
+        from .positions import position_fits
+        pos = position_fits(extra["runs"])  # runs trained with --eval-positions
+        if pos:
+            payload["positions"] = pos
     if out:
         write_report(str(out), entries, payload, frontier_curves=extra.get("frontier_curves"), study=study)
     if not quiet:

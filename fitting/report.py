@@ -597,6 +597,9 @@ def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, fronti
     panels = write_panels(out_dir, entries, payload, study)
     written.update(panels)
     payload["panels"] = {k: os.path.basename(v) for k, v in panels.items()}
+    if payload.get("positions"):
+        from .positions import plot_positions
+        written["positions"] = plot_positions(payload["positions"], os.path.join(out_dir, "positions.png"))
     fj = os.path.join(out_dir, "fits.json")
     atomic_write_json(fj, payload, indent=1)
     written["fits.json"] = fj
@@ -652,6 +655,9 @@ def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, fronti
             md.append(f"- {k}: {v}" if not isinstance(v, (list, dict)) else f"- {k}: {len(v)} entries (fits.json)")
         md.append("")
     md += _allocation_section(entries)
+    if payload.get("positions"):
+        from .positions import positions_section
+        md += positions_section(payload["positions"], written.get("positions"))
     rp = os.path.join(out_dir, "report.md")
     atomic_write_text(rp, "\n".join(md))
     written["report.md"] = rp

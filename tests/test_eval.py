@@ -34,3 +34,34 @@ def test_positions_average_to_the_eval_loss(arch, small_corpus, tmp_path):
     # the same model and batches through the default eval path: the same loss up to rounding
     tr.tc.eval_positions = False
     assert tr.evaluate() == pytest.approx(evals[-1]["val_loss"], rel=1e-6)
+
+
+def test_position_law_recovered_from_synthetic_curve():
+    import numpy as np
+
+    from flopscale.fitting.positions import fit_position_law, position_law
+
+    t = np.arange(1, 65, dtype=float)
+    y = position_law(t, 3.2, 7.5, 0.6) * (1 + 1e-4 * np.sin(t))  # a hair of noise
+    p = fit_position_law(y)["params"]
+    assert p["L_inf"] == pytest.approx(3.2, rel=2e-2)
+    assert p["t_c"] == pytest.approx(7.5, rel=5e-2)
+    assert p["alpha_t"] == pytest.approx(0.6, rel=3e-2)
+
+
+def test_report_fits_positions_of_runs(small_corpus, tmp_path):
+    from flopscale.fitting.api import fit_and_report
+
+    for i, arch in enumerate(["gpt", "lstm", "universal"]):
+        mc = ModelConfig(n_layer=1 + i % 2, d_model=16 + 8 * i, n_heads=2, n_ctx=24, arch=arch)
+        tc = TrainConfig(data=small_corpus, tokenizer="bpe-300", batch_size=4, steps=4, eval_every=2, warmup=1,
+                         eval_batches=2, eval_positions=True)
+        Trainer(mc, tc, tmp_path / "runs" / arch, progress=False).run()
+    out = tmp_path / "report"
+    payload = fit_and_report([str(tmp_path / "runs")], out=str(out), laws="n", n_boot=0)
+    pos = payload["positions"]
+    assert sorted(p["arch"] for p in pos) == ["gpt", "lstm", "universal"]
+    assert all(set(p["params"]) == {"L_inf", "t_c", "alpha_t"} and len(p["losses"]) == 24 for p in pos)
+    assert (out / "positions.png").stat().st_size > 0
+    md = (out / "report.md").read_text()
+    assert "## Loss per token position" in md and "positions.png" in md

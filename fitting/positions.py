@@ -1,0 +1,143 @@
+"""Loss per token position: the power law in the context position (Kaplan et al. 2020, Figure 20).
+
+    from flopscale.fitting.positions import position_fits, fit_position_law
+    fits = position_fits(["runs/gpt", "runs/lstm"])   # one entry per run with a positions.jsonl
+    fit_position_law(losses)                          # {"L_inf", "t_c", "alpha_t"}, rmse
+
+Kaplan et al. (Figure 20, left; Appendix D) show the loss of the token at position t of the
+context falling as a power law in t with a constant floor.  The form fitted here is
+
+    L(t) = L_inf + (t_c / t)^alpha_t,      t = 1 .. n_ctx (t = 1: the token after one of context),
+
+by least squares on the losses, with L_inf in [0, min L] and alpha_t > 0.  Each run's last row of
+RUN_DIR/positions.jsonl (``flopscale train --eval-positions``) is fitted; an LSTM's curve
+flattens early (its plateau, Figure 7 right), a Transformer's keeps falling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+FORMULA = "L(t) = L_inf + (t_c/t)^alpha_t"
+POSITIONS = "positions.jsonl"
+
+
+def position_law(t: np.ndarray, L_inf: float, t_c: float, alpha_t: float) -> np.ndarray:
+    return L_inf + (t_c / t) ** alpha_t
+
+
+def fit_position_law(losses) -> dict:
+    """Fit FORMULA to losses[t-1], t = 1..len(losses): {"params", "rmse", "n_points"}."""
+    from scipy.optimize import least_squares
+
+    y = np.asarray(losses, dtype=float)
+    if y.size < 4 or not np.all(np.isfinite(y)):
+        raise ValueError(f"need at least 4 finite per-position losses, got {y.size}")
+    t = np.arange(1, y.size + 1, dtype=float)
+    lo = float(y.min())
+    # parameters (L_inf, ln t_c, alpha_t): positivity of t_c by construction
+    def resid(p):
+        return p[0] + np.exp(p[2] * (p[1] - np.log(t))) - y
+
+    best = None
+    for a0 in (0.2, 0.5, 1.0, 2.0):
+        L0 = 0.9 * lo
+        lt0 = math.log(max(y[0] - L0, 1e-6)) / a0
+        r = least_squares(resid, [L0, lt0, a0], bounds=([0.0, -50.0, 1e-3], [lo, 50.0, 10.0]))
+        if best is None or r.cost < best.cost:
+            best = r
+    L_inf, ln_tc, alpha = (float(v) for v in best.x)
+    return {"params": {"L_inf": L_inf, "t_c": math.exp(ln_tc), "alpha_t": alpha},
+            "rmse": float(np.sqrt(np.mean(best.fun ** 2))), "n_points": int(y.size)}
+
+
+def _last_row(path: str) -> Optional[dict]:
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line
+    return rows[-1] if rows else None
+
+
+def position_fits(run_dirs: List[str]) -> List[dict]:
+    """One fit per run directory holding positions.jsonl (its last eval): {"run", "arch", "N",
+    "step", "formula", "params", "rmse", "n_points", "losses"}; runs without it are left out."""
+    out = []
+    for d in run_dirs:
+        p = os.path.join(d, POSITIONS)
+        if not os.path.exists(p):
+            continue
+        row = _last_row(p)
+        if row is None:
+            continue
+        cfg = {}
+        try:
+            with open(os.path.join(d, "config.json")) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError):
+            pass
+        losses = row["val_loss_by_position"]
+        entry = {"run": d, "arch": cfg.get("model", {}).get("arch", "gpt"), "N": cfg.get("N"), "step": row["step"],
+                 "formula": FORMULA, "losses": losses}
+        try:
+            entry.update(fit_position_law(losses))
+        except ValueError as e:
+            entry["note"] = str(e)
+        out.append(entry)
+    return out
+
+
+def plot_positions(fits: List[dict], path: str) -> str:
+    """Loss against position (log-log), one curve per run coloured by N, its fit dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import _save
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    styles = {"gpt": "-", "lstm": ":", "universal": "-."}
+    for e in fits:
+        y = np.asarray(e["losses"], dtype=float)
+        t = np.arange(1, y.size + 1)
+        label = f"{e['arch']} N={e['N']:.3g}" if e.get("N") else e["arch"]
+        (line,) = ax.plot(t, y, styles.get(e["arch"], "-"), lw=1.2, label=label)
+        if "params" in e:
+            ax.plot(t, position_law(t.astype(float), **e["params"]), "--", color=line.get_color(), lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("token position t in the context")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"per-position loss; dashed: {FORMULA}")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return path
+
+
+def positions_section(fits: List[dict], png: Optional[str]) -> List[str]:
+    """report.md's section: a table of the fits and the plot."""
+    if not fits:
+        return []
+    md = ["## Loss per token position", "",
+          f"Each run's last eval, loss at position t fitted by {FORMULA} (Kaplan et al. 2020, Figure 20: the "
+          "per-token loss falls as a power law in the position). An LSTM's curve flattening after a few tokens is "
+          "the paper's Figure 7 point; toy runs with short contexts may not show it.", "",
+          "| run | arch | N | step | L_inf | t_c | alpha_t | rmse |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in fits:
+        p = e.get("params")
+        cells = (f"{p['L_inf']:.4g} | {p['t_c']:.4g} | {p['alpha_t']:.4g} | {e['rmse']:.3g}" if p
+                 else f"— | — | — | {e.get('note', '')}")
+        md.append(f"| {os.path.basename(e['run'].rstrip('/'))} | {e['arch']} | {e['N']} | {e['step']} | {cells} |")
+    md.append("")
+    if png:
+        md += [f"![positions]({os.path.basename(png)})", ""]
+    return md
+
