@@ -161,6 +161,9 @@ class TrainConfig(_DictConfig):
                        "Hägele et al. 2024)", "schedule", choices=("cosine", "wsd"))
     decay_frac: float = _f(0.2, "wsd: fraction of the steps spent in the final decay (the cooldown)", "schedule")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (matmul weights and embeddings only)", "schedule")
+    optimizer: str = _f("adamw", "adamw | adafactor (torch.optim.Adafactor, the paper's choice above 1B parameters: "
+                        "no first moment, factored second moment, its own beta2 schedule; --lr caps its relative "
+                        "step)", "schedule", choices=("adamw", "adafactor"))
     beta1: float = _f(0.9, "AdamW beta1", "schedule")
     beta2: float = _f(0.95, "AdamW beta2", "schedule")
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)", "schedule")
@@ -206,6 +209,11 @@ class TrainConfig(_DictConfig):
             raise ConfigError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if not 0 < self.decay_frac <= 1:
             raise ConfigError(f"decay_frac must lie in (0, 1], got {self.decay_frac}")
+        if self.optimizer == "adafactor":
+            lacks = [f"--{k.replace('_', '-')}" for k in ("beta1", "beta2") if getattr(self, k) != field_default(TrainConfig, k)]
+            if lacks:
+                raise ConfigError(f"--optimizer adafactor has no {' or '.join(lacks)} (no first moment; its beta2 "
+                                  "follows 1 - t^-0.8): leave them at their defaults")
         self.kept_steps()  # parses, or one clear line
         if self.init_from is not None:
             self.branch_point()

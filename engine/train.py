@@ -107,10 +107,13 @@ def decay_split(model: torch.nn.Module) -> tuple:
 
 
 def optimizer_step_flops(model: torch.nn.Module, tc: TrainConfig) -> int:
-    """FLOPs of one AdamW step (with clipping) over ``model``'s parameters, flops.optimizer_flops.
-    Works on a model built on the meta device (the sweep's cost model)."""
+    """FLOPs of one optimizer step (with clipping) over ``model``'s parameters: AdamW's
+    flops.optimizer_flops, or flops.adafactor_flops from the shapes.  Works on a model built on
+    the meta device (the sweep's cost model)."""
     decay, other = decay_split(model)
     n_decayed = sum(p.numel() for p in decay) if tc.weight_decay > 0 else 0
+    if tc.optimizer == "adafactor":
+        return fl.adafactor_flops([tuple(p.shape) for p in decay + other], n_decayed, tc.grad_clip > 0)
     return fl.optimizer_flops(sum(p.numel() for p in decay + other), n_decayed, tc.grad_clip > 0)
 
 
@@ -167,6 +170,8 @@ def make_optimizer(model: GPT, tc: TrainConfig):
     # CUDA: the fused kernel (one launch for every tensor).  CPU: foreach, which is bit for bit
     # the per-tensor loop here (tests/test_train_speed_paths.py), so CPU runs and resumes stay
     # exact; CPU's fused AdamW rounds differently.
+    if tc.optimizer == "adafactor":  # torch's defaults otherwise (beta2_decay -0.8, eps (None, 1e-3), d 1)
+        return torch.optim.Adafactor(groups, lr=tc.lr, foreach=False), optimizer_step_flops(model, tc)
     fast = {"fused": True} if next(model.parameters()).device.type == "cuda" else {"foreach": True}
     opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8, **fast)
     return opt, optimizer_step_flops(model, tc)
