@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from flopscale.engine.config import ConfigError
     from flopscale.engine.data import DataError
-    from flopscale.engine.train import TrainError
+    from flopscale.engine.train import RunInterrupted, TrainError
 
     ap = build_parser()
     a = ap.parse_args(argv)
@@ -145,6 +145,9 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, TrainError, ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:  # SIGTERM / SIGINT: the step finished and a checkpoint was written
+        print(f"interrupted by {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; run the same command again to resume", file=sys.stderr)
         return 130
