@@ -99,20 +99,10 @@ def _is_number(v) -> bool:
 # Input checks
 # ------------------------------------------------------------------------------------------------
 
-def check_points(law: str, cols: Dict[str, object], n_fixed: int = 0) -> Dict[str, np.ndarray]:
-    """Validate and convert the columns a law needs; raise FitError with one line otherwise.
-
-    A fit needs more points than free parameters (n_params - n_fixed): with as many, it
-    interpolates, the residuals are zero and every bootstrap interval would have zero width."""
-    if law not in LAWS:
-        raise FitError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
-    L = LAWS[law]
-    need = list(L.inputs) + [L.target]
-    missing = [k for k in need if k not in cols]
-    if missing:
-        raise FitError(f"law {law!r} needs column(s) {', '.join(need)}; missing {', '.join(missing)}")
-    out = {}
-    n = None
+def positive_columns(cols: Dict[str, object], need) -> Dict[str, np.ndarray]:
+    """The columns ``need`` as float arrays of one length, finite and positive (log-space fits);
+    FitError with one line naming the column and row otherwise."""
+    out, n = {}, None
     for k in need:
         if isinstance(cols[k], NonNumericColumn):
             raise FitError(cols[k].message)
@@ -130,6 +120,23 @@ def check_points(law: str, cols: Dict[str, object], n_fixed: int = 0) -> Dict[st
             i = int(np.argmax(v <= 0))
             raise FitError(f"column {k!r} must be positive for a log-space fit; row {i} is {v[i]:g}")
         out[k] = v
+    return out
+
+
+def check_points(law: str, cols: Dict[str, object], n_fixed: int = 0) -> Dict[str, np.ndarray]:
+    """Validate and convert the columns a law needs; raise FitError with one line otherwise.
+
+    A fit needs more points than free parameters (n_params - n_fixed): with as many, it
+    interpolates, the residuals are zero and every bootstrap interval would have zero width."""
+    if law not in LAWS:
+        raise FitError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
+    L = LAWS[law]
+    need = list(L.inputs) + [L.target]
+    missing = [k for k in need if k not in cols]
+    if missing:
+        raise FitError(f"law {law!r} needs column(s) {', '.join(need)}; missing {', '.join(missing)}")
+    out = positive_columns(cols, need)
+    n = len(next(iter(out.values())))
     n_free = L.n_params - n_fixed
     if n <= n_free:
         raise FitError(f"law {law!r} has {n_free} free parameter(s) but only {n} point(s) were given; "

@@ -70,7 +70,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .fit import FitError, NonNumericColumn, as_columns, bootstrap_intervals, parse_fix
+from .fit import FitError, as_columns, bootstrap_intervals, parse_fix, positive_columns
 
 PARAMS = ("a", "k_N", "b", "k_D")
 FORMULA = "N_opt = k_N C^a, D_opt = k_D C^b (minima of isoFLOP slices)"
@@ -90,25 +90,7 @@ def check_isoflop_points(cols: Dict[str, object]) -> Dict[str, np.ndarray]:
     missing = [k for k in ("N", "C", "loss") if k not in cols]
     if missing:
         raise FitError(f"law 'isoflop' needs column(s) N, C, loss (D optional); missing {', '.join(missing)}")
-    out, n = {}, None
-    for k in need:
-        if isinstance(cols[k], NonNumericColumn):
-            raise FitError(cols[k].message)
-        try:
-            v = np.asarray(cols[k], dtype=float).ravel()
-        except (TypeError, ValueError):
-            raise FitError(f"column {k!r} holds values that are not numbers") from None
-        if n is not None and v.size != n:
-            raise FitError(f"columns have different lengths ({k!r} has {v.size}, expected {n})")
-        n = v.size
-        bad = ~np.isfinite(v)
-        if bad.any():
-            raise FitError(f"column {k!r} has {int(bad.sum())} NaN or infinite value(s) (first at row {int(np.argmax(bad))})")
-        if (v <= 0).any():
-            i = int(np.argmax(v <= 0))
-            raise FitError(f"column {k!r} must be positive for a log-space fit; row {i} is {v[i]:g}")
-        out[k] = v
-    return out
+    return positive_columns(cols, need)
 
 
 def group_slices(C: np.ndarray, tol_dex: float = TOL_DEX) -> List[np.ndarray]:
