@@ -26,10 +26,11 @@ _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 _PARSE = {"int": int, "float": float, "str": str}
 
 
-def _f(default, help: str, group: str = "run", choices=None, flag: Optional[str] = None):
-    """A config field with its CLI help and group; ``choices`` are checked in __post_init__."""
+def _f(default, help: str, group: str = "run", choices=None, flag: Optional[str] = None, repeat: bool = False):
+    """A config field with its CLI help and group; ``choices`` are checked in __post_init__.
+    ``repeat``: a str field whose flag may be given several times, the values joined by commas."""
     return dataclasses.field(default=default, metadata={"help": help, "group": group, "choices": choices,
-                                                        "flag": flag})
+                                                        "flag": flag, "repeat": repeat})
 
 
 def _base_type(f: dataclasses.Field) -> tuple:
@@ -169,6 +170,9 @@ class TrainConfig(_DictConfig):
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)", "schedule")
     eval_every: int = _f(50, "steps between evals and checkpoints")
     eval_batches: int = _f(4, "validation batches per eval")
+    eval_data: Optional[str] = _f(None, "NAME=PATH: also evaluate on another corpus (a text file or folder, split off "
+                                  "from the training data; PATH 'pydoc' is the English prose of Python's pydoc_data "
+                                  "topics); repeatable; metrics rows at evals carry val_loss_NAME", "data", repeat=True)
     eval_positions: bool = _f(False, "at each eval, also the validation loss at every token position, to "
                               "RUN_DIR/positions.jsonl (Kaplan et al. Figure 20); val_loss is then their mean")
     log_every: int = _f(1, "steps between metrics rows")
@@ -215,6 +219,7 @@ class TrainConfig(_DictConfig):
                 raise ConfigError(f"--optimizer adafactor has no {' or '.join(lacks)} (no first moment; its beta2 "
                                   "follows 1 - t^-0.8): leave them at their defaults")
         self.kept_steps()  # parses, or one clear line
+        self.eval_corpora()
         if self.init_from is not None:
             self.branch_point()
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -253,6 +258,20 @@ class TrainConfig(_DictConfig):
         if int(step) >= self.steps:
             raise ConfigError(f"init_from's step {step} must be below steps ({self.steps})")
         return run, int(step)
+
+    def eval_corpora(self) -> tuple:
+        """((name, path), ...) of ``eval_data``."""
+        out = []
+        for item in (self.eval_data or "").split(","):
+            if not item:
+                continue
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ConfigError(f"eval_data wants NAME=PATH, got {item!r}")
+            if not name.isidentifier() or any(name == n for n, _ in out):
+                raise ConfigError(f"eval_data: NAME must be a unique identifier (letters, digits, _), got {name!r}")
+            out.append((name, path))
+        return tuple(out)
 
     def kernel_options(self) -> dict:
         """The options of flopscale.kernels.get_backend for this run's backend (its kernel fields)."""
@@ -296,7 +315,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, only=None, ski
         t, _ = _base_type(f)
         default = None if no_defaults else defaults.get(f.name, f.default)
         help_ = f.metadata.get("help", "")
-        if t == "bool":
+        if f.metadata.get("repeat"):  # given several times: a list, joined by config_values
+            groups[g].add_argument(flag_name(f), dest=f.name, action="append", type=str,
+                                   default=None if default is None else [default], help=help_)
+        elif t == "bool":
             groups[g].add_argument(flag_name(f), dest=f.name, action="store_true", default=None if no_defaults else default,
                                    help=help_)
         else:
@@ -310,4 +332,5 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, only=None, ski
 
 def config_values(ns: argparse.Namespace, names) -> dict:
     """{field: value} of the parsed flags ``names``, leaving out those that are None."""
-    return {n: getattr(ns, n) for n in names if getattr(ns, n, None) is not None}
+    out = {n: getattr(ns, n) for n in names if getattr(ns, n, None) is not None}
+    return {n: ",".join(v) if isinstance(v, list) else v for n, v in out.items()}

@@ -176,6 +176,8 @@ class Corpus:
     val: np.ndarray
     vocab_size: int
     provenance: dict = field(default_factory=dict)
+    tokenizer: object = None     # the HF tokenizer of a text corpus (None for shards)
+    evals: dict = field(default_factory=dict)  # name -> uint16 tokens of another distribution (add_eval)
 
     @property
     def n_train_tokens(self) -> int:
@@ -184,11 +186,14 @@ class Corpus:
     def batch(self, split: str, step: int, micro: int, batch_size: int, n_ctx: int, seed: int):
         """Windows of n_ctx+1 tokens at offsets drawn from (seed, split, step, micro) alone, so
         a resumed run draws exactly the batches it would have drawn.  Returns x, y (B, T) int64."""
-        data = self.train if split == "train" else self.val
+        data = {"train": self.train, "val": self.val}.get(split)
+        stream = [0 if split == "train" else 1]
+        if data is None:  # another distribution (add_eval): its own random stream
+            data, stream = self.evals[split], [2, zlib.crc32(split.encode())]
         hi = data.size - n_ctx - 1
         if hi < 1:
             raise DataError(f"the {split} split has {data.size} tokens, fewer than n_ctx + 2 = {n_ctx + 2}")
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1, step, micro])
+        rng = np.random.default_rng([seed, *stream, step, micro])
         offs = rng.integers(0, hi + 1, size=batch_size)
         idx = offs[:, None] + np.arange(n_ctx + 1)[None, :]
         w = torch.from_numpy(data[idx].astype(np.int64))
@@ -251,21 +256,55 @@ def _text_corpus(files: list, root: Optional[Path], spec: str, name: str) -> tup
         write_shard(vpath, val, vocab)
     prov = {"source": name, "n_files": len(files), "n_train_files": len(train_f), "n_val_files": len(val_f),
             "content_sha256_16": key, "tokenizer": tok_desc}
+    prov["_tokenizer"] = tok
     return train, val, vocab, prov
 
 
-def load_corpus(data: str = "stdlib", tokenizer: str = "bpe-4096", max_tokens: Optional[int] = None) -> Corpus:
-    """Load (and cache) a corpus.  ``data``: "stdlib", a text file, a .bin shard, or a folder."""
+def pydoc_topics_file() -> Path:
+    """The default second distribution: Python's pydoc_data/topics.py, the English prose of the
+    language reference's help topics (every CPython has it)."""
+    return Path(sysconfig.get_paths()["stdlib"]) / "pydoc_data" / "topics.py"
+
+
+def eval_files(path: str) -> list:
+    """The files of an --eval-data PATH ('pydoc', a text file or a folder), resolved."""
+    p = pydoc_topics_file() if path == "pydoc" else Path(path)
+    if not p.exists():
+        raise DataError(f"eval data not found: {path}")
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    if not files:
+        raise DataError(f"eval data folder {path} holds no files")
+    return [f.resolve() for f in files]
+
+
+def _eval_text(f: Path) -> str:
+    if f == pydoc_topics_file().resolve():  # the topics dict's prose, not its Python syntax
+        import ast
+
+        tree = ast.parse(_read_text(f))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                return "\n\n".join(ast.literal_eval(node.value).values())
+    return _read_text(f)
+
+
+def load_corpus(data: str = "stdlib", tokenizer: str = "bpe-4096", max_tokens: Optional[int] = None,
+                eval_data=()) -> Corpus:
+    """Load (and cache) a corpus.  ``data``: "stdlib", a text file, a .bin shard, or a folder.
+    ``eval_data``: ((name, path), ...) other distributions, tokenized with the corpus's tokenizer;
+    their files are removed from the training corpus first (so never in its train split)."""
+    held_out = {f for _, path in eval_data for f in eval_files(path)}
     if data == "stdlib":
-        files = stdlib_files()
+        files = [f for f in stdlib_files() if f.resolve() not in held_out]
         train, val, vocab, prov = _text_corpus(files, Path(sysconfig.get_paths()["stdlib"]), tokenizer, "stdlib")
     else:
         p = Path(data)
         if not p.exists():
             raise DataError(f"data path not found: {data}")
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        files = [f for f in files if f.resolve() not in held_out]
         if not files:
-            raise DataError(f"data folder {data} holds no files")
+            raise DataError(f"data {data} holds no files (besides --eval-data's)")
         shards = [f for f in files if f.suffix == ".bin"]
         if shards:
             train, val, vocab, prov = _shard_corpus(shards, data)
@@ -280,7 +319,18 @@ def load_corpus(data: str = "stdlib", tokenizer: str = "bpe-4096", max_tokens: O
     prov["n_train_tokens"] = int(train.size)
     prov["n_val_tokens"] = int(val.size)
     prov["vocab_size"] = int(vocab)
-    return Corpus(train=train, val=val, vocab_size=vocab, provenance=prov)
+    tok = prov.pop("_tokenizer", None)
+    corpus = Corpus(train=train, val=val, vocab_size=vocab, provenance=prov, tokenizer=tok)
+    for name, path in eval_data:
+        if tok is None:
+            raise DataError(f"--eval-data {name}={path}: needs a text training corpus (its tokenizer), not shards")
+        files = eval_files(path)
+        eot = tok.token_to_id(EOT)
+        ids = [t for f in files for t in tok.encode(_eval_text(f)).ids + ([eot] if eot is not None else [])]
+        corpus.evals[name] = np.asarray(ids, dtype=np.uint16)
+        prov.setdefault("eval_data", {})[name] = {"path": path, "n_files": len(files), "n_tokens": len(ids),
+                                                 "held_out_of_training": True}
+    return corpus
 
 
 def _shard_corpus(shards: list, name: str) -> tuple:

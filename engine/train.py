@@ -223,10 +223,10 @@ class Trainer:
         if corpus is None:
             # Rank 0 trains the tokenizer and writes the token cache; the others then read it.
             if self.rank == 0:
-                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens)
+                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora())
             barrier(self.world)
             if self.rank != 0:
-                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens)
+                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora())
         self.corpus = corpus
         if mc.n_vocab != self.corpus.vocab_size:
             mc = ModelConfig.from_dict({**mc.to_dict(), "n_vocab": self.corpus.vocab_size})
@@ -429,6 +429,27 @@ class Trainer:
         self.positions = [s / n_seq for s in self._all_reduce_sum(sums.tolist())]
         return sum(self.positions) / T
 
+    @torch.no_grad()
+    def evaluate_others(self) -> dict:
+        """{"val_loss_NAME": mean loss} on each --eval-data corpus: eval_batches fixed batches of
+        its own stream (the same at every eval), as ``evaluate``."""
+        tc, out = self.tc, {}
+        names = list(self.corpus.evals)
+        if not names:
+            return out
+        self.model.eval()
+        totals = []
+        for name in names:
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for i in range(self.rank, tc.eval_batches, self.world):
+                x, y = self._to_device(*self.corpus.batch(name, i, 0, self.micro_batch, self.mc.n_ctx, tc.seed))
+                with self._autocast():
+                    _, loss = self.model(x, y)
+                total += loss.detach().double()
+            totals.append(float(total))
+        self.model.train()
+        return {f"val_loss_{n}": s / tc.eval_batches for n, s in zip(names, self._all_reduce_sum(totals))}
+
     def _to_device(self, x, y):
         """A host batch to the device: pinned and non-blocking on CUDA (the copy overlaps the
         work already queued); the same tensors on CPU."""
@@ -573,6 +594,7 @@ class Trainer:
                                      f"the last good checkpoint in {self.out} is kept (lower --lr?)")
                 do_eval = self.step % tc.eval_every == 0 or self.step == tc.steps
                 val_loss = self.evaluate() if do_eval else None
+                others = self.evaluate_others() if do_eval else dict.fromkeys(f"val_loss_{n}" for n in self.corpus.evals)
                 if do_eval and not math.isfinite(val_loss):
                     raise TrainError(f"validation loss is {val_loss} at step {self.step}")
                 if do_eval and tc.eval_positions and lead:
@@ -593,6 +615,7 @@ class Trainer:
                         "tokens_per_s": tps,
                         "mfu": mfu,
                         "grad_noise_scale": self.noise_scale_tokens(),
+                        **others,  # --eval-data: val_loss_NAME (null where not evaluated)
                     }
                     if lead:
                         mf.write(json.dumps(row) + "\n")

@@ -65,3 +65,52 @@ def test_report_fits_positions_of_runs(small_corpus, tmp_path):
     assert (out / "positions.png").stat().st_size > 0
     md = (out / "report.md").read_text()
     assert "## Loss per token position" in md and "positions.png" in md
+
+
+def test_eval_data_held_out_of_training(tmp_path):
+    import shutil
+    import subprocess  # noqa: F401
+
+    import numpy as np
+
+    from flopscale.engine.data import eval_files, load_corpus, pydoc_topics_file, stdlib_files
+
+    folder = Path(stdlib_sample(tmp_path / "corpus", n_files=5))
+    held = sorted(folder.iterdir())[2]
+    tc = TrainConfig(data=str(folder), tokenizer="bpe-300", batch_size=4, steps=4, eval_every=2, warmup=1,
+                     eval_batches=2, eval_data=f"held={held},prose=pydoc")
+    corpus = load_corpus(tc.data, tc.tokenizer, None, tc.eval_corpora())
+    assert corpus.provenance["n_files"] == 4  # the held file left the training corpus
+    assert set(corpus.evals) == {"held", "prose"}
+    # the training split is exactly that of the corpus without the held file, and the held file's
+    # tokens are the eval corpus (plus its end-of-text token)
+    rest = tmp_path / "rest"
+    rest.mkdir()
+    for f in folder.iterdir():
+        if f != held:
+            shutil.copy(f, rest / f.name)
+    alone = load_corpus(str(rest), tc.tokenizer)
+    assert np.array_equal(alone.train, corpus.train) and np.array_equal(alone.val, corpus.val)
+    assert corpus.evals["held"].size == len(corpus.tokenizer.encode(held.read_text()).ids) + 1
+    # the default second distribution is part of the stdlib corpus, so --eval-data X=pydoc removes it
+    assert eval_files("pydoc")[0] in {f.resolve() for f in stdlib_files()} and pydoc_topics_file().exists()
+    mc = ModelConfig(n_layer=1, d_model=16, n_heads=2, n_ctx=24)
+    Trainer(mc, tc, tmp_path / "run", progress=False).run()
+    rows = [json.loads(l) for l in Path(tmp_path / "run", "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        for k in ("val_loss_held", "val_loss_prose"):
+            assert (r[k] is None) == (r["val_loss"] is None) and (r[k] is None or r[k] > 0)
+    shutil.rmtree(tmp_path / "run")
+
+
+@pytest.mark.parametrize("flag,why", [("prose", "NAME=PATH"), ("x=/no/such/corpus", "eval data not found")])
+def test_eval_data_bad_input_one_line(flag, why, tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "flopscale.cli", "train", "--n-layer", "1", "--d-model", "16",
+                          "--data", stdlib_sample(tmp_path / "c", n_files=2), "--tokenizer", "bpe-300",
+                          "--eval-data", "ok=pydoc", "--eval-data", flag, "--steps", "1", "--quiet",
+                          "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert why in out.stderr and "Traceback" not in out.stderr
