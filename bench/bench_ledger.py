@@ -12,7 +12,6 @@ machine other processes only ever add time, so the minimum is the least disturbe
 
 import argparse
 import contextlib
-import json
 import statistics
 import time
 
@@ -20,6 +19,7 @@ import torch
 
 from flopscale.engine import GPT, FlopLedger, ModelConfig
 from flopscale.engine import flops as fl
+from flopscale.fileio import atomic_write_json
 
 SHAPES = {  # (model config, batch size); n_ctx is the sequence length of every batch
     "nano": (dict(n_layer=2, d_model=64, n_heads=4, n_ctx=128, n_vocab=4096), 8),
@@ -97,8 +97,7 @@ def main(argv=None):
         print(f"{name:<8}{r['ms_with_ledger']:>16.2f}{r['ms_without']:>14.2f}{100 * r['overhead_fraction']:>9.2f}%{100 * r['isolated_fraction']:>9.2f}%"
               f"{r['median_ms_with_ledger']:>16.2f} / {r['median_ms_without']:.2f}")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"torch": torch.__version__, "rows": rows}, f, indent=2)
+        atomic_write_json(a.json, {"torch": torch.__version__, "rows": rows})
 
 
 if __name__ == "__main__":

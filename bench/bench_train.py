@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from flopscale.engine import ModelConfig, TrainConfig
 from flopscale.engine.data import Corpus
 from flopscale.engine.train import PEAK_FLOPS, Trainer
+from flopscale.fileio import atomic_write_json, atomic_write_text
 
 SHAPES = {  # name -> (ModelConfig kwargs, micro-batch sequences, grad_accum)
     "cpu-small": (dict(n_layer=4, d_model=128, n_heads=4, n_ctx=128, n_vocab=4096), 8, 1),
@@ -166,8 +167,7 @@ def profile_step(step, device: torch.device, out_path: str, rows: int = 25) -> s
         _sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=rows)
-    with open(out_path, "w") as f:
-        f.write(table)
+    atomic_write_text(out_path, table)
     return table
 
 
@@ -257,8 +257,6 @@ def main(argv=None) -> int:
         print(f"{r['shape']:<13}{r['provider']:<26}{r['step_ms']:>10.2f}{r['tokens_per_s']:>12,.0f}{mfu:>8}"
               f"{r['speedup_vs_reference']:>8.3f}{rc:>15}")
     if a.json:
-        from flopscale.fileio import atomic_write_json
-
         atomic_write_json(a.json, {"device": dev_name, "torch": torch.__version__, "peak_flops": pk, "rows": rows,
                                    "load_average": {"before": load[0], "after": load[1]}, "cpu_count": os.cpu_count(),
                                    "settings": {"warmup": a.warmup, "steps": a.steps, "repeats": a.repeats,

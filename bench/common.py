@@ -12,6 +12,7 @@ import os
 import sys
 
 import torch
+from flopscale.fileio import atomic_write_json
 
 # do_bench budgets in ms: short, because the whole GPU check has ~4 minutes.
 WARMUP_MS, REP_MS = 10, 50
@@ -120,8 +121,7 @@ def results_document(peak, rows) -> dict:
 
 def save(doc, path) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+    atomic_write_json(path, doc, indent=1)
 
 
 def print_table(rows, file=sys.stdout) -> None:

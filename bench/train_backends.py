@@ -16,6 +16,8 @@ from pathlib import Path
 from flopscale.engine import ModelConfig, TrainConfig
 from flopscale.engine.data import stdlib_sample
 from flopscale.engine.train import Trainer
+from flopscale.fileio import atomic_write_json
+
 
 def track_one(backend: str, mc: ModelConfig, data: str, workdir: Path, **train) -> dict:
     """Train one backend; return its per-step losses and FLOP totals."""
@@ -68,7 +70,7 @@ def main(argv=None):
         print(f"{be:<8}{r['train_loss'][0]:>12.4f}{r['train_loss'][-1]:>12.4f}{r.get('max_abs_loss_gap_vs_torch', 0):>18.4f}"
               f"{str(r.get('same_model_flops_as_torch')):>19}{r['tokens_per_s']:>10.0f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"device": a.device, "dtype": a.dtype, "steps": a.steps, "results": res}, indent=2))
+        atomic_write_json(a.json, {"device": a.device, "dtype": a.dtype, "steps": a.steps, "results": res})
 
 
 if __name__ == "__main__":
