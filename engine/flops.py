@@ -7,7 +7,7 @@ per-element constants of the extra rows (LN_*, SOFTMAX_*, GELU_*, ...), each der
 comment, live a layer down in kernels/flop_counts.py, where the kernels book from them; this
 module re-exports them (``fl.softmax_flops``, ``fl.LN_FWD``).
 
-Three views of the same run (DESIGN.md, "FLOP accounting"):
+Three views of the same run (docs/ARCHITECTURE.md, "FLOP accounting"):
 
 * ``paper``:    Table 1 per token times the tokens that ran; the attention mask row uses
                 n_ctx whatever T was; backward = 2 x forward; extra rows are 0 (the paper

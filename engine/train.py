@@ -8,8 +8,8 @@
         -m flopscale.cli train ... --device cuda --out runs/big               # multi-node
 
 RUN_DIR gets ``config.json`` (model and training config, N, data provenance, code version),
-``metrics.jsonl`` (one object per logged step, DESIGN.md's keys), ``flops.json`` (the ledger's
-rows in three views, forward and backward) and ``ckpt.pt``.  Checkpoints are written atomically
+``metrics.jsonl`` (one object per logged step, the keys of docs/ARCHITECTURE.md), ``flops.json``
+(the ledger's rows in three views, forward and backward) and ``ckpt.pt``.  Checkpoints are written atomically
 (temporary file, then rename) at every eval and at the end; the batches of a step depend only on
 (seed, step), so on CPU a resumed run continues bit for bit as if it had never stopped.
 

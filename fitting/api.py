@@ -4,7 +4,7 @@
     fits = fit_and_report(["sweeps/s/runs"], out="sweeps/s/report", n_boot=200)   # fits.json content
     fits = fit_and_report(csv="isoflops.csv", laws="isoflop", fix="a=0.5")
 
-fitting/cli.py is the argparse layer over it (flag names are the CLI contract of DESIGN.md).
+fitting/cli.py is the argparse layer over it (flag names are the CLI contract of docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations

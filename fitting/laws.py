@@ -28,8 +28,8 @@ import numpy as np
 
 PF_DAY = 8.64e19  # FLOPs in one petaflop/s-day: 1e15 * 86400
 
-# Kaplan et al. 2020 constants (DESIGN.md "Reference numbers"); C_c is converted from PF-days to
-# FLOPs so every law here takes C in FLOPs. Chinchilla: Hoffmann et al. 2022, eq. (10).
+# Kaplan et al. 2020 constants (docs/ARCHITECTURE.md "Reference numbers from the paper"); C_c is
+# converted from PF-days to FLOPs so every law here takes C in FLOPs. Chinchilla: Hoffmann et al. 2022, eq. (10).
 PAPER: Dict[str, Dict[str, float]] = {
     "n": {"alpha_N": 0.076, "N_c": 8.8e13},
     "d": {"alpha_D": 0.095, "D_c": 5.4e13},

@@ -4,7 +4,7 @@
     cols = law_points("n", N=np.logspace(6, 9, 12), noise=0.004, seed=0)   # paper's constants
     write_run("/tmp/sweep/r0", N=3e6, batch_seqs=64, steps=2000, n_ctx=128)  # config.json + metrics.jsonl
 
-Run directories follow the CLI contract (DESIGN.md): config.json with model, train, N, data;
+Run directories follow the file formats of docs/ARCHITECTURE.md: config.json with model, train, N, data;
 metrics.jsonl with one row per logged step. Their loss curves follow L(N, S_min) (the `ns` law) with
 S_min = S / (1 + B_crit(L)/B), so the frontier, B_crit and L(N) fits have a known truth.
 """

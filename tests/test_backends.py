@@ -97,7 +97,7 @@ def test_triton_without_gpu_or_interpreter_says_what_to_do():
 
 
 # ---------------------------------------------------------------------------------------------
-# Layers point one way (DESIGN.md): kernels/ never imports engine/, not even inside a function;
+# Layers point one way (docs/ARCHITECTURE.md): kernels/ never imports engine/, not even inside a function;
 # fitting/ imports nothing of the project but flopscale.fileio.
 # ---------------------------------------------------------------------------------------------
 _ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The one tolerance rule of the kernel tests (STYLE.md habit 3).
+"""The one tolerance rule of the kernel tests (docs/ARCHITECTURE.md, "An op").
 
 A kernel's max error against the float64 reference must be at most ``factor`` x PyTorch's own
 error in the same dtype (2 for outputs, 3 for gradients) plus a small atol:
