@@ -9,6 +9,7 @@ fitting/cli.py is the argparse layer over it (flag names are the CLI contract of
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Dict, List, Optional
 
@@ -166,6 +167,52 @@ def fixed_d_runs(pts: Dict[str, np.ndarray], min_sizes: int = 4) -> Optional[np.
     return None if best is None else np.sort(best[0])
 
 
+def resliced_points(primary: Dict[str, np.ndarray], other: Dict[str, np.ndarray], slice_tol: float,
+                    min_runs: int = 3) -> Optional[Dict[str, np.ndarray]]:
+    """isoFLOP slices in a second compute convention for a grid laid out in the first.
+
+    A budget of equal non-embedding C is not one of equal total C (the embedding share differs
+    by size), so the runs of one design budget spread over a fraction of a decade in the other
+    convention and form no slice.  For each design budget (a slice of ``primary``'s C with
+    ``min_runs`` runs or more), its C in the other convention is the geometric mean of its runs'
+    ``other`` C; each size whose own runs bracket that C gets its loss there by log-log linear
+    interpolation between its two neighbouring runs (its D scales with C at fixed N).  Sizes
+    are never extrapolated.  ``other`` is the same runs, in the same order, in the second
+    convention.  None when fewer than ``min_runs`` budgets get ``min_runs`` sizes."""
+    from .isoflop import group_slices
+
+    N, C2, L2, D2 = (np.asarray(other[k], float) for k in ("N", "C", "loss", "D"))
+    out = {k: [] for k in ("N", "C", "loss", "D")}
+    n_slices = 0
+    for g in group_slices(np.asarray(primary["C"], float), slice_tol):
+        if g.size < min_runs:
+            continue
+        target = float(np.exp(np.mean(np.log(C2[g]))))
+        got = 0
+        for n in np.unique(N[g]):
+            idx = np.flatnonzero(N == n)
+            idx = idx[np.argsort(C2[idx])]
+            c = C2[idx]
+            if c.size < 2 or not c[0] <= target <= c[-1]:
+                continue
+            j = min(int(np.searchsorted(c, target)), c.size - 1)
+            i = max(j - 1, 0)
+            if c[j] == c[i]:
+                w = 0.0
+            else:
+                w = (math.log(target) - math.log(c[i])) / (math.log(c[j]) - math.log(c[i]))
+            lo, hi = idx[i], idx[j]
+            out["N"].append(n)
+            out["C"].append(target)
+            out["loss"].append(math.exp((1 - w) * math.log(L2[lo]) + w * math.log(L2[hi])))
+            out["D"].append(D2[lo] * target / C2[lo])
+            got += 1
+        n_slices += got >= min_runs
+    if n_slices < min_runs:
+        return None
+    return {k: np.array(v, float) for k, v in out.items()}
+
+
 def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: int, seed: int, fixed, compute,
                slice_tol: float):
     from . import batch as B
@@ -280,8 +327,14 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
                     extra["frontier_curves"] = [c for c in (run_curve(r, compute=conv) for r in runs) if c is not None]
         if "isoflop" in want:
             ip = run_points(runs, point, compute=conv, tokens_seen=True)
-            add("isoflop", {k: ip[k] for k in ("N", "C", "loss", "D")},
-                f"{src} (one point per run, slices by its C = {conv})", name="isoflop" + sfx, conv=conv)
+            cols = {k: ip[k] for k in ("N", "C", "loss", "D")}
+            how = f"{src} (one point per run, slices by its C = {conv})"
+            if conv != compute:
+                moved = resliced_points(run_points(runs, point, compute=compute, tokens_seen=True), cols, slice_tol)
+                if moved is not None:
+                    cols, how = moved, (f"{src}: the budgets laid out in C = {compute}, each size's loss interpolated "
+                                        f"(log-log, between its own runs) to the budgets' C = {conv}")
+            add("isoflop", cols, how, name="isoflop" + sfx, conv=conv)
     from .study import study_from_runs
     extra["study"] = study_from_runs(runs, point)
     # keep the order of the laws for the report

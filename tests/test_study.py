@@ -84,3 +84,31 @@ def test_shrunken_study_end_to_end(shrunk, tmp_path):
     env = fits["frontier"]["envelope"]["loss"]
     assert all(b <= a for a, b in zip(env, env[1:]))  # the frontier never rises
     assert [f["params"] for f in par["fits"]] == [f["params"] for f in fits["fits"]]
+
+
+def test_resliced_points_interpolate_each_size_to_the_other_conventions_budget():
+    """A grid laid out at equal non-embedding C: in all-FLOPs C each size sits at its own C
+    (embedding share differs by size); reslicing puts every bracketing size at the budget's C,
+    its loss interpolated between its own runs (exact for a loss linear in log-log)."""
+    from flopscale.fitting.api import resliced_points
+
+    sizes = np.array([1e3, 3e3, 1e4, 3e4])
+    share = np.array([0.3, 0.5, 0.7, 0.9])          # non-embedding share of each size's FLOPs
+    budgets = np.array([1e10, 4e10, 1.6e11])
+    N = np.repeat(sizes, budgets.size)
+    C1 = np.tile(budgets, sizes.size)
+    C2 = C1 / np.repeat(share, budgets.size)
+    loss = 10 * C2 ** -0.05 * N ** 0.01              # log-linear in log C2 at fixed N
+    D = C2 / (6 * N)
+    prim = {"N": N, "C": C1, "loss": loss, "D": D}
+    other = {"N": N, "C": C2, "loss": loss, "D": D}
+    out = resliced_points(prim, other, slice_tol=0.1, min_runs=2)
+    assert out is not None
+    for c in np.unique(out["C"]):
+        m = out["C"] == c
+        assert np.allclose(out["loss"][m], 10 * c ** -0.05 * out["N"][m] ** 0.01, rtol=1e-12)
+        assert np.allclose(out["D"][m], c / (6 * out["N"][m]), rtol=1e-12)
+    # no size is extrapolated: the smallest budget in C2 lies below the lowest-share size's runs
+    lo = np.exp(np.mean(np.log(budgets[0] / share)))
+    assert sizes[0] not in out["N"][np.isclose(out["C"], lo)]
+    assert resliced_points(prim, other, slice_tol=0.1, min_runs=5) is None  # too few sizes per budget
