@@ -279,22 +279,34 @@ def _solve(law: Law, x, logy, delta, grid="full", starts: Optional[np.ndarray] =
         return th, _objective(th, law, x, logy, delta)[0], [th], 1
     if starts is None:
         starts = _start_grid(law, x, logy, grid)
+    return _multistart(law.name, starts, _objective, (law, x, logy, delta))
+
+
+def _multistart(name: str, starts, objective, args):
+    """L-BFGS from every start (loose tolerances on a big grid, then the best distinct optima
+    polished tight, kept only where polishing did not make them worse); returns (best point,
+    its objective, the distinct optima, the number of starts).  ``objective(point, *args)``
+    returns (value, gradient): the free parameters (``_objective``) or the ones left by --fix
+    (``_objective_z``)."""
+    def run(p, options=TIGHT):
+        return minimize(objective, np.asarray(p, float), args=args, jac=True, method="L-BFGS-B", options=options)
+
     results = []
     opts = GRID if len(starts) > 100 else TIGHT
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for s in starts:
-            r = _lbfgs(s, law, x, logy, delta, opts)
+            r = run(s, opts)
             if np.isfinite(r.fun) and np.all(np.isfinite(r.x)):
                 results.append((r.fun, r.x))
         if not results:
-            raise FitError(f"law {law.name!r}: the optimizer diverged from every start")
+            raise FitError(f"law {name!r}: the optimizer diverged from every start")
         results.sort(key=lambda t: t[0])
         if opts is not TIGHT:
             polished = []
-            for th in _distinct([t for _, t in results], 2 * MAX_GRID_STARTS_BOOT, tol=1e-3):
-                r = _lbfgs(th, law, x, logy, delta)
-                polished.append((r.fun, r.x) if r.fun <= _objective(th, law, x, logy, delta)[0]
-                                else (_objective(th, law, x, logy, delta)[0], th))
+            for p in _distinct([t for _, t in results], 2 * MAX_GRID_STARTS_BOOT, tol=1e-3):
+                r = run(p)
+                f0 = objective(p, *args)[0]
+                polished.append((r.fun, r.x) if r.fun <= f0 else (f0, p))
             results = sorted(polished, key=lambda t: t[0])
     optima = _distinct([t for _, t in results], MAX_GRID_STARTS_BOOT)
     return results[0][1], results[0][0], optima, len(starts)
@@ -439,25 +451,7 @@ def _solve_fixed(prob: _Fixed, x, logy, delta, grid="full", starts_z: Optional[L
         starts_z = _distinct(starts_z, len(starts_z) or 1, tol=1e-9)
     if not starts_z:
         raise FitError(f"law {L.name!r}: no usable start with the fixed parameters")
-    opts = GRID if len(starts_z) > 100 else TIGHT
-    results = []
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for z in starts_z:
-            r = _lbfgs_z(z, prob, x, logy, delta, opts)
-            if np.isfinite(r.fun) and np.all(np.isfinite(r.x)):
-                results.append((r.fun, r.x))
-        if not results:
-            raise FitError(f"law {L.name!r}: the optimizer diverged from every start")
-        results.sort(key=lambda t: t[0])
-        if opts is not TIGHT:
-            polished = []
-            for z in _distinct([t for _, t in results], 2 * MAX_GRID_STARTS_BOOT, tol=1e-3):
-                r = _lbfgs_z(z, prob, x, logy, delta)
-                f0 = _objective_z(z, prob, x, logy, delta)[0]
-                polished.append((r.fun, r.x) if r.fun <= f0 else (f0, z))
-            results = sorted(polished, key=lambda t: t[0])
-    optima = _distinct([t for _, t in results], MAX_GRID_STARTS_BOOT)
-    return results[0][1], results[0][0], optima, len(starts_z)
+    return _multistart(L.name, starts_z, _objective_z, (prob, x, logy, delta))
 
 
 # ------------------------------------------------------------------------------------------------
