@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from flopscale.fileio import atomic_write, atomic_write_json, atomic_write_text
+from flopscale.fileio import atomic_write, atomic_write_text
 
 CONFIG, METRICS, FLOPS, CHECKPOINT = "config.json", "metrics.jsonl", "flops.json", "ckpt.pt"
 POSITIONS = "positions.jsonl"  # --eval-positions: {"step", "val_loss_by_position": [n_ctx floats]} per eval
@@ -55,10 +55,6 @@ def read_config(path: Path) -> dict:
         raise TrainError(f"{path} is corrupt; move the run directory aside to start afresh") from None
 
 
-def write_json(path: Path, obj) -> None:
-    atomic_write_json(path, obj)
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     with atomic_write(path, "wb") as f:
         torch.save(state, f)
@@ -94,5 +90,5 @@ def copy_metrics(src: Path, dst: Path, step: int) -> None:
     atomic_write_text(dst, "".join(ln + "\n" for ln in rows))
 
 
-__all__ = ["CONFIG", "METRICS", "POSITIONS", "FLOPS", "CHECKPOINT", "TrainError", "code_version", "read_config", "write_json",
+__all__ = ["CONFIG", "METRICS", "POSITIONS", "FLOPS", "CHECKPOINT", "TrainError", "code_version", "read_config",
            "kept_checkpoint", "save_checkpoint", "load_checkpoint", "row_step", "truncate_metrics", "copy_metrics"]

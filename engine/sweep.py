@@ -60,10 +60,10 @@ from .presets import PRESETS, SweepPreset, get_preset
 # ---------------------------------------------------------------------------------------------
 # Cost model (the FLOP ledger's exact per-step counts, not 6ND)
 # ---------------------------------------------------------------------------------------------
-def run_flops(mc: ModelConfig, tc: TrainConfig, branch: bool = False) -> dict:
+def run_flops(mc: ModelConfig, tc: TrainConfig, from_step: int = 0) -> dict:
     """{"nonembedding", "all"} model-view FLOPs of a whole run, from ``expected_rows`` per
-    micro-batch times the micro-batches, plus the optimizer (flops.optimizer_flops).  ``branch``:
-    only what a cooldown branch adds (its steps after ``init_from``'s; the rest is its parent's)."""
+    micro-batch times the micro-batches, plus the optimizer (flops.optimizer_flops).  ``from_step``:
+    a cooldown branch's start; only the steps after it are counted (the rest are its parent's)."""
     mb = tc.batch_size // tc.grad_accum
     rows = fl.expected_rows(mc, mb, mc.n_ctx, "model")
     per_micro_ne = sum(rows[r][0] + rows[r][1] for r in fl.NONEMBEDDING_ROWS)
@@ -77,7 +77,7 @@ def run_flops(mc: ModelConfig, tc: TrainConfig, branch: bool = False) -> dict:
 
     with torch.device("meta"):
         opt = optimizer_step_flops(make_model(mc, loss_impl=tc.loss_impl), tc)
-    steps = tc.steps - (tc.branch_point()[1] if branch and tc.init_from else 0)
+    steps = tc.steps - from_step
     k = steps * tc.grad_accum
     return {"nonembedding": per_micro_ne * k, "all": per_micro_all * k + opt * steps}
 
@@ -272,7 +272,7 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
     jobs = []
     for s, mc, tc in cfgs:
         mc = ModelConfig(**s["model"], n_vocab=full.vocab_size)
-        jobs.append((s, mc, tc, run_flops(mc, tc, branch=bool(s.get("branch_of")))))
+        jobs.append((s, mc, tc, run_flops(mc, tc, from_step=(s.get("branch_of") or [None, 0])[1])))
     jobs.sort(key=lambda j: j[3]["all"])
     n_train = full.n_train_tokens
     if lead and preset.tokens > n_train and all(t.max_tokens is None for _, _, t, _ in jobs):
@@ -541,10 +541,8 @@ def dry_run(preset: SweepPreset, overrides: dict, vocab: Optional[int] = None, a
     rows, runs, tot = [], [], 0
     for s in preset.runs():
         tr = dict(s["train"], **{k: v for k, v in overrides.items() if v is not None})
-        if s.get("branch_of"):
-            tr["init_from"] = f"{s['branch_of'][0]}@{s['branch_of'][1]}"  # sibling run, as the sweep resolves it
         mc, tc = ModelConfig(**s["model"], n_vocab=vocab), TrainConfig.from_dict(tr)
-        c = run_flops(mc, tc, branch=bool(s.get("branch_of")))
+        c = run_flops(mc, tc, from_step=(s.get("branch_of") or [None, 0])[1])
         tot += c["all"]
         est = c["all"] / preset.assumed_flops_per_s / 60
         runs.append({"name": s["name"], "N": mc.N, "model": mc.to_dict(), "train": tc.to_dict(),

@@ -51,6 +51,8 @@ from pathlib import Path
 
 import torch
 
+from flopscale.fileio import atomic_write_json
+
 from . import flops as fl
 from . import rundir
 from .config import ConfigError, ModelConfig, TrainConfig
@@ -304,7 +306,7 @@ class Trainer:
                 raise TrainError(f"{self.out} holds a run with a different configuration ({'; '.join(diffs)}); "
                                  "use another --out or the same flags")
             return (self.out / rundir.CHECKPOINT).exists()
-        rundir.write_json(cpath, rec)
+        atomic_write_json(cpath, rec)
         return False
 
     def save_checkpoint(self) -> None:
@@ -379,7 +381,7 @@ class Trainer:
             "paper_6ND": 6 * self.mc.N * self.tokens,
             "kernels": self.model.ops.describe(),  # with the autotune choices of the launches so far
         }
-        rundir.write_json(self.out / rundir.FLOPS, rec)
+        atomic_write_json(self.out / rundir.FLOPS, rec)
 
     # -- steps -----------------------------------------------------------------------------
     def _autocast(self):
