@@ -254,13 +254,13 @@ def test_torchrun_ranks_stop_at_the_same_step_and_resume(data, tmp_path):
     assert 110 <= stopped < 200 and json.loads((run / "flops.json").read_text())["steps"] == stopped
     r = subprocess.run(cmd(run), env=env, capture_output=True, text=True, timeout=300)
     if r.returncode != 0 and "SIGABRT" in r.stderr:
-        # Seen once in 6 fresh-clone runs on a loaded 2-core machine: a gloo rank aborted
-        # ("terminate called without an active exception") after the resume line; not reproduced
-        # in 5 reruns.  A second resume from the same checkpoint must still end bit for bit.
+        # Seen in 2 of 8 fresh-clone runs: a gloo rank aborts ("terminate called without an active
+        # exception") as the processes exit after the resumed run has finished, so the same
+        # command then finds the run complete (or resumes it); either way it must end bit for bit.
         first = r.stderr
+        assert f"resuming {run} from step {stopped}" in first, first[-3000:]
         r = subprocess.run(cmd(run), env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, first[-1500:] + r.stderr[-1500:]
-        assert "resuming" in r.stderr
     else:
         assert r.returncode == 0, r.stderr[-3000:]
         assert f"resuming {run} from step {stopped}" in r.stderr
