@@ -38,13 +38,19 @@ def unbiased_estimates(sq_small: float, b_small: float, sq_big: float, b_big: fl
     return g2, trace
 
 
-def sq_norm(tensors: Iterable[torch.Tensor]) -> float:
-    """Sum of squares over a list of tensors, accumulated in float64 (one host sync)."""
+def sq_norm_tensor(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Sum of squares over a list of tensors, accumulated in float64, as a 0-dim tensor on their
+    device (no host sync: the trainer reads it with the step's other numbers)."""
     ts = [t for t in tensors if t is not None]
     if not ts:
-        return 0.0
+        return torch.zeros((), dtype=torch.float64)
     norms = torch._foreach_norm(ts, 2)
-    return float(torch.stack([n.double() for n in norms]).pow(2).sum())
+    return torch.stack([n.double() for n in norms]).pow(2).sum()
+
+
+def sq_norm(tensors: Iterable[torch.Tensor]) -> float:
+    """sq_norm_tensor as a Python float (one host sync)."""
+    return float(sq_norm_tensor(tensors))
 
 
 class NoiseScaleEstimator:
@@ -104,15 +110,22 @@ class MicroBatchNorms:
     def after_backward(self) -> None:
         grads = [p.grad for p in self.params]
         if self._prev is None:
-            self._sum += sq_norm(grads) * self.A * self.A
+            self._sum = self._sum + sq_norm_tensor(grads) * self.A * self.A
             if self.A > 1:
                 self._prev = [g.detach().clone() for g in grads]
         else:
-            self._sum += sq_norm(torch._foreach_sub(grads, self._prev)) * self.A * self.A
+            self._sum = self._sum + sq_norm_tensor(torch._foreach_sub(grads, self._prev)) * self.A * self.A
             if self._n + 1 < self.A:
                 torch._foreach_copy_(self._prev, grads)
         self._n += 1
 
     @property
+    def mean_sq_tensor(self) -> torch.Tensor:
+        """The mean as a 0-dim float64 tensor on the gradients' device: the sums stay there, so
+        a step of A micro-batches syncs once, not A times (the same float64 arithmetic a Python
+        float would do, so the number is the same to the bit)."""
+        return torch.as_tensor(self._sum, dtype=torch.float64) / max(self._n, 1)
+
+    @property
     def mean_sq(self) -> float:
-        return self._sum / max(self._n, 1)
+        return float(self.mean_sq_tensor)

@@ -59,7 +59,7 @@ from .config import ConfigError, ModelConfig, TrainConfig
 from .data import load_corpus
 from .dist import all_reduce_ints, all_reduce_mean_grads, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .model import GPT, make_model
-from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm
+from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm, sq_norm_tensor
 from .rundir import TrainError
 from .runlock import RunLock
 
@@ -514,10 +514,11 @@ class Trainer:
                 if micro_norms is not None:
                     micro_norms.after_backward()
         self._book_step_flops(step_ledger)
+        noise_sq = None  # single process: (mean |g_micro|^2, |G_step|^2) as device tensors, read below
         if self.noise is not None:
             grads = [p.grad for p in params]
             if self.world == 1:
-                self.noise.update(micro_norms.mean_sq, mb, sq_norm(grads), tc.batch_size)
+                noise_sq = (micro_norms.mean_sq_tensor, sq_norm_tensor(grads))
             else:
                 local_sq = sq_norm(grads)  # this rank's gradient over batch_size / world sequences
                 all_reduce_mean_grads(grads, self.world)
@@ -530,7 +531,11 @@ class Trainer:
         self.step += 1
         self.tokens += tc.batch_size * self.mc.n_ctx
         self._prefetch(self.step, self.rank * A)  # drawn and copied while the device works
-        return self._all_reduce_sum([float(total) / A])[0] / self.world
+        if noise_sq is None:
+            return self._all_reduce_sum([float(total) / A])[0] / self.world
+        total_f, small, big = torch.stack([total, *(t.to(total.device) for t in noise_sq)]).tolist()  # the one sync
+        self.noise.update(small, mb, big, tc.batch_size)
+        return total_f / A
 
     def noise_scale_tokens(self):
         """The smoothed B_simple in tokens, or None (off, or |G|^2 not yet positive)."""
