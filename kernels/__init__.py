@@ -24,7 +24,7 @@ backend is differentiable end to end.
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .attention import attention_executed_ref, attention_ref
+from .attention import attention_eager, attention_executed_ref, attention_ref
 from .ffn import feedforward_ref
 from .layernorm import add_layer_norm_ref, layer_norm_ref
 
@@ -124,7 +124,7 @@ def _torch_backend(options):
         name="torch",
         layer_norm=layer_norm_ref,
         add_layer_norm=add_layer_norm_ref,
-        attention=attention_ref,
+        attention=attention_eager,
         feedforward=feedforward_ref,
         executed=_executed_torch,
         options=options,

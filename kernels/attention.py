@@ -31,6 +31,61 @@ def attention_ref(q, k, v, causal=True, upcast=False):
     return o.to(dtype)
 
 
+class _EagerAttention(torch.autograd.Function):
+    """``attention_ref`` (no upcast) as one autograd node: the torch backend's attention.
+
+    The same ops autograd records for attention_ref, in the same order and on the same layouts
+    (``torch.matmul`` on (B, H, T, D) views is a bmm of their (B*H, ., .) copies; bmm's backward
+    is grad @ mat2^T and mat1^T @ grad), so forward and backward are bit for bit attention_ref's.
+    What it saves: the scale and the mask are applied in place instead of in new (B, H, T, T)
+    buffers, the mask as an add (masked_fill with a broadcast mask is ~10x slower on CPU), the
+    backward skips zeroing what is zero already, and autograd keeps one node, not six.
+    Saved for the backward: the bmm operands and the probabilities, as autograd saves them.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal):
+        B, H, T, D = q.shape
+        q_r = q.reshape(B * H, T, D)
+        kt_r = k.transpose(-2, -1).reshape(B * H, D, T)
+        scores = torch.bmm(q_r, kt_r).view(B, H, T, T).mul_(1.0 / math.sqrt(D))
+        if causal:  # x + 0 = x and x + -inf = -inf: masked_fill's result, in a tenth of its time
+            scores.add_(torch.full((T, T), float("-inf"), dtype=scores.dtype, device=q.device).triu_(1))
+        low = scores.dtype in (torch.float16, torch.bfloat16)
+        p = torch.softmax(scores.float() if low else scores, dim=-1)
+        pv_r = p.to(v.dtype).reshape(B * H, T, T)
+        v_r = v.reshape(B * H, T, D)
+        o = torch.bmm(pv_r, v_r).view(B, H, T, D)
+        ctx.save_for_backward(q_r, kt_r, p, pv_r, v_r)
+        ctx.shape, ctx.scores_dtype = (B, H, T, D), scores.dtype
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q_r, kt_r, p, pv_r, v_r = ctx.saved_tensors
+        B, H, T, D = ctx.shape
+        do_r = do.reshape(B * H, T, D)
+        dpv = torch.bmm(do_r, v_r.transpose(1, 2)).view(B, H, T, T)
+        dv = torch.bmm(pv_r.transpose(1, 2), do_r).view(B, H, T, D)
+        # The masked entries of ds are p * (...) with p exactly 0 there: zero already (masked_fill's
+        # +0, or -0: a sign no sum that holds one unmasked term can show), so no pass zeroes them.
+        ds = torch._softmax_backward_data(dpv.to(p.dtype), p, -1, p.dtype).to(ctx.scores_dtype)
+        ds_r = ds.mul_(1.0 / math.sqrt(D)).view(B * H, T, T)
+        dq = torch.bmm(ds_r, kt_r.transpose(1, 2)).view(B, H, T, D)
+        dk = torch.bmm(q_r.transpose(1, 2), ds_r).view(B, H, D, T).transpose(-2, -1)
+        return dq, dk, dv, None
+
+
+def attention_eager(q, k, v, causal=True):
+    """The torch backend's attention: attention_ref's numbers, bit for bit, in one autograd node.
+    Under autocast the inputs take the autocast dtype first, as matmul's would."""
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    return _EagerAttention.apply(q, k, v, causal)
+
+
 def attention_executed_ref(B, H, T, D, causal=True):
     """FLOPs the eager reference really computes: full T x T scores, masked afterwards.
 
