@@ -106,9 +106,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line and exit status 2, like every other bad input here (argparse
+    would print the whole usage block first); ``--help`` still prints everything."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="flopscale", description="Fused kernels, measured FLOPs, scaling-law fits.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = _Parser(prog="flopscale", description="Fused kernels, measured FLOPs, scaling-law fits.")
+    sub = ap.add_subparsers(dest="cmd", required=True)  # subcommand parsers are _Parsers too
 
     p = sub.add_parser("flops", help="Table 1 of Kaplan et al. for one config, plus the exact model view")
     _add_model_args(p, n_ctx=1024, n_vocab=50257)
