@@ -43,11 +43,45 @@ def init_distributed(device: str) -> tuple:
     return rank, world, local
 
 
+_EXIT_TIMEOUT_S = 60.0
+
+
 def _destroy_process_group() -> None:
+    """Tear the group down together (atexit, every rank).  A rank that destroys its group and
+    exits while another is still in a collective, or rank 0 (whose process hosts torchrun's
+    TCPStore) exiting before the others are done with the store, has been seen to abort a gloo
+    rank at exit ("terminate called without an active exception").  So: a barrier first (gloo:
+    monitored, with a timeout, so a dead peer cannot hang the exit), then destroy, then rank 0
+    waits until every other rank has checked out through the store."""
+    import datetime
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    rank, world = dist.get_rank(), dist.get_world_size()
+    store = getattr(dist.distributed_c10d, "_get_default_store", lambda: None)()
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=_EXIT_TIMEOUT_S))
+        else:
+            dist.barrier()
+    except Exception:  # a peer already gone: nothing left to wait for
+        store = None
+    dist.destroy_process_group()
+    if store is None:
+        return
+    try:
+        if rank != 0:
+            store.add("flopscale/exited", 1)
+            return
+        import time
+
+        deadline = time.monotonic() + _EXIT_TIMEOUT_S
+        while store.add("flopscale/exited", 0) < world - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    except Exception:
+        pass
 
 
 def broadcast_object(obj, world: int):
