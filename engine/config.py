@@ -159,7 +159,9 @@ class TrainConfig(_DictConfig):
     warmup: int = _f(20, "linear warmup steps", "schedule")
     schedule: str = _f("cosine", "cosine (Kaplan et al.: warmup, cosine decay to the floor at --steps) | wsd "
                        "(warmup, constant, linear decay to the floor over the last --decay-frac of the steps; "
-                       "Hägele et al. 2024)", "schedule", choices=("cosine", "wsd"))
+                       "Hägele et al. 2024) | linear (warmup, linear decay to the floor at --steps) | constant "
+                       "(warmup, then --lr to the end; no floor)", "schedule",
+                       choices=("cosine", "wsd", "linear", "constant"))
     decay_frac: float = _f(0.2, "wsd: fraction of the steps spent in the final decay (the cooldown)", "schedule")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (matmul weights and embeddings only)", "schedule")
     optimizer: str = _f("adamw", "adamw | adafactor (torch.optim.Adafactor, the paper's choice above 1B parameters: "

@@ -83,9 +83,17 @@ def lr_at(step: int, tc: TrainConfig) -> float:
       ``decay_frac * steps`` steps (warmup-stable-decay, Hägele et al. 2024).  Two wsd runs that
       differ only in ``steps`` agree on every step before the shorter one's decay starts, which
       is what makes a cooldown branch (``init_from``) the same run as a standalone one.
+    * linear: linear decay to lr * min_lr_frac at ``steps`` (the cosine's endpoints, a straight line);
+    * constant: lr to the end (no decay, no floor).
+
+    Every schedule is ``lr`` times a shape that does not depend on ``lr``, so the area under the
+    curve (the sum over steps) scales with ``lr``: presets with ``area_of`` (engine/presets.py)
+    rely on that to compare schedules at equal area (Kaplan et al. Figure 21).
     """
     if step < tc.warmup:
         return tc.lr * (step + 1) / tc.warmup
+    if tc.schedule == "constant":
+        return tc.lr
     if tc.schedule == "wsd":
         decay_start = decay_start_step(tc)
         if step < decay_start:
@@ -93,6 +101,8 @@ def lr_at(step: int, tc: TrainConfig) -> float:
         frac = (step + 1 - decay_start) / max(1, tc.steps - decay_start)
         return tc.lr * (1 - (1 - tc.min_lr_frac) * min(frac, 1.0))
     frac = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+    if tc.schedule == "linear":
+        return tc.lr * (tc.min_lr_frac + (1 - tc.min_lr_frac) * (1 - min(frac, 1.0)))
     return tc.lr * (tc.min_lr_frac + (1 - tc.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
