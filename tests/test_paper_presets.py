@@ -73,7 +73,7 @@ def test_shape_grid():
     ratios = {c.d_ff / c.d_model for c in best}
     assert len(ratios) >= 4 and min(ratios) <= 0.5 and max(ratios) >= 8, ratios
     names = {r["name"] for r in runs}
-    assert {"L1-d128", "L16-d32", "L4-d64-h1", "L8-d64-ff1", "L2-d70-ff8"} <= names, names
+    assert {"L1-d128", "L16-d32", "L4-d64-h1", "L4-d90-ff1", "L4-d50-ff8"} <= names, names
 
 
 def test_arch_grid():
