@@ -399,13 +399,18 @@ def _side_by_side(fits, col, values):
 def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_boot: int = N_BOOT, seed: int = 0,
                    compute: str = "nonembedding", fix=None, quiet: bool = True, csv: Optional[str] = None,
                    huber_delta: float = HUBER_DELTA, grid: str = "full", slice_tol: float = TOL_DEX,
-                   slice_window: float = WINDOW_DEX, data=None, group: Optional[str] = None) -> dict:
+                   slice_window: float = WINDOW_DEX, data=None, group: Optional[str] = None,
+                   lr_fn=None) -> dict:
     """Fit runs (paths: run or sweep directories) or a table (csv=FILE, or data= a dict of arrays or a
     DataFrame); returns the fits.json content ({"inputs", "fits": [...], "skipped", ...}) and, with
     out=REPORT_DIR, writes fits.json, one PNG per fit and report.md there. laws: None (auto), a list
     or a comma string; fix: a dict or "NAME=VALUE,..."; compute: "nonembedding" or "all"; group: a
     column of the table, one fit per law and value, named LAW.COL_VALUE, reported side by side
-    (payload["groups"]). Bad input raises FitError (one line)."""
+    (payload["groups"]). From runs, the paper's other systems (shape, architectures, other data,
+    learning rate and schedule; fitting/ablations.py) go into payload["ablations"] when the runs vary
+    that way; lr_fn(step, train_config_dict), if given (the trainer's schedule function, from a caller
+    above fitting/), recomputes each run's lr curve instead of reading metrics.jsonl's `lr`. Bad input
+    raises FitError (one line)."""
     from .report import FitEntry, build_payload, print_summary, write_report
 
     laws = _parse_laws(laws)
@@ -482,8 +487,15 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
         pos = position_fits(extra["runs"])  # runs trained with --eval-positions
         if pos:
             payload["positions"] = pos
+        from .ablations import ablations
+        abl = ablations(extra["runs"], point=point, n_boot=n_boot, seed=seed, positions=pos, lr_fn=lr_fn)
+        if abl.payload:  # only what the runs vary: fits.json is unchanged for runs that vary none of it
+            payload["ablations"] = abl.payload
+    else:
+        abl = None
     if out:
-        write_report(str(out), entries, payload, frontier_curves=extra.get("frontier_curves"), study=study)
+        write_report(str(out), entries, payload, frontier_curves=extra.get("frontier_curves"), study=study,
+                     ablations=abl)
     if not quiet:
         print_summary(entries, skipped, out)
     return payload

@@ -578,9 +578,10 @@ def build_payload(entries: List[FitEntry], *, frontiers: Optional[dict] = None, 
 
 
 def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, frontier_curves=None,
-                 study: Optional[dict] = None) -> Dict[str, str]:
+                 study: Optional[dict] = None, ablations=None) -> Dict[str, str]:
     """Write fits.json (payload), one PNG per fit, the six panels and overview.png (fitting/panels.py)
-    and report.md into out_dir; returns {name: path}. study: study.study_from_runs / _from_table."""
+    and report.md into out_dir; returns {name: path}. study: study.study_from_runs / _from_table;
+    ablations: ablations.Ablations, whose figures and sections (payload["ablations"]) come last."""
     from .panels import write_panels
 
     os.makedirs(out_dir, exist_ok=True)
@@ -600,6 +601,8 @@ def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, fronti
     if payload.get("positions"):
         from .positions import plot_positions
         written["positions"] = plot_positions(payload["positions"], os.path.join(out_dir, "positions.png"))
+    if ablations is not None and payload.get("ablations"):
+        written.update(ablations.write(out_dir))  # names the PNGs in payload["ablations"]
     fj = os.path.join(out_dir, "fits.json")
     atomic_write_json(fj, payload, indent=1)
     written["fits.json"] = fj
@@ -658,6 +661,9 @@ def write_report(out_dir: str, entries: List[FitEntry], payload: dict, *, fronti
     if payload.get("positions"):
         from .positions import positions_section
         md += positions_section(payload["positions"], written.get("positions"))
+    if payload.get("ablations"):
+        from .ablations import sections
+        md += sections(payload["ablations"])
     rp = os.path.join(out_dir, "report.md")
     atomic_write_text(rp, "\n".join(md))
     written["report.md"] = rp
