@@ -67,18 +67,20 @@ _CORPORA: Dict[tuple, object] = {}  # (data, tokenizer) -> the full corpus, once
 
 
 def corpus_for(train: dict):
-    """The run's corpus: the process's one load of (data, tokenizer), its training tokens capped
-    at max_tokens (what ``load_corpus(data, tokenizer, max_tokens)`` returns, without reloading)."""
+    """The run's corpus: the process's one load of (data, tokenizer, eval_data), its training
+    tokens capped at max_tokens (what ``load_corpus(data, tokenizer, max_tokens, eval_corpora)``
+    returns, without reloading: the other distributions evaluated, and held out of training)."""
     from .data import Corpus, load_corpus
 
-    key = (train["data"], train["tokenizer"])
+    key = (train["data"], train["tokenizer"], TrainConfig.from_dict(train).eval_corpora())
     if key not in _CORPORA:
-        _CORPORA[key] = load_corpus(*key, None)
+        _CORPORA[key] = load_corpus(key[0], key[1], None, key[2])
     full = _CORPORA[key]
     cap = train.get("max_tokens")
     tr = full.train if cap is None else full.train[:cap]
     prov = dict(full.provenance, n_train_tokens=int(tr.size))
-    return Corpus(train=tr, val=full.val, vocab_size=full.vocab_size, provenance=prov)
+    return Corpus(train=tr, val=full.val, vocab_size=full.vocab_size, provenance=prov, tokenizer=full.tokenizer,
+                  evals=full.evals)
 
 
 def train_command(task: RunTask) -> List[str]:

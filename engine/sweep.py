@@ -52,6 +52,7 @@ from flopscale.fileio import atomic_write_json
 
 from . import flops as fl
 from . import rundir
+from .rundir import TrainError
 from .config import ConfigError, ModelConfig, TrainConfig, add_config_arguments, config_values
 from .dist import broadcast_object, init_distributed
 from .executors import EXECUTORS, InlineExecutor, LocalExecutor, RunTask, SlurmExecutor, SlurmOptions, local_slots
@@ -139,7 +140,7 @@ def _check_sweep_dir(out: Path, preset: SweepPreset) -> None:
 def _write_manifest(out: Path, preset: SweepPreset, entries: List[dict], extra: dict) -> None:
     rec = {"preset": preset.name, "description": preset.description, "note": preset.note,
            "code_version": rundir.code_version(), "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "grid": {"models": [list(m) for m in preset.models], "n_ctx": preset.n_ctx, "tokens_per_run": preset.tokens,
+           "grid": {"models": [m if isinstance(m, dict) else list(m) for m in preset.models], "n_ctx": preset.n_ctx, "tokens_per_run": preset.tokens,
                     "max_tokens": preset.max_tokens, "batch_sizes": preset.batch_sizes or [preset.train["batch_size"]],
                     "budgets": preset.budgets, "fixed_tokens": preset.fixed_tokens, "ladder": preset.ladder},
            "report_dir": "report", "runs": entries, **extra}

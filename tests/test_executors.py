@@ -284,3 +284,21 @@ def test_slurm_task_runs_its_group_and_checkpoints_as_itself(long_preset, tmp_pa
     assert all(_metrics(tmp_path / f"r{i}")[-1]["step"] == 5 for i in range(2))
     again = SlurmTask(tasks).checkpoint()
     assert [t.name for t in again.function.tasks] == ["r0", "r1"]
+
+
+def test_a_sweep_runs_corpus_carries_its_eval_data(data, tmp_path):
+    """What an executor hands a run is what `flopscale train` would load: the --eval-data
+    corpora tokenized and held out of training (a sweep once dropped them: no val_loss_NAME)."""
+    from flopscale.engine.executors import corpus_for, train_run
+
+    held = sorted(Path(data).rglob("*.py"))[0]
+    train = TrainConfig(data=data, tokenizer="bpe-300", eval_data=f"held={held}", batch_size=4, steps=2,
+                        eval_every=2, eval_batches=1, warmup=1).to_dict()
+    got = corpus_for(train)
+    want = load_corpus(data, "bpe-300", None, (("held", str(held)),))
+    assert list(got.evals) == ["held"] and (got.evals["held"] == want.evals["held"]).all()
+    assert (got.train == want.train).all() and got.train.size < corpus_for(dict(train, eval_data=None)).train.size
+    mc = ModelConfig(n_layer=1, d_model=16, n_heads=2, n_ctx=16).to_dict()
+    train_run(RunTask(name="r", run_dir=str(tmp_path / "r"), model=mc, train=train, threads=1))
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_loss_held"] is not None
