@@ -431,6 +431,14 @@ def say(msg: str, enabled: bool = True) -> None:
 # ---------------------------------------------------------------------------------------------
 # Fit and report: flopscale.fitting.fit_and_report on SWEEP_DIR/runs -> SWEEP_DIR/report
 # ---------------------------------------------------------------------------------------------
+def _lr_of_config(step: int, train: dict) -> float:
+    """The trainer's lr at a step of a run's train config: the report's schedule curves and lr
+    areas come from lr_at itself, every step (metrics.jsonl logs it only every log_every)."""
+    from .train import lr_at
+
+    return lr_at(step, TrainConfig.from_dict(train))
+
+
 def fit_and_report(out: Path, n_boot: int = 200, progress: bool = True) -> dict:
     """Fit every law the runs support and write SWEEP_DIR/report (fits.json, PNGs, report.md).
     Returns a short summary (alpha_N with its interval, rmse, B_crit) for the manifest."""
@@ -440,7 +448,8 @@ def fit_and_report(out: Path, n_boot: int = 200, progress: bool = True) -> dict:
     try:
         with warnings.catch_warnings():  # overflow in bootstrap resamples far from the optimum is expected
             warnings.simplefilter("ignore", RuntimeWarning)
-            fits = fitting.fit_and_report([str(out / "runs")], out=str(report), n_boot=n_boot, quiet=True)
+            fits = fitting.fit_and_report([str(out / "runs")], out=str(report), n_boot=n_boot, quiet=True,
+                                          lr_fn=_lr_of_config)
     except fitting.FitError as e:  # the runs are kept; say how to fit again
         raise ValueError(f"the runs finished but the fit failed ({e}); "
                          f"retry with `flopscale fit {out / 'runs'} --out {report}`") from None
