@@ -19,14 +19,18 @@ both sides alike and is part of what a step costs.
 Timing: ``--warmup`` steps of every provider first (autotune, compile, allocator), then
 ``--repeats`` windows of ``--steps`` steps per provider, taken in turns (so a shared machine's
 load drift hits every provider alike), each window ended by a device sync; the median window is
-reported, with every window and the load average kept in the JSON.  ``--profile PREFIX``
-prints and saves a torch.profiler table of one step of each flopscale provider.
+reported, with every window, the page faults per step and the load average kept in the JSON.
+On CPU the Trainer sets glibc's malloc to reuse freed blocks (``train.reuse_freed_cpu_memory``,
+process-wide: the reference in the same process runs under it too); before it, fresh pages for
+every step's activations cost 10-30 ms of system time per step and most of the run-to-run spread.
+``--profile PREFIX`` prints and saves a torch.profiler table of one step of each flopscale provider.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -92,7 +96,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _interleaved_median_step_s(steps_by_provider: dict, device, warmup: int, steps: int, repeats: int) -> dict:
-    """{provider: median seconds per step}: every provider warms up, then the timed windows
+    """({provider: median seconds per step}, every window's, page faults per step): every provider warms up, then the timed windows
     take turns (provider A's window, B's, ..., then A's again), so drift in the machine's load
     (other jobs on a shared CPU) hits every provider alike."""
     for step in steps_by_provider.values():
@@ -100,14 +104,18 @@ def _interleaved_median_step_s(steps_by_provider: dict, device, warmup: int, ste
             step()
         _sync(device)
     times = {p: [] for p in steps_by_provider}
+    faults = {p: 0 for p in steps_by_provider}
     for _ in range(repeats):
         for p, step in steps_by_provider.items():
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             for _ in range(steps):
                 step()
             _sync(device)
             times[p].append((time.perf_counter() - t0) / steps)
-    return {p: statistics.median(t) for p, t in times.items()}, times
+            faults[p] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    return ({p: statistics.median(t) for p, t in times.items()}, times,
+            {p: f / (repeats * steps) for p, f in faults.items()})
 
 
 def _random_corpus(vocab: int, n_tokens: int, seed: int = 0) -> Corpus:
@@ -226,7 +234,7 @@ def main(argv=None) -> int:
                 steps["reference+compile"] = reference_step(mc, mb, ga, a.device, dtype, corpus, True)
             before = {p: tr.ledger.total("model", rows="all") for p, tr in trainers.items()}
             n_before = {p: tr.step for p, tr in trainers.items()}
-            med, samples = _interleaved_median_step_s(steps, dev, a.warmup, a.steps, a.repeats)
+            med, samples, faults = _interleaved_median_step_s(steps, dev, a.warmup, a.steps, a.repeats)
             # every step has the same shape: the model view of one step, from the ledger itself
             flops = {p: (tr.ledger.total("model", rows="all") - before[p]) // (tr.step - n_before[p])
                      for p, tr in trainers.items()}
@@ -242,6 +250,7 @@ def main(argv=None) -> int:
             rows.append({"shape": name, "model": mc.to_dict(), "N": mc.N, "tokens_per_step": tok, "provider": prov,
                          "dtype": dtype, "step_ms": s * 1e3, "tokens_per_s": tok / s,
                          "window_ms": [1e3 * t for t in samples[prov]],
+                         "page_faults_per_step": faults[prov],
                          "model_flops_per_step": flops_step,
                          "mfu": flops_step / s / pk if pk and flops_step else None,
                          "speedup_vs_reference": med["reference"] / s,

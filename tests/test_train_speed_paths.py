@@ -190,3 +190,11 @@ def test_a_usage_error_is_one_line(capsys):
             main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and ": error: " in err[0] and "--help" in err[0], err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_cpu_trainer_keeps_freed_memory_for_reuse():
+    """On glibc the CPU trainer's mallopt applies (bench_train records the page faults it saves)."""
+    from flopscale.engine.train import reuse_freed_cpu_memory
+
+    assert reuse_freed_cpu_memory() is True
