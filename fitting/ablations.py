@@ -92,57 +92,37 @@ class Rec:
     other: Dict[str, float] = field(default_factory=dict)   # val_loss_NAME at the point's evaluation
     other_at: Dict[str, float] = field(default_factory=dict)  # val_loss at that same evaluation
     n_ctx: int = 0
+    run: object = None        # the runs.Run it was read from (the figures' lower envelopes)
 
 
-def _rows(path: str) -> List[dict]:
-    out = []
-    with open(os.path.join(path, "metrics.jsonl")) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                break  # a torn last line (runs.load_run has already rejected corruption elsewhere)
-    return out
-
-
-def _num(v) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None else math.nan
-
-
-def load_records(paths: List[str], point: str = "best") -> List[Rec]:
+def load_records(runs: List, point: str = "best") -> List[Rec]:
+    """Records of runs: runs.Run objects as fit_and_report loaded them, or run directories."""
     from .runs import load_run, run_point
 
     recs = []
-    for p in paths:
-        run = load_run(p)
+    for run in runs:
+        if isinstance(run, str):
+            run = load_run(run)
         pt = run_point(run, point)
-        rows = _rows(p)
-        val = np.array([_num(r.get("val_loss")) for r in rows])
+        val = run.val_loss
         ev = np.flatnonzero(np.isfinite(val))
-        names = sorted({k[len("val_loss_"):] for r in rows for k in r if k.startswith("val_loss_")})
         other, other_at = {}, {}
-        for nm in names:
-            o = np.array([_num(r.get("val_loss_" + nm)) for r in rows])
+        for nm, o in run.val_other.items():
             both = ev[np.isfinite(o[ev])]
             if both.size:
                 i = int(both[np.argmin(val[both])]) if point == "best" else int(both[-1])
                 other[nm], other_at[nm] = float(o[i]), float(val[i])
         model = run.config.get("model") or {}
-        steps = np.array([_num(r.get("step")) for r in rows])
-        lr = np.array([_num(r.get("lr")) for r in rows])
-        ok = np.isfinite(steps) & np.isfinite(lr)
+        ok = np.isfinite(run.step) & np.isfinite(run.lr)
         evc = np.isfinite(run.val_loss) & np.isfinite(run.flops)
-        recs.append(Rec(path=p, name=run.name, model=model, train=run.config.get("train") or {}, N=run.N,
+        recs.append(Rec(path=run.path, name=run.name, model=model, train=run.config.get("train") or {}, N=run.N,
                         arch=str(model.get("arch", "gpt")), loss=pt["loss"],
                         final_loss=float(val[ev[-1]]) if ev.size else pt["loss"], C=pt["C"],
                         tokens=float(run.tokens[int(np.flatnonzero(run.step == pt["S"])[0])])
                         if (run.step == pt["S"]).any() else math.nan,
-                        curve=(run.flops[evc], run.val_loss[evc]), lr_curve=(steps[ok], lr[ok]), other=other,
+                        curve=(run.flops[evc], run.val_loss[evc]), lr_curve=(run.step[ok], run.lr[ok]), other=other,
                         other_at=other_at,
-                        n_ctx=run.n_ctx))
+                        n_ctx=run.n_ctx, run=run))
     return recs
 
 
@@ -209,10 +189,7 @@ def shape_analysis(recs: List[Rec], tol: float = SHAPE_TOL, min_shapes: int = MI
     """None when no N group holds two shapes; else {"tolerance", "groups": [...], "notes": [...]}."""
     tr = [r for r in recs if r.arch != "lstm" and all(r.model.get(k) for k in ("n_layer", "d_model", "n_heads"))]
     groups, notes, small = [], [], []
-    by_id: Dict[str, List[Rec]] = {}
-    for r in tr:
-        by_id.setdefault(_identity(r, SHAPE_FIELDS, ("lr",)), []).append(r)
-    for rs in by_id.values():
+    for rs in _by(tr, lambda r: _identity(r, SHAPE_FIELDS, ("lr",))):
         for idx in group_by_n([r.N for r in rs], tol):
             g = [rs[i] for i in idx]
             per: Dict[tuple, Rec] = {}
@@ -636,11 +613,12 @@ def _drawable(key: str, sec: dict) -> bool:
     return True
 
 
-def ablations(run_dirs: List[str], point: str = "best", n_boot: int = 200, seed: int = 0,
+def ablations(runs: List, point: str = "best", n_boot: int = 200, seed: int = 0,
               positions: Optional[List[dict]] = None, lr_fn: Optional[Callable] = None) -> Ablations:
+    """runs: runs.Run objects (fit_and_report passes the ones it loaded) or run directories."""
     from .report import clean_json
 
-    recs = load_records(run_dirs, point)
+    recs = load_records(runs, point)
     pay, boots = {}, {}
     sh = shape_analysis(recs)
     if sh:
@@ -738,7 +716,6 @@ def _plot_arch(ab, sec, path):
     from .laws import LAWS
     from .panels import _band_power
     from .report import _save
-    from .runs import load_run
 
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -761,7 +738,7 @@ def _plot_arch(ab, sec, path):
             if len(r.curve[0]):
                 a2.plot(r.curve[0], r.curve[1], color=c, lw=0.6, alpha=0.45)
         try:
-            env = lower_envelope([load_run(r.path) for r in rs])
+            env = lower_envelope([r.run for r in rs])
             a2.plot(env["C"], env["loss"], color=c, lw=2, label=f"{a}: best loss with compute <= C")
         except FitError:
             pass

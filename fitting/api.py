@@ -222,7 +222,7 @@ def _plan_runs(paths: List[str], laws: Optional[List[str]], point: str, n_boot: 
     runs = load_runs(paths)
     pts = run_points(runs, point)
     want = laws or list(ALL_LAWS)
-    plan, skipped, extra = [], {}, {"runs": [r.path for r in runs]}
+    plan, skipped, extra = [], {}, {"runs": runs}
     src = f"{len(runs)} runs, {point} val_loss per run"
     convs = [compute] + [c for c in COMPUTE if c != compute]
     have_total = all(np.isfinite(r.flops_total).any() for r in runs)
@@ -484,7 +484,7 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
         payload["groups"] = _side_by_side(payload["fits"], group, groups)
     if extra.get("runs"):
         from .positions import position_fits
-        pos = position_fits(extra["runs"])  # runs trained with --eval-positions
+        pos = position_fits([r.path for r in extra["runs"]])  # runs trained with --eval-positions
         if pos:
             payload["positions"] = pos
         from .ablations import ablations

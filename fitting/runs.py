@@ -32,7 +32,7 @@ import csv
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -56,6 +56,8 @@ class Run:
     train_loss: np.ndarray    # NaN where not logged
     val_loss: np.ndarray      # NaN where not evaluated
     gns: np.ndarray           # gradient noise scale in tokens, NaN where not estimated
+    lr: np.ndarray            # the learning rate of each logged row, NaN where not logged
+    val_other: Dict[str, np.ndarray] = field(default_factory=dict)  # NAME -> val_loss_NAME (--eval-data)
 
     @property
     def name(self) -> str:
@@ -152,7 +154,9 @@ def load_run(path: str) -> Run:
                n_train_tokens=float(n_train) if n_train else None,
                step=col("step", True), tokens=col("tokens", True), flops=col("flops", True),
                flops_total=col("flops_total"),
-               train_loss=col("train_loss"), val_loss=col("val_loss"), gns=gns)
+               train_loss=col("train_loss"), val_loss=col("val_loss"), gns=gns, lr=col("lr"),
+               val_other={k[len("val_loss_"):]: col(k)
+                          for k in sorted({k for r in rows for k in r if k.startswith("val_loss_")})})
 
 
 def load_runs(paths: Sequence[str]) -> List[Run]:
