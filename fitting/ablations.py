@@ -93,6 +93,7 @@ class Rec:
     other_at: Dict[str, float] = field(default_factory=dict)  # val_loss at that same evaluation
     n_ctx: int = 0
     run: object = None        # the runs.Run it was read from (the figures' lower envelopes)
+    lr_recomputed: bool = False  # lr_curve recomputed from the config (_lr_of) instead of as logged
 
 
 def load_records(runs: List, point: str = "best") -> List[Rec]:
@@ -502,11 +503,12 @@ def lr_analysis(recs: List[Rec]) -> Optional[dict]:
 
 def _lr_of(r: Rec, lr_fn: Optional[Callable]) -> tuple:
     """(step, lr): the logged learning rate (row `step` carries the lr of its update), or every step
-    recomputed from the config by lr_fn(step0, train) (step0 = step - 1, the trainer's numbering)."""
+    recomputed from the config by lr_fn(step0, train) (step0 = step - 1, the trainer's numbering),
+    once per run: the recomputed curve replaces the logged one in the record."""
     steps = int(r.train.get("steps") or 0)
-    if lr_fn is not None and steps:
+    if lr_fn is not None and steps and not r.lr_recomputed:
         s = np.arange(steps)
-        return s + 1.0, np.array([lr_fn(int(k), r.train) for k in s], float)
+        r.lr_curve, r.lr_recomputed = (s + 1.0, np.array([lr_fn(int(k), r.train) for k in s], float)), True
     return r.lr_curve
 
 
@@ -554,11 +556,10 @@ def schedule_analysis(recs: List[Rec], lr_fn: Optional[Callable] = None) -> Opti
             else:
                 r = min(tried, key=lambda r: r.final_loss)
                 pick = "the peak with the lowest final loss" if len(tried) > 1 else ""
-            st, lr = _lr_of(r, lr_fn)
             lab = str(r.train.get("schedule", "?")) + "".join(f", {k} {r.train.get(k)}" for k in vary)
             rows.append({"run": r.name, "path": r.path, "label": lab, "schedule": r.train.get("schedule"), "lr_peak": r.train.get("lr"),
                          "n_runs": len(tried), "picked": pick, "final_loss": r.final_loss, "loss": r.loss,
-                         "lr_area": _area(st, lr),
+                         "lr_area": areas[id(r)],
                          "lr_source": "recomputed from the config" if lr_fn is not None else "metrics.jsonl lr"})
         rows.sort(key=lambda x: x["label"])
         fl = [x["final_loss"] for x in rows]
