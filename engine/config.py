@@ -6,7 +6,7 @@
 
 Every field is declared once, here, with its default and help text (``_f``); the ``flopscale
 train`` and ``flopscale flops`` flags are generated from these dataclasses by
-:func:`add_config_arguments` and read back by :func:`config_from_args`, so a new field is one
+:func:`add_config_arguments` and read back by :func:`config_values`, so a new field is one
 line in its dataclass (tests/test_errors.py checks that flags and fields stay one to one).
 """
 

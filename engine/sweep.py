@@ -434,7 +434,7 @@ def say(msg: str, enabled: bool = True) -> None:
 def _lr_of_config(step: int, train: dict) -> float:
     """The trainer's lr at a step of a run's train config: the report's schedule curves and lr
     areas come from lr_at itself, every step (metrics.jsonl logs it only every log_every)."""
-    from .train import lr_at
+    from .schedule import lr_at
 
     return lr_at(step, TrainConfig.from_dict(train))
 
