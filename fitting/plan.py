@@ -248,23 +248,39 @@ def search_shape(N_target: float, aspect: float, n_params: Callable, count: str 
                  head_dim: int = 64, tol: float = 0.05) -> Optional[Dict]:
     """(n_layer, d_model, n_heads, d_ff = 4 d_model) whose exact N (``n_params(shape)[count]``) is
     within ``tol`` of N_target, closest in aspect ratio d_model / n_layer to ``aspect`` (ties: the
-    closer N).  d_model is a multiple of the head dim where the model is wide enough."""
+    closer N).  For each n_layer, d_model solves N(shape) = N_target (N grows with d_model), then is
+    rounded to a multiple of the head dim where the model is wide enough (else of 8, else of 1)."""
+    def shape(L, d):
+        return {"n_layer": L, "d_model": d, "n_heads": _heads(d, head_dim), "d_ff": 4 * d}
+
+    def N_of(L, d):
+        return n_params(shape(L, d))[count]
+
     L0 = max(1.0, (N_target / (12.0 * aspect ** 2)) ** (1.0 / 3.0))  # N ~ 12 n_layer d_model^2
     best = None
-    for L in range(max(1, int(L0 / 4)), int(L0 * 4) + 2):
-        d_ideal = math.sqrt(N_target / (12.0 * L))
-        if d_ideal < 1:
-            break
-        q = head_dim if d_ideal >= 8 * head_dim else 8 if d_ideal >= 32 else 1
-        for d in {max(q, int(d_ideal // q) * q), int(math.ceil(d_ideal / q)) * q}:
-            shape = {"n_layer": L, "d_model": d, "n_heads": _heads(d, head_dim), "d_ff": 4 * d}
-            N = n_params(shape)[count]
+    for L in range(1, int(L0 * 4) + 2):
+        lo, hi = 1, 2
+        while N_of(L, hi) < N_target:
+            lo, hi = hi, hi * 2
+        if N_of(L, lo) > N_target * (1 + tol):
+            break  # even d_model 1 is too big: deeper is worse
+        while hi - lo > 1:  # N_of(L, lo) < N_target <= N_of(L, hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if N_of(L, mid) < N_target else (lo, mid)
+        cands = set()
+        for q in (head_dim, 8, 1):
+            if q > 1 and hi < 4 * q:
+                continue
+            cands |= {max(q, lo // q * q), -(-hi // q) * q}
+        for d in sorted(cands):
+            N = N_of(L, d)
             err = abs(N / N_target - 1.0)
             if err > tol:
                 continue
-            key = (round(abs(math.log((d / L) / aspect)), 9), err)
+            # prefer the aspect, then a head-dim multiple, then the closer N
+            key = (round(abs(math.log((d / L) / aspect)), 1), 0 if d % head_dim == 0 else 1 if d % 8 == 0 else 2, err)
             if best is None or key < best[0]:
-                best = (key, dict(shape, N=int(N), aspect=d / L, N_rel_err=err))
+                best = (key, dict(shape(L, d), N=int(N), aspect=d / L, N_rel_err=err))
     return None if best is None else best[1]
 
 
