@@ -49,7 +49,7 @@ PI_PER_DRAW = 50          # residual-scatter samples per parameter draw
 WARMUP_FRAC = 0.1         # warmup = 10% of the steps (the engine's default: 20 of 200) ...
 WARMUP_MAX = 3000         # ... at most Kaplan et al.'s 3000 steps (section 2.2)
 SCHEDULE = "cosine"       # Kaplan et al.'s warmup + cosine decay, the engine's default
-LOSS_LAWS = ("chinchilla", "nd")  # fits.json entries a plan can be made from, in order of preference
+LOSS_LAWS = ("chinchilla", "nd", "ns")  # fits.json entries a plan can be made from, in order of preference
 
 ShapeFns = Dict[str, Callable]  # {"n_params": f(shape) -> {"nonembedding", "all"}, "flops_per_token": f(shape, n_ctx) -> {...}}
 
@@ -117,7 +117,12 @@ def optimum(law: str, params: Dict, C: float, unique_tokens: Optional[float] = N
         N = float(math.exp(res.x))
         return {"N": N, "D": C / (6.0 * N), "loss": float(math.exp(res.fun))}
     if law == "kaplan":
-        al = allocation(C / 2.0, params["ns"], params["bcrit"])
+        try:
+            with np.errstate(all="ignore"):
+                al = allocation(C / 2.0, params["ns"], params["bcrit"])
+        except (ValueError, ZeroDivisionError, OverflowError) as e:  # scipy's brentq finds no root
+            raise FitError(f"plan: L(N, S_min) with B_crit(L) has no compute-efficient allocation at C = {C:.3g} "
+                           f"(ns {params['ns']}, bcrit {params['bcrit']}: {e})") from None
         N, S_min, B, L = (float(al[k][0]) for k in ("N", "S", "B", "loss"))
         return {"N": N, "D": C / (6.0 * N), "loss": L, "S_min": S_min, "B_crit": B}
     if law == "deepseek":
@@ -348,7 +353,9 @@ def make_guards(C: float, N_opt: float, D_opt: float, fitted: Dict, flat: Option
                         f"{crossover_source}: L(C) and L(D(C)) cross at C* = {crossover['C']:.3g} FLOPs "
                         f"({crossover['C_pf_days']:.3g} PF-days, D* {crossover['D']:.3g} tokens, L* {crossover['loss']:.3g}); "
                         f"the budget is {C / crossover['C']:.3g}x C*" + ("; past the point where the laws contradict "
-                                                                         "each other" if past else ""),
+                                                                         "each other" if past else "")
+                        + ("; C* lies inside the fitted range: these L(C) and L(D) fits already disagree there"
+                           if fitted.get("C_max") and crossover["C"] < fitted["C_max"] else ""),
                         crossover=crossover, compute=compute_name))
     else:
         g.append(_guard("kaplan_crossover", None, False, f"{crossover_source}: no crossing of L(C) and L(D(C))"))
@@ -563,13 +570,20 @@ def fits_spec(fits, law: Optional[str] = None, boot: Optional[Dict] = None) -> D
     n_free = L.n_params - len(entry.get("fixed") or {})
     payload = fits if isinstance(fits, dict) and "fits" in fits else {}
     study = payload.get("study") or {}
-    spec: Dict = {"law": entry["law"], "params": dict(entry["params"]),
+    bc = by_name.get("bcrit")
+    law_of_plan, params = entry["law"], dict(entry["params"])
+    if entry["law"] == "ns":  # Kaplan's route: L(N, S_min) with B_crit(L), the study's or the paper's
+        law_of_plan = "kaplan"
+        params = {"ns": params, "bcrit": {k: (bc or {"params": PAPER["bcrit"]})["params"][k] for k in ("B_star", "alpha_B")}}
+    spec: Dict = {"law": law_of_plan, "params": params,
                   "source": f"own fits: {name} ({entry.get('source', 'fit')}; {entry.get('n_points')} points)",
                   "compute": "6ND", "N_counts": "nonembedding (the runs' N)" if study.get("source") == "runs"
                   else "as the fitted table's N column",
                   "sigma_log": residual_scale(entry.get("rmse_log"), entry.get("n_points"), n_free),
                   "allocation_source": {"chinchilla": "Hoffmann et al. 2022 eq. (4) at the fitted constants",
                                         "nd": "L(N, D) at C = 6 N D, closed form (fitting/plan.py)",
+                                        "ns": "L(N, S_min) with B_crit(L) (own bcrit fit, else Kaplan's) minimised at "
+                                              "C_min = C/2 (laws.allocation), as for the kaplan prior",
                                         "data-constrained": "the data-constrained law minimised over N"}[entry["law"]],
                   "warnings": []}
     if entry["law"] == "data-constrained":
@@ -578,17 +592,20 @@ def fits_spec(fits, law: Optional[str] = None, boot: Optional[Dict] = None) -> D
     elif "data-constrained" in by_name:
         spec["dc_params"] = dict(by_name["data-constrained"]["params"])
         spec["dc_source"] = "own fits: data-constrained"
-    if boot is not None and name in boot:
-        spec["boot"] = np.asarray(boot[name], float)
-    elif entry.get("boot") is not None:
-        spec["boot"] = np.asarray(entry["boot"], float)
+    if law_of_plan in LAWS:  # bootstrap draws of the law's own parameters (none for the ns route)
+        if boot is not None and name in boot:
+            spec["boot"] = np.asarray(boot[name], float)
+        elif entry.get("boot") is not None:
+            spec["boot"] = np.asarray(entry["boot"], float)
     # B_crit(L) from the study's own bcrit fit
-    bc = by_name.get("bcrit")
     if bc is not None:
         spec["bcrit"] = {k: bc["params"][k] for k in ("B_star", "alpha_B")}
         spec["bcrit_source"] = (f"own fits: bcrit, B_crit = {bc['params']['B_star']:.3g} / L^(1/{bc['params']['alpha_B']:.3g}) "
                                 f"tokens at the predicted loss (fitted over losses {bc['ranges']['loss'][0]:.3g}-"
                                 f"{bc['ranges']['loss'][1]:.3g})")
+    elif law_of_plan == "kaplan":
+        spec["bcrit"] = params["bcrit"]
+        spec["bcrit_source"] = "Kaplan et al. 2020 eq. (5.3) (the study has no bcrit fit): B_crit at the predicted loss"
     # lr scans and shapes from the study's ablations
     abl = payload.get("ablations") or {}
     scans = (abl.get("lr") or {}).get("scans")

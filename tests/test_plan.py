@@ -249,3 +249,15 @@ def test_cli_fits_without_a_loss_law(tmp_path, capsys):
     f.write_text(json.dumps({"fits": [{"law": "n", "name": "n", "params": PAPER["n"]}]}))
     assert main(["plan", "--fits", str(f), "--budget", "1e20"]) == 2
     assert "no fit of N and D" in capsys.readouterr().err
+
+
+def test_fits_with_only_ns_take_kaplans_route():
+    """A study with L(N, S) but no L(N, D) (the cpu-shape sweep): the plan minimises L(N, S_min)
+    with B_crit(L) as the kaplan prior does; at the paper's constants the two plans agree."""
+    payload = {"fits": [{"law": "ns", "name": "ns", "params": PAPER["ns"], "rmse_log": 0.01, "n_points": 50,
+                         "ranges": {"N": [1e6, 1e9]}}]}
+    C = 1e19
+    own, prior = plan_from_fits(payload, C), plan_from_prior("kaplan", C)
+    assert own["N_opt"] == pytest.approx(prior["N_opt"], rel=1e-9)
+    assert own["batch_size_tokens_law"] == pytest.approx(prior["batch_size_tokens_law"], rel=1e-9)
+    assert own["loss"]["pi90"] is not None and "residual scatter only" in own["loss"]["pi90_method"]
