@@ -134,6 +134,21 @@ def extrapolation_guards(train: Dict[str, np.ndarray], test: Dict[str, np.ndarra
     return g
 
 
+def largest_budget_split(cols: Dict, col: str = "C", tol_dex: float = 0.1) -> Tuple[str, float]:
+    """(col, value) that holds out the largest budget: the values of ``col`` are grouped where
+    neighbours lie within ``tol_dex`` decades (one isoFLOP budget's runs differ a little in C), and
+    the split falls halfway (in log) between the largest group and the one below it."""
+    v = np.unique(np.asarray(cols[col], float))
+    if v.size < 2:
+        raise FitError(f"backtest: one value of {col}; nothing to hold out")
+    lv = np.log10(v)
+    starts = np.flatnonzero(np.diff(lv) > tol_dex)
+    if starts.size == 0:
+        raise FitError(f"backtest: every {col} lies within {tol_dex} decades of its neighbour; no separate largest budget")
+    i = int(starts[-1])  # last gap: v[i] is the top of the group below, v[i + 1] the bottom of the largest
+    return col, float(10 ** ((lv[i] + lv[i + 1]) / 2))
+
+
 # ------------------------------------------------------------------------------------------------
 # Points from a table or from runs
 # ------------------------------------------------------------------------------------------------

@@ -486,7 +486,8 @@ def make_plan(spec: Dict, budget: float, *, unique_tokens: Optional[float] = Non
                       f"uncertainty is left out and the interval is too narrow")
             warnings.append("pi90 leaves out parameter uncertainty (no bootstrap draws): it is too narrow")
         else:
-            method = "a published prior carries neither bootstrap draws nor residuals: no interval"
+            method = ("a published prior carries neither bootstrap draws nor residuals: no interval"
+                      if spec["source"].startswith("prior") else "no bootstrap draws and no residual scale: no interval")
         out["loss"] = {"value": float(loss), "pi90": pi, "pi90_method": method}
     sources["loss"] = f"{plan_law} law at (N_opt, D_opt)"
 
@@ -648,6 +649,16 @@ def fits_spec(fits, law: Optional[str] = None, boot: Optional[Dict] = None) -> D
 def plan_from_fits(fits, budget: float, *, law: Optional[str] = None, boot: Optional[Dict] = None, **kw) -> Dict:
     """make_plan from a fits.json payload (the lead's report: plans at 10x and 100x its largest C)."""
     return make_plan(fits_spec(fits, law, boot), budget, **kw)
+
+
+def study_plans(fits, factors=(10, 100), **kw) -> List[Dict]:
+    """Plans at ``factors`` x the study's largest fitted C (fits.json "study" C_range, else 6 N_max
+    D_max of the planned fit): the main job's report's "plan for 10x and 100x"."""
+    spec = fits_spec(fits, kw.pop("law", None), kw.pop("boot", None))
+    cmax = spec["fitted"].get("C_max")
+    if not cmax:
+        raise FitError("fits: the study's largest C is not known")
+    return [make_plan(spec, f * cmax, **kw) for f in factors]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -138,3 +138,12 @@ def test_backtest_from_runs(tiny_runs, capsys):
     assert bt["points"][0]["N"] == 12 * 32 ** 2
     assert main(["backtest", str(tiny_runs), "--law", "bcrit", "--split", "N=1"]) == 2
     assert "use --csv" in capsys.readouterr().err
+
+
+def test_largest_budget_split_holds_out_the_top_isoflop_budget():
+    from flopscale.fitting.backtest import largest_budget_split
+
+    C = np.array([1e18, 1.02e18, 1e19, 0.98e19, 1e20, 1.03e20, 0.99e20])
+    col, v = largest_budget_split({"C": C})
+    assert col == "C" and 1.0e19 < v < 0.99e20
+    assert (C > v).sum() == 3

@@ -261,3 +261,34 @@ def test_fits_with_only_ns_take_kaplans_route():
     assert own["N_opt"] == pytest.approx(prior["N_opt"], rel=1e-9)
     assert own["batch_size_tokens_law"] == pytest.approx(prior["batch_size_tokens_law"], rel=1e-9)
     assert own["loss"]["pi90"] is not None and "residual scatter only" in own["loss"]["pi90_method"]
+
+
+def test_lr_from_the_studys_scans_and_aspect_from_its_shape_runs():
+    """cpu-lr's committed fits.json (4 lr scans) with a Chinchilla entry added: the plan's lr is the
+    power law of lr_best in N through the scans, at N_opt; cpu-shape's best aspect sets the shape."""
+    from flopscale.fitting import fit_power
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "paper-systems"
+    payload = json.loads((root / "cpu-lr" / "fits.json").read_text())
+    payload["ablations"]["shape"] = json.loads((root / "cpu-shape" / "fits.json").read_text())["ablations"]["shape"]
+    payload["fits"].append({"law": "chinchilla", "name": "chinchilla", "params": TRUTH, "rmse_log": 0.01, "n_points": 30,
+                            "ranges": {"N": [1e4, 1e6], "D": [1e5, 1e7]}})
+    p = plan_from_fits(payload, 1e13, shape_fns=shape_fns(4096), n_ctx=64)
+    scans = payload["ablations"]["lr"]["scans"]
+    pw = fit_power([s["N"] for s in scans], [s["lr_best"] for s in scans], n_boot=0)
+    assert p["lr"] == pytest.approx(pw["coef"] * p["N_opt"] ** pw["exponent"], rel=1e-9)
+    assert "lr scans" in p["sources"]["lr"]
+    groups = payload["ablations"]["shape"]["groups"]
+    best = max(groups, key=lambda g: g["N_geomean"])["best"]["aspect"]
+    assert "shape runs" in p["sources"]["model"] and f"{best:.3g}" in p["sources"]["model"]
+
+
+def test_study_plans_at_10x_and_100x(synthetic_study):
+    from flopscale.fitting.plan import plan_markdown, study_plans
+
+    payload, boot = synthetic_study
+    plans = study_plans(payload, boot={"chinchilla": boot})
+    assert [p["budget"] for p in plans] == pytest.approx([1e20, 1e21])
+    assert not plans[0]["guards"][0]["warn"] and plans[1]["guards"][0]["value"] == pytest.approx(100)
+    md = plan_markdown(plans[1])
+    assert "N_opt" in md and "budget_over_fitted_C" in md
