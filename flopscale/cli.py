@@ -145,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, add, run, help_ in (
             ("plan", planning.add_plan_arguments, planning.run_plan,
-             "a training plan (N, D, shape, batch, lr, steps, loss with its interval, guards) at a budget"),
+             "A training plan (N, D, shape, batch, lr, steps, loss with its interval, guards) at a budget"),
             ("backtest", planning.add_backtest_arguments, planning.run_backtest,
-             "fit a law on COL <= VALUE, predict the rest: MAPE, bias, 90% interval coverage")):
+             "Fit a law on COL <= VALUE, predict the rest: MAPE, bias, 90%% interval coverage")):
         p = sub.add_parser(name, help=help_)
         add(p)
         p.set_defaults(fn=run)

@@ -292,3 +292,10 @@ def test_study_plans_at_10x_and_100x(synthetic_study):
     assert not plans[0]["guards"][0]["warn"] and plans[1]["guards"][0]["value"] == pytest.approx(100)
     md = plan_markdown(plans[1])
     assert "N_opt" in md and "budget_over_fitted_C" in md
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plan", "--help"], ["backtest", "--help"]])
+def test_help_prints(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0 and "usage" in capsys.readouterr().out
