@@ -138,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=(m.__doc__ or "").strip().splitlines()[0] if m.__doc__ else None)
         getattr(m, add)(p)
         p.set_defaults(fn=getattr(m, run))
+
+    # `flopscale plan` (fitted laws or a published prior to a training plan) and `flopscale backtest`
+    # (a law's own extrapolation error): flopscale/planning.py over fitting/plan.py, fitting/backtest.py.
+    from flopscale import planning
+
+    for name, add, run, help_ in (
+            ("plan", planning.add_plan_arguments, planning.run_plan,
+             "A training plan (N, D, shape, batch, lr, steps, loss with its interval, guards) at a budget"),
+            ("backtest", planning.add_backtest_arguments, planning.run_backtest,
+             "Fit a law on COL <= VALUE, predict the rest: MAPE, bias, 90%% interval coverage")):
+        p = sub.add_parser(name, help=help_)
+        add(p)
+        p.set_defaults(fn=run)
     return ap
 
 
