@@ -414,6 +414,10 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         if fit:
             t0 = time.perf_counter()
             extra["fit"] = fit_and_report(out, n_boot=preset.n_boot if n_boot is None else n_boot, progress=progress)
+            if overrides.get("tracker"):  # the report's figures beside the runs (engine/trackers.py)
+                from .trackers import log_report
+
+                log_report(jobs[0][2].trackers(), out / "report")
             timing["fit_report"] = round(time.perf_counter() - t0, 1)
         timing["total_this_invocation"] = round(time.perf_counter() - t_start, 1)
         _write_manifest(out, preset, entries, extra)
@@ -498,7 +502,7 @@ def print_summary(summ: dict, out: Path) -> None:
 # TrainConfig fields a sweep may override for every run (the grid's own fields, such as steps and
 # batch_size, come from the preset).
 OVERRIDABLE = ("data", "tokenizer", "device", "backend", "dtype", "cuda_attention", "cuda_ffn_backward",
-               "triton_ffn_loads")
+               "triton_ffn_loads", "tracker")
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

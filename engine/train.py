@@ -55,7 +55,7 @@ from flopscale.fileio import atomic_write_json
 
 from . import flops as fl
 from . import rundir
-from .config import ConfigError, ModelConfig, TrainConfig
+from .config import WATCH_FIELDS, ConfigError, ModelConfig, TrainConfig
 from .data import load_corpus
 from .dist import all_reduce_ints, all_reduce_mean_grads, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .model import LanguageModel, make_model
@@ -63,6 +63,7 @@ from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm, sq_norm_tensor
 from .rundir import TrainError
 from .runlock import RunLock
 from .schedule import lr_at
+from .trackers import open_trackers
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.  None elsewhere.
@@ -253,6 +254,7 @@ class Trainer:
         self.ledger = fl.FlopLedger()
         self.noise = NoiseScaleEstimator() if tc.noise_scale else None
         self.step, self.tokens = 0, 0
+        self.grad_norm = None  # the last step's global gradient norm before clipping (a device tensor)
         peak = peak_flops(dev, tc.dtype)
         self.peak = peak * self.world if peak else None
         self.autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(tc.dtype)
@@ -301,7 +303,8 @@ class Trainer:
                 return o[k] if k in o else defaults[sec][k].default
 
             diffs = [f"{sec}.{k}: {old_value(sec, k)!r} -> {v!r}"
-                     for sec in ("model", "train") for k, v in rec[sec].items() if old_value(sec, k) != v]
+                     for sec in ("model", "train") for k, v in rec[sec].items()
+                     if old_value(sec, k) != v and k not in WATCH_FIELDS]
             if diffs:
                 raise TrainError(f"{self.out} holds a run with a different configuration ({'; '.join(diffs)}); "
                                  "use another --out or the same flags")
@@ -351,7 +354,7 @@ class Trainer:
             raise TrainError(f"init_from {self.tc.init_from}: no run in {pdir}")
         old = rundir.read_config(pdir / rundir.CONFIG)
         ptc = TrainConfig.from_dict({k: v for k, v in old["train"].items() if k in TrainConfig.__dataclass_fields__})
-        own = {"steps", "eval_every", "eval_batches", "log_every", "keep_steps", "init_from"}
+        own = {"steps", "eval_every", "eval_batches", "log_every", "keep_steps", "init_from", *WATCH_FIELDS}
         diffs = [k for k, v in self.tc.to_dict().items() if k not in own and getattr(ptc, k) != v]
         if ModelConfig.from_dict(old["model"]).to_dict() != self.mc.to_dict():  # fields added since read as defaults
             diffs.insert(0, "model")
@@ -525,7 +528,7 @@ class Trainer:
                 mean_local = self._all_reduce_sum([local_sq])[0] / self.world
                 self.noise.update(mean_local, tc.batch_size // self.world, sq_norm(grads), tc.batch_size)
         if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
@@ -589,9 +592,11 @@ class Trainer:
         bar = _progress(total=tc.steps, initial=self.step, enabled=self.progress and lead, desc=self.out.name,
                         position=self.progress_position)
         row = {}
-        with open(mpath, "a") if lead else contextlib.nullcontext() as mf:
+        with open(mpath, "a") if lead else contextlib.nullcontext() as mf, \
+                open_trackers(tc.trackers() if lead else (), self.out, self.config_record()) as tracker:
             # Throughput counts training steps only (evals and checkpoints excluded).
             t_train, tok_last, flops_last = 0.0, self.tokens, self.ledger.total("model", rows="all")
+            exec_last = self.ledger.total("executed", rows="all")
             while self.step < tc.steps:
                 t0 = time.perf_counter()
                 train_loss = self.train_step()
@@ -611,22 +616,27 @@ class Trainer:
                     dt = max(t_train, 1e-9)
                     tps = (self.tokens - tok_last) / dt
                     flops_now = self.ledger.total("model", rows="all")
+                    exec_now = self.ledger.total("executed", rows="all")
                     mfu = (flops_now - flops_last) / dt / self.peak if self.peak else None
-                    t_train, tok_last, flops_last = 0.0, self.tokens, flops_now
+                    hfu = (exec_now - exec_last) / dt / self.peak if self.peak else None
+                    t_train, tok_last, flops_last, exec_last = 0.0, self.tokens, flops_now, exec_now
                     row = {
                         "step": self.step, "tokens": self.tokens,
                         "flops": self.ledger.total("model"),
+                        "flops_paper": self.ledger.total("paper"),
                         "flops_total": self.ledger.total("model", rows="all"),
                         "flops_executed": self.ledger.total("executed", rows="all"),
                         "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(self.step - 1, tc),
                         "tokens_per_s": tps,
-                        "mfu": mfu,
+                        "mfu": mfu, "hfu": hfu,
+                        "grad_norm": float(self.grad_norm) if self.grad_norm is not None else None,
                         "grad_noise_scale": self.noise_scale_tokens(),
                         **others,  # --eval-data: val_loss_NAME (null where not evaluated)
                     }
                     if lead:
                         mf.write(json.dumps(row) + "\n")
                         mf.flush()
+                        tracker.log(row)  # TensorBoard / W&B (--tracker); a failing tracker only warns
                 if do_eval or self.step in kept:
                     self.save_checkpoint()
                 bar.update(1)
