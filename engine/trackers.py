@@ -30,12 +30,14 @@ that dies mid-run (its service killed, its file closed) is one ``warning:`` line
 the run goes on without it.  The libraries are imported only when their tracker starts, which is
 lazily, at the first row logged (a run refused for its config, or already complete, starts none).
 
-Resume: each tracker appends the steps it has logged to ``flopscale-steps`` in its folder.  On
-start it first replays metrics.jsonl's rows that it lacks (after its last logged step, before the
-first new row: a tracker added on resume, or to a cooldown branch, shows the whole curve).  W&B
-reuses the run id (``resume="allow"``) and skips steps it already has (its history only grows);
-TensorBoard rewrites them: the writer's ``purge_step`` makes readers drop the old events from that
-step on, so the rows redone after the checkpoint replace the lost ones and no step is doubled.
+Resume: on start a tracker first replays the rows of metrics.jsonl it lacks (after the last step
+it surely holds, before the first new row), so a tracker added on resume, or to a cooldown
+branch, shows the whole curve.  TensorBoard rewrites: its steps file (``tb/flopscale-steps``,
+flushed per row) says what it holds, and the writer's ``purge_step`` makes TensorBoard's reader
+drop the old events from the session's first step on, so the rows redone after the checkpoint
+replace the killed session's and no step is doubled.  W&B reuses the run id (``resume="allow"``)
+and skips what it surely holds (its history steps only grow; :class:`WandbTracker` says what a
+SIGKILLed session leaves).
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ from . import rundir
 from .config import TRACKERS
 
 TB_DIR, WANDB_DIR = "tb", "wandb"
-STEPS_FILE = "flopscale-steps"          # in each tracker's folder: the steps it has logged, one a line
-WANDB_RUN_FILE = "flopscale-run.json"   # {"id": the W&B run id}, so a resume continues the same run
+STEPS_FILE = "flopscale-steps"          # in tb/: the steps it has logged, one a line
+WANDB_RUN_FILE = "flopscale-run.json"   # {"id", "last_step"}: the W&B run a resume continues, what it holds
 WANDB_PROJECT = "flopscale"             # when WANDB_PROJECT is unset
 
 # metrics.jsonl key -> the name a tracker shows (docs/ARCHITECTURE.md, "Trackers").
@@ -150,32 +152,24 @@ class _Tracker:
     def __init__(self, run_dir: Path, config: dict, group: Optional[str]):
         self.run_dir, self.config, self.group = run_dir, config, group
         self.dir = run_dir / self.folder
-        self._steps = None
 
     def last_logged(self) -> int:
-        """The last step this tracker logged in this run directory (-1: none)."""
-        try:
-            lines = (self.dir / STEPS_FILE).read_text().split()
-        except OSError:
-            return -1
-        return max((int(s) for s in lines if s.isdigit()), default=-1)
-
-    def mark(self, step: int) -> None:
-        if self._steps is None:
-            self._steps = open(self.dir / STEPS_FILE, "a")
-        self._steps.write(f"{step}\n")
-        self._steps.flush()  # like metrics.jsonl: flushed per row, survives a killed process
-
-    def start(self, first: int, rewrite_from: Optional[int]) -> None:
+        """The last step this tracker surely holds from earlier sessions (-1: none)."""
         raise NotImplementedError
+
+    def start(self, first: int) -> None:
+        """Open the library for a session whose first row is step ``first``."""
+        raise NotImplementedError
+
+    def skip_through(self, last: int) -> int:
+        """After start: the steps up to this one are not logged again (-1: none skipped)."""
+        return -1
 
     def log(self, step: int, values: dict) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
-        if self._steps is not None:
-            self._steps.close()
-            self._steps = None
+        pass
 
     def abandon(self) -> None:
         """After a failure: release what can be released, quietly."""
@@ -186,15 +180,29 @@ class _Tracker:
 
 
 class TensorBoardTracker(_Tracker):
-    name, folder = "tensorboard", TB_DIR
-    rewrites = True  # purge_step: a step logged again replaces the old one
+    """Rewrites: every session starts with purge_step = its first step, so readers drop what an
+    earlier (killed) session wrote from there on.  Every session marks its start that way: a
+    reader takes the first mark as a start and the later ones as restarts."""
 
-    def start(self, first: int, rewrite_from: Optional[int]) -> None:
+    name, folder = "tensorboard", TB_DIR
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self._steps = None
+
+    def last_logged(self) -> int:
+        try:  # the steps file is flushed after the events of each row: a killed session's last row is in it
+            lines = (self.dir / STEPS_FILE).read_text().split()
+        except OSError:
+            return -1
+        return max((int(s) for s in lines if s.isdigit()), default=-1)
+
+    def start(self, first: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(log_dir=str(self.dir), purge_step=rewrite_from)
+        self.writer = SummaryWriter(log_dir=str(self.dir), purge_step=first)
         # hparams in the run's own folder (SummaryWriter.add_hparams would start a sub-run);
         # the metric names link the HPARAMS tab to the curves.
         metrics = {NAMES[k]: None for k in ("train_loss", "val_loss", "flops")}
@@ -207,13 +215,18 @@ class TensorBoardTracker(_Tracker):
         for tag, v in values.items():
             self.writer.add_scalar(tag, v, global_step=step, new_style=True, double_precision=True)
         self.writer.flush()
+        if self._steps is None:
+            self._steps = open(self.dir / STEPS_FILE, "a")
+        self._steps.write(f"{step}\n")
+        self._steps.flush()  # like metrics.jsonl: per row, survives a killed process
 
     def close(self) -> None:
-        w = getattr(self, "writer", None)
+        w, f = getattr(self, "writer", None), self._steps
+        self.writer, self._steps = None, None
+        if f is not None:
+            f.close()
         if w is not None:
-            self.writer = None
             w.close()
-        super().close()
 
 
 def wandb_mode() -> tuple:
@@ -240,10 +253,29 @@ def _wandb_key_configured() -> bool:
 
 
 class WandbTracker(_Tracker):
-    name, folder = "wandb", WANDB_DIR
-    rewrites = False  # W&B history steps only grow: a step it has is skipped
+    """W&B history steps only grow, so a step it holds is skipped, never rewritten.  What it
+    surely holds: the last step of a session that closed (``run.finish()`` returned; kept in
+    flopscale-run.json) and, online, what the server reports (``run.starting_step``).  wandb's
+    service buffers records, so a SIGKILLed session may have written some of its rows or none:
+    the next session logs every row after the last sure step again; where both sessions of an
+    offline run hold a step, ``wandb sync`` (of both, oldest first) keeps the first."""
 
-    def start(self, first: int, rewrite_from: Optional[int]) -> None:
+    name, folder = "wandb", WANDB_DIR
+
+    def _state(self) -> dict:
+        try:
+            st = json.loads((self.dir / WANDB_RUN_FILE).read_text())
+            return st if isinstance(st, dict) and isinstance(st.get("id"), str) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def last_logged(self) -> int:
+        return int(self._state().get("last_step", -1))
+
+    def skip_through(self, last: int) -> int:
+        return max(last, int(getattr(self.run, "starting_step", 0) or 0) - 1)
+
+    def start(self, first: int) -> None:
         import wandb
         from wandb.sdk.lib.runid import generate_id
 
@@ -251,14 +283,10 @@ class WandbTracker(_Tracker):
         if why:
             warn(f"tracker wandb: {why}")
         self.dir.mkdir(parents=True, exist_ok=True)
-        state_path = self.dir / WANDB_RUN_FILE
-        try:
-            run_id = json.loads(state_path.read_text())["id"]
-        except (OSError, ValueError, KeyError, TypeError):
-            run_id = generate_id()
-            atomic_write_json(state_path, {"id": run_id})  # before init: a killed start reuses it
+        self.state = self._state() or {"id": generate_id()}
+        atomic_write_json(self.dir / WANDB_RUN_FILE, self.state)  # before init: a killed start reuses the id
         self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or WANDB_PROJECT, dir=str(self.run_dir), id=run_id,
+            project=os.environ.get("WANDB_PROJECT") or WANDB_PROJECT, dir=str(self.run_dir), id=self.state["id"],
             resume="allow", name=self.run_dir.name, group=self.group, config=self.config, mode=mode,
             reinit="create_new",  # an inline sweep trains its runs one after another in one process
             settings=wandb.Settings(console="off", silent=True))
@@ -266,13 +294,15 @@ class WandbTracker(_Tracker):
 
     def log(self, step: int, values: dict) -> None:
         self.run.log(values, step=step)
+        self.last = step
 
     def close(self) -> None:
         run = getattr(self, "run", None)
         if run is not None:
             self.run = None
             run.finish()
-        super().close()
+            if getattr(self, "last", None) is not None:  # finished: every row so far is on disk (or uploaded)
+                atomic_write_json(self.dir / WANDB_RUN_FILE, {**self.state, "last_step": self.last})
 
     def abandon(self) -> None:
         super().abandon()
@@ -315,20 +345,17 @@ class Trackers:
 
     def _start(self, t: _Tracker, step: int) -> None:
         """Open ``t`` for a session whose first new row is ``step``, after replaying the rows of
-        metrics.jsonl it lacks (those after its last logged step and before ``step``)."""
+        metrics.jsonl it lacks (those after the last step it surely holds, before ``step``)."""
         last = t.last_logged()
         older = [r for r in read_rows(self.run_dir / rundir.METRICS) if last < r.get("step", -1) < step]
-        first = older[0]["step"] if older else step
-        # TensorBoard rewrites from ``first`` where it already has steps there; W&B skips them.
-        t.start(first, rewrite_from=first if t.rewrites and last >= first else None)
-        t.skip_to = -1 if t.rewrites else last
+        t.start(older[0]["step"] if older else step)
+        t.skip_to = t.skip_through(last)
         for r in older:
             self._log_one(t, r["step"], scalars(r))
 
     def _log_one(self, t: _Tracker, step: int, values: dict) -> None:
         if step > t.skip_to:
             t.log(step, values)
-            t.mark(step)
 
     def log(self, row: dict) -> None:
         if not (self.pending or self.live):
