@@ -42,11 +42,14 @@ SIGKILLed session leaves).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import netrc
 import os
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Iterable, Optional
 from urllib.parse import urlparse
@@ -179,16 +182,54 @@ class _Tracker:
             pass
 
 
+_EVENT_FILES = itertools.count()
+
+
+class EventFile:
+    """One TensorBoard event file, written synchronously with tensorboard's own RecordWriter:
+    a failed write raises here, in the caller (torch's SummaryWriter writes from a background
+    thread, which dies with a traceback of its own).  ``purge_step``: the file starts with the
+    mark that makes TensorBoard's reader drop earlier events from that step on (what
+    ``SummaryWriter(purge_step=)`` writes)."""
+
+    def __init__(self, logdir: Path, purge_step: Optional[int] = None):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._Event = Event
+        logdir.mkdir(parents=True, exist_ok=True)
+        # tensorboard's naming; a reader loads a folder's files in name (= time) order
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_EVENT_FILES)}"
+        self._f = open(logdir / name, "wb")
+        self._w = RecordWriter(self._f)
+        step = purge_step or 0
+        self.write(Event(wall_time=time.time(), step=step, file_version="brain.Event:2"))
+        if purge_step is not None:
+            self.write(Event(wall_time=time.time(), step=step, session_log=SessionLog(status=SessionLog.START)))
+
+    def write(self, event) -> None:
+        self._w.write(event.SerializeToString())
+
+    def add(self, summary, step: int) -> None:
+        self.write(self._Event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._w.flush()
+
+    def close(self) -> None:
+        self._w.close()
+
+
 class TensorBoardTracker(_Tracker):
-    """Rewrites: every session starts with purge_step = its first step, so readers drop what an
-    earlier (killed) session wrote from there on.  Every session marks its start that way: a
-    reader takes the first mark as a start and the later ones as restarts."""
+    """Rewrites: every session starts with purge_step = its first step, so TensorBoard's reader
+    drops what an earlier (killed) session wrote from there on.  Every session marks its start
+    that way: the reader takes the first mark as a start and the later ones as restarts."""
 
     name, folder = "tensorboard", TB_DIR
 
     def __init__(self, *a):
         super().__init__(*a)
-        self._steps = None
+        self.events = self._steps = None
 
     def last_logged(self) -> int:
         try:  # the steps file is flushed after the events of each row: a killed session's last row is in it
@@ -198,35 +239,34 @@ class TensorBoardTracker(_Tracker):
         return max((int(s) for s in lines if s.isdigit()), default=-1)
 
     def start(self, first: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.summary import hparams, scalar, text
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(log_dir=str(self.dir), purge_step=first)
+        self._scalar = scalar
+        self.events = EventFile(self.dir, purge_step=first)
         # hparams in the run's own folder (SummaryWriter.add_hparams would start a sub-run);
         # the metric names link the HPARAMS tab to the curves.
         metrics = {NAMES[k]: None for k in ("train_loss", "val_loss", "flops")}
-        fw = self.writer._get_file_writer()
         for s in hparams(flat_hparams(self.config), metrics):
-            fw.add_summary(s)
-        self.writer.add_text("config", "```\n" + json.dumps(self.config, indent=1) + "\n```", global_step=first)
+            self.events.add(s, 0)
+        self.events.add(text("config", "```\n" + json.dumps(self.config, indent=1) + "\n```"), first)
+        self.events.flush()
 
     def log(self, step: int, values: dict) -> None:
-        for tag, v in values.items():
-            self.writer.add_scalar(tag, v, global_step=step, new_style=True, double_precision=True)
-        self.writer.flush()
+        for tag, v in values.items():  # float64 tensors: FLOP counts below 2^53 stay exact
+            self.events.add(self._scalar(tag, v, new_style=True, double_precision=True), step)
+        self.events.flush()
         if self._steps is None:
             self._steps = open(self.dir / STEPS_FILE, "a")
         self._steps.write(f"{step}\n")
         self._steps.flush()  # like metrics.jsonl: per row, survives a killed process
 
     def close(self) -> None:
-        w, f = getattr(self, "writer", None), self._steps
-        self.writer, self._steps = None, None
+        ev, f = self.events, self._steps
+        self.events, self._steps = None, None
         if f is not None:
             f.close()
-        if w is not None:
-            w.close()
+        if ev is not None:
+            ev.close()
 
 
 def wandb_mode() -> tuple:
@@ -414,16 +454,19 @@ def log_report(names: Iterable[str], report_dir, group: Optional[str] = None) ->
             warn(f"tracker {name} could not log the report's figures ({_one_line(e)}){hint}")
 
 
-def _report_tb(report_dir: Path, pngs: list, text: str, group) -> None:
+def _report_tb(report_dir: Path, pngs: list, md: str, group) -> None:
     import matplotlib.image as mpimg
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import image, text
 
-    with SummaryWriter(log_dir=str(report_dir / TB_DIR)) as w:
+    ev = EventFile(report_dir / TB_DIR)
+    try:
         for p in pngs:
             img = mpimg.imread(str(p))  # (H, W, 3 or 4) floats in [0, 1]
-            w.add_image(p.stem, img[..., :3], global_step=0, dataformats="HWC")
-        if text:
-            w.add_text("report", text, global_step=0)
+            ev.add(image(p.stem, img[..., :3], dataformats="HWC"), 0)
+        if md:
+            ev.add(text("report", md), 0)
+    finally:
+        ev.close()
 
 
 def _report_wandb(report_dir: Path, pngs: list, text: str, group) -> None:

@@ -29,7 +29,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 from wandb.proto import wandb_internal_pb2  # noqa: E402
 
-STEPS, CKPT = 24, 4
+STEPS, CKPT = 16, 4
 SHAPE = ["--n-layer", "1", "--d-model", "16", "--n-heads", "2", "--n-ctx", "16", "--tokenizer", "bpe-300",
          "--batch-size", "4", "--grad-accum", "2", "--noise-scale", "--warmup", "2", "--eval-every", "12", "--quiet"]
 
@@ -139,7 +139,7 @@ def test_tensorboard_equals_metrics_after_resume(resumed):
     # every row's every number, once per step (the rows redone after the checkpoint replaced the
     # killed session's, tokens_per_s included), exact as float64
     assert got == expect
-    assert [s for s, _ in got["val/loss"]] == [12, 24]
+    assert [s for s, _ in got["val/loss"]] == [12, STEPS]
     hp = plugin_data_pb2.HParamsPluginData.FromString(
         ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info.hparams
     assert hp["model.d_model"].number_value == 16 and hp["train.tracker"].string_value == "tensorboard,wandb"
@@ -236,6 +236,18 @@ def test_killed_wandb_service_does_not_stop_training(corpus, env, tmp_path):
     assert "metrics.jsonl is unaffected" in lines[0]
     # TensorBoard, beside it, went on to the end
     assert [e.step for e in _tb(run).Tensors("train/loss")] == list(range(1, 13))
+
+
+def test_tensorboard_file_closed_mid_run_is_one_warning(tmp_path, capsys):
+    with trk.open_trackers(["tensorboard"], tmp_path, {"N": 1}) as tr:
+        tr.log({"step": 1, "train_loss": 2.0})
+        tr.live[0].events._f.close()  # the event file under the writer, as a failing disk leaves it
+        for s in (2, 3):
+            tr.log({"step": s, "train_loss": 1.0})
+        assert not tr.live
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: tracker tensorboard failed at step 2"), err
+    assert [e.step for e in _tb(tmp_path).Tensors("train/loss")] == [1]
 
 
 def test_tracker_flag_checked():
