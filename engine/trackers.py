@@ -322,6 +322,7 @@ class WandbTracker(_Tracker):
         mode, why = wandb_mode()
         if why:
             warn(f"tracker wandb: {why}")
+        self.holds = mode != "disabled"  # a disabled run keeps nothing: its steps are not held
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state = self._state() or {"id": generate_id()}
         atomic_write_json(self.dir / WANDB_RUN_FILE, self.state)  # before init: a killed start reuses the id
@@ -341,7 +342,7 @@ class WandbTracker(_Tracker):
         if run is not None:
             self.run = None
             run.finish()
-            if getattr(self, "last", None) is not None:  # finished: every row so far is on disk (or uploaded)
+            if self.holds and getattr(self, "last", None) is not None:  # finished: every row so far is on disk (or uploaded)
                 atomic_write_json(self.dir / WANDB_RUN_FILE, {**self.state, "last_step": self.last})
 
     def abandon(self) -> None:

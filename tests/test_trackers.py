@@ -274,12 +274,30 @@ def test_names_are_stable():
     assert trk.scalars(row) == {"train/loss": 2.5, "val/loss_pydoc": 3.0, "compute/flops": 10, "other/epochs": 0.5}
 
 
-def test_fit_logs_report_figures(tmp_path, env, monkeypatch):
-    from flopscale.cli import main
-
+def _use_env(monkeypatch, env: dict) -> None:
+    """In this process: the offline W&B set-up of ``env`` and no key."""
+    for k in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(k)
     for k, v in env.items():
         if k.startswith("WANDB_"):
             monkeypatch.setenv(k, v)
+
+
+def test_wandb_disabled_holds_nothing(tmp_path, env, monkeypatch):
+    _use_env(monkeypatch, env)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with trk.open_trackers(["wandb"], tmp_path, {"N": 1}) as tr:
+        tr.log({"step": 1, "train_loss": 2.0})
+        assert [t.name for t in tr.live] == ["wandb"]
+    # a later, enabled session must log step 1 again
+    assert "last_step" not in json.loads((tmp_path / trk.WANDB_DIR / trk.WANDB_RUN_FILE).read_text())
+    assert not list((tmp_path / trk.WANDB_DIR).glob("offline-run-*"))
+
+
+def test_fit_logs_report_figures(tmp_path, env, monkeypatch):
+    from flopscale.cli import main
+
+    _use_env(monkeypatch, env)
     csv = tmp_path / "points.csv"
     csv.write_text("N,loss\n" + "".join(f"{n},{(8.8e13 / n) ** 0.076:.6f}\n" for n in (1e5, 3e5, 1e6, 3e6, 1e7)))
     rep = tmp_path / "report"
