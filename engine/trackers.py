@@ -4,7 +4,7 @@
     tensorboard --logdir runs/a/tb                  # one run;  --logdir SWEEP_DIR for a whole sweep
     WANDB_MODE=offline flopscale train ... --tracker wandb; wandb sync runs/a/wandb/offline-run-*
 
-    with open_trackers(tc.trackers(), run_dir, config_record) as tr:    # what the Trainer does
+    with open_trackers(tc.trackers(), run_dir) as tr:    # what the Trainer does
         tr.log(row)                                                      # after each metrics.jsonl row
 
 ``metrics.jsonl`` stays the record; a tracker is a view of it.  Each row's numbers go out under
@@ -152,9 +152,16 @@ class _Tracker:
     name = "?"
     folder = "?"
 
-    def __init__(self, run_dir: Path, config: dict, group: Optional[str]):
-        self.run_dir, self.config, self.group = run_dir, config, group
+    def __init__(self, run_dir: Path, config: Optional[dict], group: Optional[str]):
+        self.run_dir, self.group, self._config = run_dir, group, config
         self.dir = run_dir / self.folder
+
+    @property
+    def config(self) -> dict:
+        """The run's hyperparameters: config.json as the run recorded it (read at start)."""
+        if self._config is None:
+            self._config = json.loads((self.run_dir / rundir.CONFIG).read_text())
+        return self._config
 
     def last_logged(self) -> int:
         """The last step this tracker surely holds from earlier sessions (-1: none)."""
@@ -364,7 +371,7 @@ class Trackers:
     """The trackers of one run (none: every call is a no-op).  ``log(row)`` after each
     metrics.jsonl row; ``close()`` (or the ``with`` block's end) at the end of the run."""
 
-    def __init__(self, names: Iterable[str], run_dir, config: dict, group: Optional[str] = None):
+    def __init__(self, names: Iterable[str], run_dir, config: Optional[dict] = None, group: Optional[str] = None):
         self.run_dir = Path(run_dir)
         group = group if group is not None else sweep_group(self.run_dir)
         self.pending = [KINDS[n](self.run_dir, config, group) for n in names if n != "none"]
@@ -426,8 +433,9 @@ class Trackers:
                 self._drop(t, "failed to close", e)
 
 
-def open_trackers(names: Iterable[str], run_dir, config: dict, group: Optional[str] = None) -> Trackers:
-    """The Trainer's one call: ``with open_trackers(tc.trackers(), out, config_record()) as tr``."""
+def open_trackers(names: Iterable[str], run_dir, config: Optional[dict] = None, group: Optional[str] = None) -> Trackers:
+    """The Trainer's one call: ``with open_trackers(tc.trackers(), out) as tr``.  ``config``: the
+    hyperparameters to show (default: RUN_DIR/config.json, read when the first tracker starts)."""
     return Trackers(names or (), run_dir, config, group)
 
 

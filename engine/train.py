@@ -593,7 +593,7 @@ class Trainer:
                         position=self.progress_position)
         row = {}
         with open(mpath, "a") if lead else contextlib.nullcontext() as mf, \
-                open_trackers(tc.trackers() if lead else (), self.out, self.config_record()) as tracker:
+                open_trackers(tc.trackers() if lead else (), self.out) as tracker:
             # Throughput counts training steps only (evals and checkpoints excluded).
             t_train, tok_last, flops_last = 0.0, self.tokens, self.ledger.total("model", rows="all")
             exec_last = self.ledger.total("executed", rows="all")
