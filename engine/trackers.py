@@ -63,6 +63,7 @@ TB_DIR, WANDB_DIR = "tb", "wandb"
 STEPS_FILE = "flopscale-steps"          # in tb/: the steps it has logged, one a line
 WANDB_RUN_FILE = "flopscale-run.json"   # {"id", "last_step"}: the W&B run a resume continues, what it holds
 WANDB_PROJECT = "flopscale"             # when WANDB_PROJECT is unset
+WANDB_INIT_TIMEOUT_S = 30               # online: how long a start may wait on the server
 
 # metrics.jsonl key -> the name a tracker shows (docs/ARCHITECTURE.md, "Trackers").
 NAMES = {
@@ -337,7 +338,8 @@ class WandbTracker(_Tracker):
             project=os.environ.get("WANDB_PROJECT") or WANDB_PROJECT, dir=str(self.run_dir), id=self.state["id"],
             resume="allow", name=self.run_dir.name, group=self.group, config=self.config, mode=mode,
             reinit="create_new",  # an inline sweep trains its runs one after another in one process
-            settings=wandb.Settings(console="off", silent=True))
+            # online with no network: a warning after WANDB_INIT_TIMEOUT_S, not wandb's 90 s
+            settings=wandb.Settings(console="off", silent=True, init_timeout=WANDB_INIT_TIMEOUT_S))
         self.run.define_metric(NAMES["val_loss"], summary="min")
 
     def log(self, step: int, values: dict) -> None:
@@ -486,7 +488,7 @@ def _report_wandb(report_dir: Path, pngs: list, text: str, group) -> None:
         warn(f"tracker wandb: {why}")
     run = wandb.init(project=os.environ.get("WANDB_PROJECT") or WANDB_PROJECT, dir=str(report_dir),
                      name=report_dir.name, group=group, job_type="fit", mode=mode, reinit="create_new",
-                     settings=wandb.Settings(console="off", silent=True))
+                     settings=wandb.Settings(console="off", silent=True, init_timeout=WANDB_INIT_TIMEOUT_S))
     try:
         run.log({f"report/{p.stem}": wandb.Image(str(p)) for p in pngs}, step=0)
         fits = report_dir / "fits.json"
