@@ -444,9 +444,9 @@ def _shard_corpus(files: list, name: str, fmt: str, n_vocab: Optional[int]) -> t
     check_uniform(shards, name)
     root = Path(name) if Path(name).is_dir() else Path(name).parent
     vocab, vocab_from = shards[0].vocab, "header"
-    if vocab is None and shards[0].fmt == "nanogpt" and (root / "meta.pkl").is_file():
+    if n_vocab is None and vocab is None and shards[0].fmt == "nanogpt" and (root / "meta.pkl").is_file():
         vocab, vocab_from = read_meta_vocab(root / "meta.pkl"), "meta.pkl"
-    if vocab is None and (root / "prepare.json").is_file():
+    if n_vocab is None and vocab is None and (root / "prepare.json").is_file():
         try:
             vocab, vocab_from = int(json.loads((root / "prepare.json").read_text())["vocab_size"]), "prepare.json"
         except (ValueError, KeyError, TypeError):
