@@ -219,8 +219,11 @@ class Corpus:
                 raise DataError(f"the {split} split has {data.size} tokens, fewer than n_ctx + 2 = {n_ctx + 2}")
             rng = np.random.default_rng([seed, *stream, step, micro])
             offs = rng.integers(0, hi + 1, size=batch_size)
-        idx = offs[:, None] + np.arange(n_ctx + 1)[None, :]  # (B, T + 1)
-        w = torch.from_numpy(np.asarray(data[idx]).astype(np.int64))
+        if isinstance(data, Tokens):  # shards: contiguous copies of each window
+            win = data.windows(offs, n_ctx + 1)  # (B, T + 1)
+        else:
+            win = data[offs[:, None] + np.arange(n_ctx + 1)[None, :]]
+        w = torch.from_numpy(win.astype(np.int64))
         return w[:, :-1], w[:, 1:]
 
     def n_windows(self, n_ctx: int) -> int:

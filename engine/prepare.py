@@ -26,9 +26,9 @@ tokens of the stream (at most a tenth of it) in its own ``_val_`` shard(s); trai
 (the tokenizer, its vocabulary and EOT id, the counts, the shards) is written last and marks the
 folder complete; ``tokenizer.json`` sits beside it for HF tokenizers.
 
-How it runs: the source is cut into units (groups of text files of about 16 MB, 16 MB byte ranges
-of a jsonl file at line boundaries, parquet row groups, 8192-row ranges of a saved dataset),
-listed in a fixed order.  ``--workers`` processes (spawned, one tokenizer thread each) tokenize
+How it runs: the source is cut into units (groups of text files, byte ranges of a jsonl file at
+line boundaries, both of 1/64 of the source clamped to 256 KB .. 16 MB; parquet row groups;
+8192-row ranges of a saved dataset), listed in a fixed order.  ``--workers`` processes (spawned, one tokenizer thread each) tokenize
 units into ``OUT/.prepare/part_NNNNNN.tok``; a unit is done when its ``.json`` beside it exists
 (each file written to a temporary name, then renamed).  A killed run, started again with the same
 arguments, skips the done units.  Then the parts are copied in order into the shards (streamed in
@@ -53,7 +53,9 @@ from flopscale.fileio import atomic_write_bytes, atomic_write_json
 
 from .formats import DataError, llmc_header, llmc_version_for
 
-UNIT_BYTES = 16 << 20       # text per unit of work (files, jsonl byte ranges)
+UNIT_BYTES = 16 << 20       # text per unit of work (files, jsonl byte ranges), at most
+UNIT_SPLIT = 64             # a smaller source is cut into this many units (of at least UNIT_MIN) so workers share it
+UNIT_MIN = 256 << 10
 UNIT_ROWS = 8192            # rows per unit of a saved HF dataset
 COPY_CHUNK = 1 << 23        # tokens per read when assembling shards
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -131,11 +133,13 @@ def list_units(src: Path, text_column: str) -> List[list]:
     files = _source_files(src)
     if not files:
         raise DataError(f"data source {src} holds no files")
+    # The unit size depends on the source alone (never on --workers): a resumed run cuts the same units.
+    unit_bytes = min(UNIT_BYTES, max(UNIT_MIN, sum(f.stat().st_size for f in files) // UNIT_SPLIT))
     units, group, group_bytes = [], [], 0
     for f in files:
         size = f.stat().st_size
         if f.suffix in (".jsonl", ".json"):
-            units += [["jsonl", str(f), a, min(a + UNIT_BYTES, size)] for a in range(0, size, UNIT_BYTES)]
+            units += [["jsonl", str(f), a, min(a + unit_bytes, size)] for a in range(0, size, unit_bytes)]
         elif f.suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -151,7 +155,7 @@ def list_units(src: Path, text_column: str) -> List[list]:
         else:
             group.append(str(f))
             group_bytes += size
-            if group_bytes >= UNIT_BYTES:
+            if group_bytes >= unit_bytes:
                 units.append(["files", group])
                 group, group_bytes = [], 0
     if group:
