@@ -295,6 +295,12 @@ class Tokens:
             _release(self.parts[k])
         return out
 
+    def __eq__(self, other):
+        """Elementwise, as for arrays (materializes both: small data only)."""
+        return np.asarray(self) == np.asarray(other)
+
+    __hash__ = None
+
     def __array__(self, dtype=None, copy=None):
         """The whole sequence as one array: for small data (tests, eval sets), never training."""
         a = np.concatenate([np.asarray(p) for p in self.parts]) if self.parts else np.zeros(0, np.uint16)
