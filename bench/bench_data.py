@@ -221,12 +221,18 @@ def main(argv=None) -> int:
         child(a.child, a.mode, a.steps, a.run_dir)
         return 0
     wd = Path(a.workdir)
-    res = {**machine(), "bench": "bench/bench_data.py"}
-    if a.part in ("all", "rss"):
-        res["rss"] = bench_rss(wd, a.small_tokens, a.big_tokens, a.steps, not a.no_legacy)
-    if a.part in ("all", "prepare"):
-        res["prepare"] = bench_prepare(wd / "prepare", a.text_mb)
-    res["loadavg_after"] = list(os.getloadavg())
+    res = {}
+    if a.json and a.part != "all" and Path(a.json).is_file():  # one part again: keep the other's numbers
+        res = json.loads(Path(a.json).read_text())
+    m = machine()
+    res.update({"device": m.pop("device"), "bench": "bench/bench_data.py"})
+    for part in ("rss", "prepare"):
+        if a.part in ("all", part):
+            before = m["loadavg"]
+            res[part] = bench_rss(wd, a.small_tokens, a.big_tokens, a.steps, not a.no_legacy) if part == "rss" \
+                else bench_prepare(wd / "prepare", a.text_mb)
+            res[part].update(m, loadavg=before, loadavg_after=list(os.getloadavg()))
+            m["loadavg"] = list(os.getloadavg())
     if a.json:
         atomic_write_json(Path(a.json), res)
         print(f"wrote {a.json}")

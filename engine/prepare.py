@@ -28,8 +28,9 @@ folder complete; ``tokenizer.json`` sits beside it for HF tokenizers.
 
 How it runs: the source is cut into units (groups of text files, byte ranges of a jsonl file at
 line boundaries, both of 1/64 of the source clamped to 256 KB .. 16 MB; parquet row groups;
-8192-row ranges of a saved dataset), listed in a fixed order.  ``--workers`` processes (spawned, one tokenizer thread each) tokenize
-units into ``OUT/.prepare/part_NNNNNN.tok``; a unit is done when its ``.json`` beside it exists
+8192-row ranges of a saved dataset), listed in a fixed order.  ``--workers`` processes (forked
+where the OS can, else spawned; one tokenizer thread each) tokenize units into
+``OUT/.prepare/part_NNNNNN.tok``; a unit is done when its ``.json`` beside it exists
 (each file written to a temporary name, then renamed).  A killed run, started again with the same
 arguments, skips the done units.  Then the parts are copied in order into the shards (streamed in
 8M-token chunks, each shard renamed into place whole) and ``.prepare`` is removed.  Memory: one
@@ -376,7 +377,11 @@ def prepare(src: str, out: str, tokenizer: str = "bpe-4096", workers: int = 1, t
         else:
             import multiprocessing as mp
 
-            with mp.get_context("spawn").Pool(min(workers, len(todo)), _worker_init, init) as pool:
+            # fork where there is one: a spawned worker re-imports flopscale.engine (torch with
+            # it), 1.7 s of CPU each; a forked one starts at once.  Workers use neither torch nor
+            # a tokenizers thread pool (TOKENIZERS_PARALLELISM=false before the first encode).
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(min(workers, len(todo)), _worker_init, init) as pool:
                 for r in pool.imap_unordered(_work, todo):
                     _take(r, stats, bar)
     finally:

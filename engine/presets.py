@@ -473,7 +473,8 @@ PRESETS["cpu-repeats"] = SweepPreset(
     name="cpu-repeats",
     description="Muennighoff et al. 2023 Figure 3 on 2 CPU cores: three sizes at a fixed token budget, the unique "
                 "tokens cut so the data repeats 1-16 epochs; the data-constrained law fitted from the runs",
-    models=[(1, 32, 2), (2, 48, 2), (2, 64, 4)], n_ctx=64, tokens=_REPEATS_TOKENS, train=_CPU_TRAIN, evals=4,
+    # N 3.1k, 12k, 98k: 1.5 decades, aspect ratio 16-32, head dim 8-16
+    models=[(1, 16, 2), (1, 32, 2), (2, 64, 4)], n_ctx=64, tokens=_REPEATS_TOKENS, train=_CPU_TRAIN, evals=4,
     variants=[{"name": f"ep{e}", "unique_tokens": _REPEATS_TOKENS // e, "sampling": "without-replacement"}
               for e in (1, 2, 4, 8, 16)],
     assumed_flops_per_s=25e9, cpu_threads=1, n_boot=50,
