@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from .formats import FORMATS, SAMPLING
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line meant for the user."""
@@ -155,7 +157,7 @@ class TrainConfig(_DictConfig):
     data_format: str = _f("auto", "auto (llm.c and FLOPSTOK shards by header, HF datasets and text by extension) | llmc | "
                           "flopstok | nanogpt (headerless uint16 train.bin/val.bin) | olmo (headerless uint16/uint32 "
                           "arrays) | hf (save_to_disk folder, parquet, jsonl) | text", "data",
-                          choices=("auto", "llmc", "flopstok", "nanogpt", "olmo", "hf", "text"))
+                          choices=FORMATS)
     data_vocab: Optional[int] = _f(None, "vocabulary size of the data (default: its tokenizer's or header's, else the "
                                    "largest token id + 1); every id is checked below it", "data", flag="--n-vocab")
     text_column: str = _f("text", "the text column of a HF dataset, parquet or jsonl", "data")
@@ -164,7 +166,7 @@ class TrainConfig(_DictConfig):
                                       "tokens and the epochs seen", "data")
     sampling: str = _f("with-replacement", "with-replacement (windows at random offsets) | without-replacement (a "
                        "seeded permutation of fixed n_ctx windows per epoch; metrics rows record the epoch)", "data",
-                       choices=("with-replacement", "without-replacement"))
+                       choices=SAMPLING)
     batch_size: int = _f(8, "sequences per optimizer step (global)", "schedule")
     grad_accum: int = _f(1, "micro-batches per step; batch_size must divide evenly", "schedule")
     steps: int = _f(200, "optimizer steps", "schedule")

@@ -48,10 +48,9 @@ import torch
 
 from flopscale.fileio import atomic_write_bytes
 
-from .formats import (FLOPSTOK_HEADER as SHARD_HEADER, FLOPSTOK_MAGIC as SHARD_MAGIC, DataError, Shard, Tokens,
+from .formats import (FLOPSTOK_HEADER as SHARD_HEADER, FLOPSTOK_MAGIC as SHARD_MAGIC, SAMPLING, DataError, Tokens,
                       check_uniform, fingerprint, is_val, open_shard, read_meta_vocab, shard_files)
 
-SAMPLING = ("with-replacement", "without-replacement")
 VAL_EVERY = 20  # one file in 20 (by a hash of its path) goes to validation
 EOT = "<|endoftext|>"
 
@@ -211,6 +210,8 @@ class Corpus:
         stream = [0 if split == "train" else 1]
         if data is None:  # another distribution (add_eval): its own random stream
             data, stream = self.evals[split], [2, zlib.crc32(split.encode())]
+        if sampling not in SAMPLING:
+            raise DataError(f"sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
         if split == "train" and sampling == "without-replacement":
             offs = self._permuted_offsets(step, micro, batch_size, n_ctx, seed, global_batch or batch_size)
         else:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
 import pickle
 import struct
 from dataclasses import dataclass
@@ -46,7 +45,8 @@ FLOPSTOK_HEADER = struct.Struct("<8sIIQ")  # magic, version, vocab size, n_token
 LLMC_HEADER_BYTES = 256 * 4                # 256 little-endian int32
 LLMC_VERSIONS = {20240520: (1, "<u2"), 20240801: (7, "<u4")}  # magic -> (version, token dtype)
 LLMC_MAGIC = {v: m for m, (v, _) in LLMC_VERSIONS.items()}     # version -> magic
-FORMATS = ("auto", "llmc", "flopstok", "nanogpt", "olmo", "hf", "text")
+FORMATS = ("auto", "llmc", "flopstok", "nanogpt", "olmo", "hf", "text")  # --data-format
+SAMPLING = ("with-replacement", "without-replacement")                  # --sampling (engine/data.py: Corpus.batch)
 SCAN_CHUNK = 1 << 22                       # tokens per read when scanning for the largest id (8-16 MB)
 
 
@@ -355,7 +355,3 @@ def check_uniform(shards: List[Shard], name: str) -> None:
 def is_val(path: Path) -> bool:
     """llm.c names validation shards *_val_*; nanoGPT's is val.bin."""
     return "val" in path.name
-
-
-def env_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

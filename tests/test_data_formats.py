@@ -145,6 +145,8 @@ def test_flopstok_shards_still_read(tmp_path):
     c = load_corpus(str(tmp_path))
     assert c.vocab_size == 40 and c.provenance["format"].startswith("FLOPSTOK") and c.val.size == 300
     assert isinstance(c.train.parts[0], np.memmap)
+    tr, row = _train(tmp_path, tmp_path / "run")
+    assert tr.mc.n_vocab == 40 and np.isfinite(row["val_loss"])
 
 
 def _texts(n=60):
