@@ -4,6 +4,7 @@ tokenization throughput.
     python -m flopscale.bench.bench_data                                 # both, CPU; JSON to bench/results/cpu_data.json
     python -m flopscale.bench.bench_data --part rss --big-tokens 200000000 --workdir /scratch/bench_data
     python -m flopscale.bench.bench_data --part prepare --text-mb 8 --json /tmp/prep.json
+    python -m flopscale.bench.bench_data --part shards-train --device cuda --json bench/results/<gpu>_data.json  # on a GPU
 
 **Peak RSS** (``--part rss``): llm.c shard sets (version 1, uint16, random ids below 4096) of
 ``--small-tokens`` (1M) and ``--big-tokens`` (200M, in 100M-token shards) training tokens plus a
@@ -20,6 +21,11 @@ HF ``tokenizers`` called in a plain loop (``encode`` per document, one thread), 
 spawned workers, part files, the llm.c shards) with 1 and 2 workers.  tiktoken's GPT-2 runs too
 where its BPE files are cached (``TIKTOKEN_CACHE_DIR``), else the JSON says why not.  Tokens per
 second of wall time; the machine's load average is kept beside the numbers.
+
+**On a GPU** (``--part shards-train``, the issue's GPU check, a few minutes): ``data prepare`` the
+standard library (``--text-mb``, stdlib BPE-4096, every core a worker) into llm.c shards, then
+``flopscale train`` on those shards (GPT-2 small's shape, n_ctx 1024, 16 sequences, bf16, Triton
+backend, chunked loss, ``--train-steps``): the median tokens/s and MFU of its metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -191,6 +197,57 @@ def bench_prepare(workdir: Path, text_mb: float) -> dict:
             "rows": rows, "tiktoken": tiktoken_note}
 
 
+def bench_shards_train(workdir: Path, text_mb: float, device: str, shape: str, steps: int, workers: int) -> dict:
+    """`data prepare` the standard library (stdlib BPE-4096, llm.c shards), then `flopscale train`
+    on those shards: tokens/s and MFU from its metrics.jsonl (the median of the steps after the
+    first 5: autotune and warmup excluded)."""
+    import statistics
+
+    from flopscale.engine.prepare import prepare
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / "stdlib.jsonl"
+    if not src.is_file():
+        _stdlib_jsonl(src, text_mb)
+    t0 = time.perf_counter()
+    rec = prepare(str(src), str(workdir / "shards"), tokenizer="bpe-4096", workers=workers, progress=False)
+    t_prep = time.perf_counter() - t0
+    n_tok = sum(rec["n_tokens"].values())
+    print(f"data prepare --workers {workers}: {n_tok:,} tokens in {t_prep:.1f} s ({n_tok / t_prep / 1e6:.2f} M tokens/s)",
+          flush=True)
+    model = {"gpt2-small": ["--n-layer", "12", "--d-model", "768", "--n-heads", "12", "--n-ctx", "1024"],
+             "tiny": ["--n-layer", "1", "--d-model", "32", "--n-heads", "2", "--n-ctx", "64"]}[shape]
+    gpu = device.startswith("cuda")
+    run_dir = workdir / f"run-{shape}-{device.replace(':', '')}"
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [sys.executable, "-m", "flopscale.cli", "train", "--data", str(workdir / "shards"), *model,
+           "--batch-size", "16" if gpu else "4", "--steps", str(steps), "--eval-every", str(steps), "--eval-batches", "2",
+           "--warmup", "2", "--device", device, "--quiet", "--out", str(run_dir)]
+    if gpu:
+        cmd += ["--dtype", "bfloat16", "--backend", "triton", "--loss-impl", "chunked"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if p.returncode:
+        raise SystemExit(f"train failed: {p.stderr.strip().splitlines()[-1:]}")
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][5:]
+    tps = statistics.median(r["tokens_per_s"] for r in rows)
+    mfus = [r["mfu"] for r in rows if r["mfu"] is not None]
+    mfu = statistics.median(mfus) if mfus else None
+    dev = device
+    if gpu:
+        import torch
+
+        dev = torch.cuda.get_device_name()
+    print(f"flopscale train on the prepared shards ({shape}, {dev}): {tps:,.0f} tokens/s, MFU "
+          f"{'-' if mfu is None else f'{mfu:.1%}'}", flush=True)
+    return {"prepare": {"tokens": n_tok, "seconds": round(t_prep, 2), "workers": workers, "tokenizer": "stdlib bpe-4096",
+                        "version": rec["version"]},
+            "train": {"device": dev, "shape": shape, "command": " ".join(cmd[1:]), "steps": steps,
+                      "tokens_per_s_median": round(tps), "mfu_median": mfu,
+                      "note": "median over the steps after the first 5"}}
+
+
 def machine() -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
@@ -204,7 +261,12 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("all", "rss", "prepare"), default="all")
+    ap.add_argument("--part", choices=("all", "rss", "prepare", "shards-train"), default="all",
+                    help="all = rss and prepare; shards-train (the GPU check): data prepare the stdlib, then train on it")
+    ap.add_argument("--device", default="cpu", help="shards-train: the training device (cuda on a GPU box)")
+    ap.add_argument("--shape", choices=("gpt2-small", "tiny"), default="gpt2-small", help="shards-train: the model")
+    ap.add_argument("--train-steps", type=int, default=30, help="shards-train: training steps")
+    ap.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0))), help="shards-train: prepare workers")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "flopscale_bench_data"),
                     help="shards and text are written here (about 400 MB for 200M tokens) and kept for reruns")
     ap.add_argument("--small-tokens", type=int, default=1_000_000)
@@ -226,11 +288,17 @@ def main(argv=None) -> int:
         res = json.loads(Path(a.json).read_text())
     m = machine()
     res.update({"device": m.pop("device"), "bench": "bench/bench_data.py"})
-    for part in ("rss", "prepare"):
-        if a.part in ("all", part):
+    for part in ("rss", "prepare", "shards-train"):
+        if a.part == part or (a.part == "all" and part != "shards-train"):
             before = m["loadavg"]
-            res[part] = bench_rss(wd, a.small_tokens, a.big_tokens, a.steps, not a.no_legacy) if part == "rss" \
-                else bench_prepare(wd / "prepare", a.text_mb)
+            if part == "rss":
+                res[part] = bench_rss(wd, a.small_tokens, a.big_tokens, a.steps, not a.no_legacy)
+            elif part == "prepare":
+                res[part] = bench_prepare(wd / "prepare", a.text_mb)
+            else:
+                res[part] = bench_shards_train(wd / "shards_train", a.text_mb, a.device, a.shape, a.train_steps,
+                                               a.workers)
+                res["device"] = res[part]["train"]["device"]
             res[part].update(m, loadavg=before, loadavg_after=list(os.getloadavg()))
             m["loadavg"] = list(os.getloadavg())
     if a.json:
