@@ -431,7 +431,7 @@ def load_corpus(data: str = "stdlib", tokenizer: str = "bpe-4096", max_tokens: O
         files = eval_files(path)
         eot = tok.token_to_id(EOT)
         ids = [t for f in files for t in tok.encode(_eval_text(f)).ids + ([eot] if eot is not None else [])]
-        corpus.evals[name] = np.asarray(ids, dtype=np.uint16)
+        corpus.evals[name] = np.asarray(ids, dtype=np.uint16 if vocab <= 65536 else np.uint32)
         prov.setdefault("eval_data", {})[name] = {"path": path, "n_files": len(files), "n_tokens": len(ids),
                                                  "held_out_of_training": True}
     return corpus
@@ -457,6 +457,11 @@ def _shard_corpus(files: list, name: str, fmt: str, n_vocab: Optional[int]) -> t
             vocab, vocab_from = int(json.loads((root / "prepare.json").read_text())["vocab_size"]), "prepare.json"
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{root / 'prepare.json'}: no vocab_size (not written by flopscale data prepare?)") from None
+    tok = None
+    if vocab_from == "prepare.json" and (root / "tokenizer.json").is_file():  # data prepare's HF tokenizer
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(root / "tokenizer.json"))
     if n_vocab is not None:
         vocab, vocab_from = n_vocab, "--n-vocab"
     if vocab is not None:
@@ -476,6 +481,8 @@ def _shard_corpus(files: list, name: str, fmt: str, n_vocab: Optional[int]) -> t
     prov = {"source": name, "format": shards[0].describe(), "n_shards": len(shards), "n_train_shards": len(train_s),
             "n_val_shards": len(val_s), "tokenizer": "pre-tokenized", "vocab_from": vocab_from,
             "shards_fingerprint_16": fingerprint(shards)}
+    if tok is not None:  # --eval-data can be tokenized the same way
+        prov["_tokenizer"] = tok
     return train, val, vocab, prov
 
 
@@ -490,9 +497,4 @@ def _dataset_corpus(p: Path, tokenizer: str, text_column: str, n_vocab: Optional
     shards = sorted(out.glob("*.bin"))
     train, val, vocab, prov = _shard_corpus(shards, str(out), "llmc", n_vocab)
     prov.update(source=str(p), prepared=str(out), tokenizer=tokenizer, text_column=text_column)
-    tj = out / "tokenizer.json"
-    if tj.is_file():
-        from tokenizers import Tokenizer
-
-        prov["_tokenizer"] = Tokenizer.from_file(str(tj))
     return train, val, vocab, prov

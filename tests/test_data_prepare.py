@@ -63,8 +63,10 @@ def test_layout_and_workers_agree(tmp_path, tok, monkeypatch):
     assert np.array_equal(np.concatenate(got), want)
     assert one["n_tokens"]["val"] == want.size // 10 and one["vocab_size"] == 300
     assert not (tmp_path / "w1" / ".prepare").exists() and (tmp_path / "w1" / "tokenizer.json").is_file()
-    c = load_corpus(str(tmp_path / "w1"))  # trains as llm.c shards, vocabulary from prepare.json
-    assert c.vocab_size == 300 and c.provenance["vocab_from"] == "prepare.json"
+    (tmp_path / "other.txt").write_text(" ".join(_docs(20, 9)))
+    c = load_corpus(str(tmp_path / "w1"), eval_data=(("other", str(tmp_path / "other.txt")),))
+    assert c.vocab_size == 300 and c.provenance["vocab_from"] == "prepare.json"  # llm.c shards, vocab from prepare.json
+    assert c.evals["other"].size > 100  # and its tokenizer.json tokenizes --eval-data
 
 
 def test_resume_after_interruption(tmp_path, tok, monkeypatch):
