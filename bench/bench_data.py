@@ -15,12 +15,13 @@ before engine/formats.py (every shard copied out of its memmap with ``np.asarray
 copies concatenated: what ``read_shard`` and ``_shard_corpus`` did), for the comparison.
 
 **Throughput** (``--part prepare``): the standard library's sources as a jsonl of documents
-(``--text-mb`` of text), tokenized with the engine's stdlib BPE-4096 (``tokenizer.json``):
+(``--text-mb`` of text, 16 MB), tokenized with the engine's stdlib BPE-4096 (``tokenizer.json``):
 HF ``tokenizers`` called in a plain loop (``encode`` per document, one thread), the same with
 ``encode_batch`` (its own thread pool over every core), and ``data prepare`` end to end (units,
 spawned workers, part files, the llm.c shards) with 1 and 2 workers.  tiktoken's GPT-2 runs too
 where its BPE files are cached (``TIKTOKEN_CACHE_DIR``), else the JSON says why not.  Tokens per
-second of wall time; the machine's load average is kept beside the numbers.
+second of wall time, the median of ``--repeats`` rounds in which the providers take turns (a shared
+machine's load drift hits each alike); the load average is kept beside the numbers.
 
 **On a GPU** (``--part shards-train``, the issue's GPU check, a few minutes): ``data prepare`` the
 standard library (``--text-mb``, stdlib BPE-4096, every core a worker) into llm.c shards, then
@@ -35,6 +36,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -146,7 +148,7 @@ def _stdlib_jsonl(path: Path, text_mb: float) -> list:
     return docs
 
 
-def bench_prepare(workdir: Path, text_mb: float) -> dict:
+def bench_prepare(workdir: Path, text_mb: float, repeats: int = 3) -> dict:
     from tokenizers import Tokenizer
 
     from flopscale.engine.data import stdlib_tokenizer
@@ -157,52 +159,56 @@ def bench_prepare(workdir: Path, text_mb: float) -> dict:
     docs = _stdlib_jsonl(src, text_mb)
     _, tok_path = stdlib_tokenizer("bpe-4096")
     tok = Tokenizer.from_file(str(tok_path))
-    rows = []
+    times = {}  # provider -> [seconds per repeat]; the providers take turns, so load drift hits each alike
+    counts = {}
 
-    def row(name, seconds, n_tokens):
-        rows.append({"provider": name, "seconds": round(seconds, 3), "tokens": int(n_tokens),
-                     "tokens_per_s": round(n_tokens / seconds)})
-        print(f"{name:<40} {n_tokens / seconds / 1e6:8.3f} M tokens/s ({seconds:.2f} s)", flush=True)
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        counts[name] = fn()
+        times.setdefault(name, []).append(time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    n = sum(len(e.ids) + 1 for e in tok.encode_batch(docs, add_special_tokens=False))
-    row("tokenizers encode_batch (its thread pool)", time.perf_counter() - t0, n)
-    t0 = time.perf_counter()
-    n = sum(len(tok.encode(d, add_special_tokens=False).ids) + 1 for d in docs)
-    row("tokenizers encode, plain loop", time.perf_counter() - t0, n)
     cache = _tiktoken_cache_dir()
     import hashlib
+    import shutil
 
-    tiktoken_note = None
+    enc, tiktoken_note = None, None
     if all(os.path.isfile(os.path.join(cache, hashlib.sha1(u.encode()).hexdigest())) for u in _GPT2_FILES):
         import tiktoken
 
         enc = tiktoken.get_encoding("gpt2")
-        t0 = time.perf_counter()
-        m = sum(len(enc.encode_ordinary(d)) + 1 for d in docs)
-        row("tiktoken gpt2 encode_ordinary, plain loop", time.perf_counter() - t0, m)
     else:
         tiktoken_note = f"tiktoken's GPT-2 BPE files are not cached in {cache} (no network here): not measured"
         print(tiktoken_note, flush=True)
-    for workers in (1, 2):
-        out = workdir / f"prepared_w{workers}"
-        import shutil
 
+    def run_prepare(workers):
+        out = workdir / f"prepared_w{workers}"
         shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        rec = prepare(str(src), str(out), tokenizer=str(tok_path), workers=workers, progress=False)
-        row(f"data prepare --workers {workers}", time.perf_counter() - t0, sum(rec["n_tokens"].values()))
-        assert sum(rec["n_tokens"].values()) == n, "prepare's stream is the plain loop's (EOT + ids per document)"
+        return sum(prepare(str(src), str(out), tokenizer=str(tok_path), workers=workers, progress=False)["n_tokens"].values())
+
+    for _ in range(repeats):
+        timed("tokenizers encode_batch (its thread pool)",
+              lambda: sum(len(e.ids) + 1 for e in tok.encode_batch(docs, add_special_tokens=False)))
+        timed("tokenizers encode, plain loop", lambda: sum(len(tok.encode(d, add_special_tokens=False).ids) + 1 for d in docs))
+        if enc is not None:
+            timed("tiktoken gpt2 encode_ordinary, plain loop", lambda: sum(len(enc.encode_ordinary(d)) + 1 for d in docs))
+        for workers in (1, 2):
+            timed(f"data prepare --workers {workers}", lambda: run_prepare(workers))
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append({"provider": name, "seconds_median": round(med, 3), "seconds": [round(t, 3) for t in ts],
+                     "tokens": int(counts[name]), "tokens_per_s": round(counts[name] / med)})
+        print(f"{name:<42} {counts[name] / med / 1e6:8.3f} M tokens/s (median of {len(ts)}: {med:.2f} s)", flush=True)
+    n = counts["tokenizers encode, plain loop"]
+    assert all(counts[f"data prepare --workers {w}"] == n for w in (1, 2)), "prepare's stream: EOT + ids per document"
     return {"text_mib": round(src.stat().st_size / 2 ** 20, 2), "documents": len(docs), "tokenizer": "stdlib bpe-4096",
-            "rows": rows, "tiktoken": tiktoken_note}
+            "rows": rows, "repeats": repeats, "tiktoken": tiktoken_note}
 
 
 def bench_shards_train(workdir: Path, text_mb: float, device: str, shape: str, steps: int, workers: int) -> dict:
     """`data prepare` the standard library (stdlib BPE-4096, llm.c shards), then `flopscale train`
     on those shards: tokens/s and MFU from its metrics.jsonl (the median of the steps after the
     first 5: autotune and warmup excluded)."""
-    import statistics
-
     from flopscale.engine.prepare import prepare
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +279,8 @@ def main(argv=None) -> int:
     ap.add_argument("--big-tokens", type=int, default=200_000_000)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-legacy", action="store_true", help="skip the runs that reproduce the old concatenating read")
-    ap.add_argument("--text-mb", type=float, default=8.0)
+    ap.add_argument("--text-mb", type=float, default=16.0)
+    ap.add_argument("--repeats", type=int, default=3, help="prepare: rounds of every provider in turn (median reported)")
     ap.add_argument("--json", default="bench/results/cpu_data.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="mmap", help=argparse.SUPPRESS)
@@ -294,7 +301,7 @@ def main(argv=None) -> int:
             if part == "rss":
                 res[part] = bench_rss(wd, a.small_tokens, a.big_tokens, a.steps, not a.no_legacy)
             elif part == "prepare":
-                res[part] = bench_prepare(wd / "prepare", a.text_mb)
+                res[part] = bench_prepare(wd / "prepare", a.text_mb, a.repeats)
             else:
                 res[part] = bench_shards_train(wd / "shards_train", a.text_mb, a.device, a.shape, a.train_steps,
                                                a.workers)

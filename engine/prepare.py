@@ -283,7 +283,9 @@ class _Encoder:
             from tokenizers import Tokenizer
 
             tok = Tokenizer.from_file(tk["json"])
-            self.encode = lambda docs: [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)]
+            # encode_batch_fast (tokenizers >= 0.20) skips the character offsets nobody reads here
+            batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+            self.encode = lambda docs: [e.ids for e in batch(docs, add_special_tokens=False)]
 
     def tokens(self, docs: List[str], dtype) -> np.ndarray:
         out = []
