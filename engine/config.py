@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from .formats import FORMATS, SAMPLING
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line meant for the user."""
@@ -157,6 +159,20 @@ class TrainConfig(_DictConfig):
     tokenizer: str = _f("bpe-4096", "bpe-V (byte-level BPE of V tokens, trained on the corpus and cached) "
                         "or a tokenizer.json", "data")
     max_tokens: Optional[int] = _f(None, "cap the training set at this many tokens (dataset size D)", "data")
+    # Data formats and data-constrained runs (engine/formats.py, engine/data.py).
+    data_format: str = _f("auto", "auto (llm.c and FLOPSTOK shards by header, HF datasets and text by extension) | llmc | "
+                          "flopstok | nanogpt (headerless uint16 train.bin/val.bin) | olmo (headerless uint16/uint32 "
+                          "arrays) | hf (save_to_disk folder, parquet, jsonl) | text", "data",
+                          choices=FORMATS)
+    data_vocab: Optional[int] = _f(None, "vocabulary size of the data (default: its tokenizer's or header's, else the "
+                                   "largest token id + 1); every id is checked below it", "data", flag="--n-vocab")
+    text_column: str = _f("text", "the text column of a HF dataset, parquet or jsonl", "data")
+    unique_tokens: Optional[int] = _f(None, "data-constrained runs: train on the first U tokens, repeated for as many "
+                                      "epochs as the steps need; config.json and metrics.jsonl record the unique "
+                                      "tokens and the epochs seen", "data")
+    sampling: str = _f("with-replacement", "with-replacement (windows at random offsets) | without-replacement (a "
+                       "seeded permutation of fixed n_ctx windows per epoch; metrics rows record the epoch)", "data",
+                       choices=SAMPLING)
     batch_size: int = _f(8, "sequences per optimizer step (global)", "schedule")
     grad_accum: int = _f(1, "micro-batches per step; batch_size must divide evenly", "schedule")
     steps: int = _f(200, "optimizer steps", "schedule")
@@ -237,6 +253,11 @@ class TrainConfig(_DictConfig):
             self.branch_point()
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be positive, got {self.max_tokens}")
+        if self.unique_tokens is not None and (self.unique_tokens < 1 or self.max_tokens is not None):
+            raise ConfigError("unique_tokens must be positive, and not given with max_tokens (both cap the training "
+                              "tokens; --unique-tokens is the data-constrained name)")
+        if self.data_vocab is not None and not 2 <= self.data_vocab <= 2 ** 32:
+            raise ConfigError(f"n_vocab (--n-vocab) must lie in 2 .. 2^32, got {self.data_vocab}")
         from flopscale.kernels import BACKEND_OPTIONS, BACKENDS
 
         if self.backend not in BACKENDS:

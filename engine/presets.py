@@ -465,3 +465,23 @@ def get_preset(name: str) -> SweepPreset:
         except (json.JSONDecodeError, TypeError, KeyError) as e:
             raise ConfigError(f"preset file {name}: not a valid sweep preset ({type(e).__name__}: {e})") from None
     raise ConfigError(f"unknown sweep preset {name!r}; choose one of {', '.join(allp)} or a preset .json file")
+
+# Data-constrained scaling (Muennighoff et al. 2023, Figure 3 in small): every run trains the same
+# tokens; the unique tokens shrink so that the data repeats 1, 2, 4, 8 and 16 times.
+_REPEATS_STEPS = 400
+_REPEATS_TOKENS = _REPEATS_STEPS * 16 * 64
+PRESETS["cpu-repeats"] = SweepPreset(
+    name="cpu-repeats",
+    description="Muennighoff et al. 2023 Figure 3 on 2 CPU cores: three sizes at a fixed token budget, the unique "
+                "tokens cut so the data repeats 1-16 epochs; the data-constrained law fitted from the runs",
+    # N 3.1k, 12k, 98k: 1.5 decades, aspect ratio 16-32, head dim 8-16
+    models=[(1, 16, 2), (1, 32, 2), (2, 64, 4)], n_ctx=64, tokens=_REPEATS_TOKENS, train=_CPU_TRAIN, evals=4,
+    variants=[{"name": f"ep{e}", "unique_tokens": _REPEATS_TOKENS // e, "sampling": "without-replacement"}
+              for e in (1, 2, 4, 8, 16)],
+    assumed_flops_per_s=25e9, cpu_threads=1, n_boot=50,
+    note=f"{_REPEATS_STEPS} steps of 16 x 64 tokens ({_REPEATS_TOKENS:,} tokens) per run; unique tokens "
+         f"{_REPEATS_TOKENS:,} / 1, 2, 4, 8, 16 (the first U tokens of the stdlib BPE-4096 training split), sampled "
+         "without replacement so each epoch sees every window once; config.json and metrics.jsonl record "
+         "unique_tokens and epochs, and `flopscale fit --law data-constrained` reads U from data.n_train_tokens. "
+         "Fifteen points cannot pin seven parameters: read the fit's intervals, and the loss against epochs at each N.",
+)

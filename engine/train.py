@@ -56,7 +56,7 @@ from flopscale.fileio import atomic_write_json
 from . import flops as fl
 from . import rundir
 from .config import WATCH_FIELDS, ConfigError, ModelConfig, TrainConfig
-from .data import load_corpus
+from .data import data_options, load_corpus
 from .dist import all_reduce_ints, all_reduce_mean_grads, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .model import LanguageModel, make_model
 from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm, sq_norm_tensor
@@ -224,11 +224,11 @@ class Trainer:
         if corpus is None:
             # Rank 0 trains the tokenizer and writes the token cache; the others then read it.
             if self.rank == 0:
-                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora())
+                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora(), **data_options(tc))
             barrier(self.world)
             if self.rank != 0:
-                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora())
-        self.corpus = corpus
+                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora(), **data_options(tc))
+        self.corpus = corpus.with_unique_tokens(tc.unique_tokens)  # --unique-tokens: the first U tokens, repeated
         if mc.n_vocab != self.corpus.vocab_size:
             mc = ModelConfig.from_dict({**mc.to_dict(), "n_vocab": self.corpus.vocab_size})
         self.mc = mc
@@ -270,7 +270,9 @@ class Trainer:
             "model": self.mc.to_dict(), "train": self.tc.to_dict(), "N": self.mc.N,
             "N_counts": fl.n_counts(self.mc),  # universal: the shared block once
             "n_params_total": self.model.num_params(non_embedding=False),
-            "data": self.corpus.provenance, "code_version": rundir.code_version(),
+            "data": {**self.corpus.provenance,  # unique tokens U and the epochs the run plans over them
+                     "epochs": self.tc.steps * self.tc.batch_size * self.mc.n_ctx / max(1, self.corpus.n_train_tokens)},
+            "code_version": rundir.code_version(),
             "tokens_per_step": self.tc.batch_size * self.mc.n_ctx,
             "world_size": self.world,
             "kernels": self.model.ops.describe(),  # the backend, its options and what they resolve to
@@ -470,7 +472,8 @@ class Trainer:
             batch = self._prefetched[1]
             self._prefetched = None
             return batch
-        return self._to_device(*self.corpus.batch("train", step, micro, self.micro_batch, self.mc.n_ctx, self.tc.seed))
+        return self._to_device(*self.corpus.batch("train", step, micro, self.micro_batch, self.mc.n_ctx, self.tc.seed,
+                                                  sampling=self.tc.sampling, global_batch=self.tc.batch_size))
 
     def _prefetch(self, step: int, micro: int) -> None:
         self._prefetched = ((step, micro), self._train_batch(step, micro))
@@ -631,6 +634,8 @@ class Trainer:
                         "mfu": mfu, "hfu": hfu,
                         "grad_norm": float(self.grad_norm) if self.grad_norm is not None else None,
                         "grad_noise_scale": self.noise_scale_tokens(),
+                        # unique_tokens, epochs (tokens / unique_tokens), epoch (without replacement)
+                        **self.corpus.epoch_record(self.tokens, self.step, tc.batch_size, self.mc.n_ctx, tc.sampling),
                         **others,  # --eval-data: val_loss_NAME (null where not evaluated)
                     }
                     if lead:

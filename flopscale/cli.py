@@ -106,6 +106,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
 
 
+def _add_data_parser(sub) -> None:
+    """`flopscale data prepare ...` (engine/prepare.py): text, jsonl, parquet or a saved HF
+    dataset to llm.c token shards."""
+    from flopscale.engine.prepare import add_data_arguments, run_data
+
+    p = sub.add_parser("data", help="data tools: `data prepare SRC --out DIR` tokenizes into llm.c shards")
+    add_data_arguments(p)
+    p.set_defaults(fn=run_data)
+
+
 class _Parser(argparse.ArgumentParser):
     """A usage error is one line and exit status 2, like every other bad input here (argparse
     would print the whole usage block first); ``--help`` still prints everything."""
@@ -126,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="one training run with measured compute")
     _add_train_args(p)
     p.set_defaults(fn=cmd_train)
+
+    _add_data_parser(sub)
 
     # Subcommands defined in other layers.  A broken import is a bug to see, not a subcommand to
     # hide: the ImportError propagates with its traceback.
