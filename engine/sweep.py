@@ -86,19 +86,27 @@ def run_flops(mc: ModelConfig, tc: TrainConfig, from_step: int = 0) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------------------------
-def _run_status(run_dir: Path, steps: int) -> tuple:
-    """("done" | "partial" | "pending", last logged metrics row or None), from the files alone."""
-    m = run_dir / "metrics.jsonl"
-    last = None
-    if m.exists():
-        for ln in m.read_text().splitlines():
-            try:
-                last = json.loads(ln)
-            except json.JSONDecodeError:
-                pass
-    if last is not None and last.get("step") == steps and (run_dir / "ckpt.pt").exists():
-        return "done", last
-    return ("partial" if (run_dir / "config.json").exists() else "pending"), last
+def _run_status(run_dir: Path, steps: int) -> str:
+    """"done" | "partial" | "pending", from the files alone: done when every final file is
+    (rundir.is_complete: metrics at the last step, flops.json written at it, the checkpoint);
+    otherwise the Trainer resumes it, or repairs what a kill after its last step left."""
+    if rundir.is_complete(run_dir, steps):
+        return "done"
+    return "partial" if (run_dir / rundir.CONFIG).exists() else "pending"
+
+
+def run_dirs(out: Path, names) -> dict:
+    """{name: out/runs/name}: every name one path component (rundir.check_run_name), every
+    path inside out/runs (a preset's variant named "../../x" must not train elsewhere)."""
+    runs = Path(os.path.normpath(out / "runs"))
+    dirs = {}
+    for name in names:
+        rundir.check_run_name(name)
+        d = Path(os.path.normpath(runs / name))
+        if d.parent != runs:
+            raise TrainError(f"run {name!r} would train in {d}, outside {runs}")
+        dirs[name] = d
+    return dirs
 
 
 def _summary(run_dir: Path) -> dict:
@@ -205,6 +213,7 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     specs = preset.runs()
+    run_dirs(out, [s["name"] for s in specs])  # names that are paths: checked before anything is written
     for s in specs:
         s["train"] = dict(s["train"], **overrides)
         if s.get("branch_of"):  # a cooldown branch starts from its parent's run directory
@@ -282,7 +291,7 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
 
     status = {}
     if lead:
-        status = {s["name"]: _run_status(out / "runs" / s["name"], tc.steps)[0] for s, _, tc, _ in jobs}
+        status = {s["name"]: _run_status(out / "runs" / s["name"], tc.steps) for s, _, tc, _ in jobs}
     status = broadcast_object(status, world)
     total = sum(j[3]["all"] for j in jobs)
     done_flops = sum(j[3]["all"] for j in jobs if status[j[0]["name"]] == "done")
@@ -350,7 +359,7 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         ent = by_name[t.name]
         ent.update({k: v for k, v in info.items() if k in EXEC_FIELDS or k == "error"})
         steps = ent["train"]["steps"]
-        if "error" not in info and lead and _run_status(Path(t.run_dir), steps)[0] != "done":
+        if "error" not in info and lead and _run_status(Path(t.run_dir), steps) != "done":
             ent["error"] = "the task ended before the run finished"
         if "error" in ent:
             ent["status"] = "failed"
