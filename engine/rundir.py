@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import warnings
 from pathlib import Path
@@ -112,6 +113,24 @@ def save_checkpoint(path: Path, state: dict) -> None:
         if os_err is None:
             raise
         raise write_error(os_err, path) from None
+    written(path, state.get("step"))
+
+
+# Fault injection (tests/test_faults.py; docs/ARCHITECTURE.md, Testing).  With
+# FLOPSCALE_KILL_AFTER=NAME or NAME@STEP in the environment, the process sends itself SIGKILL
+# right after it has written the run-directory file NAME (at STEP: the checkpoint's step, the
+# metrics or positions row's step, flops.json's steps).  The instants it reaches, between two
+# writes a few microseconds apart, are ones no outside timing can hit; everything else the
+# tests kill from outside.  Unset (always, outside tests) it costs one dictionary lookup.
+KILL_AFTER_ENV = "FLOPSCALE_KILL_AFTER"
+
+
+def written(path: Path, step=None) -> None:
+    spec = os.environ.get(KILL_AFTER_ENV)
+    if spec:
+        name, _, at = spec.partition("@")
+        if Path(path).name == name and (not at or (step is not None and int(at) == int(step))):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load_checkpoint(path: Path, device, fingerprint: str | None = None, owner: str = "this run") -> dict:
@@ -124,9 +143,12 @@ def load_checkpoint(path: Path, device, fingerprint: str | None = None, owner: s
             ck = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         what = re.search(r"GLOBAL ([\w.]+)", str(e))
-        why = f" (it names {what.group(1)})" if what else ""
-        raise TrainError(f"checkpoint {path} holds more than tensors, numbers, strings, lists and dicts{why}; "
-                         "it was not written by flopscale and is not loaded: move it aside to restart the run") from None
+        if what is None:  # not a pickle torch can read without running one: garbage, a foreign format
+            raise TrainError(f"checkpoint {path} is unreadable (not a torch checkpoint of tensors, numbers, strings, "
+                             "lists and dicts); move it aside to restart the run") from None
+        raise TrainError(f"checkpoint {path} holds more than tensors, numbers, strings, lists and dicts (it names "
+                         f"{what.group(1)}); it was not written by flopscale and is not loaded: move it aside to "
+                         "restart the run") from None
     except Exception as e:
         raise TrainError(f"checkpoint {path} is unreadable ({type(e).__name__}); "
                          "move it aside to restart the run") from None
@@ -147,7 +169,7 @@ def load_checkpoint(path: Path, device, fingerprint: str | None = None, owner: s
 # Entries a directory may hold and still be taken for a fresh run (nothing of a run written yet):
 # the lock, a multi-GPU run's torchrun log, a tracker's folders (created with the run), and the
 # temporary files of atomic writes (flopscale.fileio: ".NAME.tmpPID").
-_FRESH_OK = {".lock", "torchrun.log"}
+_FRESH_OK = {".lock", "torchrun.log", "tb", "wandb"}
 _TMP = re.compile(r"^\..+\.tmp\d+$")
 
 

@@ -484,19 +484,23 @@ def fit_and_report(out: Path, n_boot: int = 200, progress: bool = True) -> dict:
     return summ
 
 
+def _ci(ci, fmt: str) -> str:
+    """"95% CI [lo, hi]", or why there is none (--n-boot 0 fits no interval)."""
+    if not ci or len(ci) != 2 or any(v is None for v in ci):
+        return "no 95% CI: --n-boot 0"
+    return f"95% CI [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
 def print_summary(summ: dict, out: Path) -> None:
     lines = []
     if "alpha_N" in summ:
-        lo, hi = summ["alpha_N_ci95"]
-        lines.append(f"L(N):  alpha_N = {summ['alpha_N']:.4f}  (95% CI [{lo:.4f}, {hi:.4f}])   paper 0.076"
+        lines.append(f"L(N):  alpha_N = {summ['alpha_N']:.4f}  ({_ci(summ['alpha_N_ci95'], '.4f')})   paper 0.076"
                      f"   rmse_log {summ['rmse_log_N']:.4f}")
     if "alpha_C" in summ:
-        lo, hi = summ["alpha_C_ci95"]
-        lines.append(f"L(C):  alpha_C = {summ['alpha_C']:.4f}  (95% CI [{lo:.4f}, {hi:.4f}])   paper 0.050 (C_min)")
+        lines.append(f"L(C):  alpha_C = {summ['alpha_C']:.4f}  ({_ci(summ['alpha_C_ci95'], '.4f')})   paper 0.050 (C_min)")
     if "alpha_B" in summ:
-        lo, hi = summ["alpha_B_ci95"]
         lines.append(f"B_crit(L): B_star = {summ['B_star']:.3g} tokens, alpha_B = {summ['alpha_B']:.3f} "
-                     f"(95% CI [{lo:.3f}, {hi:.3f}])   paper B_star 2e8 tokens, alpha_B 0.21")
+                     f"({_ci(summ['alpha_B_ci95'], '.3f')})   paper B_star 2e8 tokens, alpha_B 0.21")
     lines.append(f"report: {out / 'report' / 'report.md'}")
     print("\n".join(lines))
 

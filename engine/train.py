@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from flopscale.fileio import append_line, atomic_write_json
+from flopscale.fileio import append_line, atomic_write_json, os_error_line, write_error
 
 from . import flops as fl
 from . import rundir
@@ -62,7 +62,7 @@ from .model import GPT, make_model
 from .optim import Adafactor
 from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm, sq_norm_tensor
 from .rundir import TrainError
-from .runlock import RunLock
+from .runlock import LOCK, RunLock
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.  None elsewhere.
@@ -506,6 +506,7 @@ class Trainer:
             "kernels": self.model.ops.describe(),  # with the autotune choices of the launches so far
         }
         atomic_write_json(self.out / rundir.FLOPS, rec)
+        rundir.written(self.out / rundir.FLOPS, self.step)
 
     # -- steps -----------------------------------------------------------------------------
     def _autocast(self):
@@ -677,6 +678,8 @@ class Trainer:
                 lock = RunLock(self.out).acquire()
             except TrainError as e:
                 err = str(e)
+            except OSError as e:  # the lock's record on a full disk: one line naming it
+                err = os_error_line(e if e.filename is not None else write_error(e, self.out / LOCK))
         err = broadcast_object(err, self.world)
         if err:
             raise TrainError(err)
@@ -726,7 +729,8 @@ class Trainer:
         bar = _progress(total=tc.steps, initial=self.step, enabled=self.progress and lead, desc=self.out.name,
                         position=self.progress_position)
         row = {}
-        with open(mpath, "a") if lead else contextlib.nullcontext() as mf:
+        # metrics.jsonl rows: append_line opens the file per row (a failed write leaves nothing buffered)
+        with contextlib.nullcontext():
             # Throughput counts training steps only (evals and checkpoints excluded).
             t_train, tok_last, flops_last = 0.0, self.tokens, self.ledger.total("model", rows="all")
             while self.step < tc.steps:
@@ -734,9 +738,9 @@ class Trainer:
                 train_loss = self.train_step()
                 t_train += time.perf_counter() - t0
                 if not math.isfinite(train_loss):
-                    kept = (f"the last good checkpoint (step {self._ckpt_step}) in {self.out} is kept"
-                            if self._ckpt_step is not None else f"no checkpoint of {self.out} was written yet")
-                    raise TrainError(f"training loss is {train_loss} at step {self.step}; {kept} (lower --lr?)")
+                    ck = (f"the last good checkpoint (step {self._ckpt_step}) in {self.out} is kept"
+                          if self._ckpt_step is not None else f"no checkpoint of {self.out} was written yet")
+                    raise TrainError(f"training loss is {train_loss} at step {self.step}; {ck} (lower --lr?)")
                 do_eval = self.step % tc.eval_every == 0 or self.step == tc.steps
                 val_loss = self.evaluate() if do_eval else None
                 others = self.evaluate_others() if do_eval else dict.fromkeys(f"val_loss_{n}" for n in self.corpus.evals)
@@ -744,8 +748,8 @@ class Trainer:
                     raise TrainError(f"validation loss is {val_loss} at step {self.step}")
                 if do_eval and tc.eval_positions and lead:
                     ppath = self.out / rundir.POSITIONS
-                    with open(ppath, "a") as pf:
-                        append_line(pf, ppath, json.dumps({"step": self.step, "val_loss_by_position": self.positions}))
+                    append_line(ppath, json.dumps({"step": self.step, "val_loss_by_position": self.positions}))
+                    rundir.written(ppath, self.step)
                 if self.step % tc.log_every == 0 or do_eval:
                     dt = max(t_train, 1e-9)
                     tps = (self.tokens - tok_last) / dt
@@ -764,7 +768,8 @@ class Trainer:
                         **others,  # --eval-data: val_loss_NAME (null where not evaluated)
                     }
                     if lead:
-                        append_line(mf, mpath, json.dumps(row))
+                        append_line(mpath, json.dumps(row))
+                        rundir.written(mpath, self.step)
                 if do_eval or self.step in kept:
                     self.save_checkpoint()
                 bar.update(1)

@@ -61,13 +61,15 @@ def os_error_line(e: OSError) -> str:
     return f"{msg}: {name}" if name is not None else msg
 
 
-def append_line(f: IO, path: PathLike, line: str) -> None:
-    """Append one line (``line`` without its newline) to an open text file and flush it; a
-    failure names ``path``.  A line torn by a kill or a full disk is dropped by whoever reads or
-    truncates the file next (engine/rundir.py truncate_metrics)."""
+def append_line(path: PathLike, line: str) -> None:
+    """Append one line (``line`` without its newline) to ``path``, opened for this line and
+    closed (flushed) before returning; a failure names ``path``.  A line torn by a kill or a full
+    disk is dropped by whoever reads or truncates the file next (engine/rundir.py
+    truncate_metrics).  Opening per line costs microseconds and leaves no buffered data behind
+    an error for a later close to fail on again."""
     try:
-        f.write(line + "\n")
-        f.flush()
+        with open(path, "a") as f:
+            f.write(line + "\n")
     except OSError as e:
         raise write_error(e, path) from None
 
