@@ -453,15 +453,17 @@ class Trainer:
     def _finish_complete(self) -> None:
         """The checkpoint is at the last step: the run is complete once every final file is.  A
         kill after the final checkpoint left flops.json behind: write it again from the ledger."""
+        err = None
         if self.rank == 0:
             if rundir.flops_json_step(self.out) != self.step:
                 self._write_flops_json()
             last = rundir.last_step(self.out / rundir.METRICS)
             if last != self.step:
-                raise TrainError(f"{self.out}: the checkpoint is at the final step {self.step} but metrics.jsonl "
-                                 f"ends at step {last}; the run's record is incomplete: move the run directory aside "
-                                 "to train it again")
-        barrier(self.world)
+                err = (f"{self.out}: the checkpoint is at the final step {self.step} but metrics.jsonl ends at step "
+                       f"{last}; the run's record is incomplete: move the run directory aside to train it again")
+        err = broadcast_object(err, self.world)
+        if err:
+            raise TrainError(err)
 
     def start_branch(self) -> None:
         """A fresh run with ``init_from`` = PARENT@S: check that its first S steps are the
@@ -715,6 +717,8 @@ class Trainer:
     def _train(self, stop: StopOnSignal) -> dict:
         tc = self.tc
         if self._check_or_write_config():
+            if rundir.is_complete(self.out, tc.steps):  # every final file is there: nothing to load
+                return {"step": tc.steps, "complete": True}
             self.resume()
             if self.rank == 0 and self.step < tc.steps:
                 _say(f"resuming {self.out} from step {self.step}")

@@ -103,6 +103,14 @@ def _same_tensors(a, b):
     return a == b
 
 
+def _incomplete_copy(ref, dst):
+    """The reference as a kill after its final checkpoint leaves it (flops.json not yet written):
+    the same command loads ckpt.pt again (a complete run is left alone, nothing loaded)."""
+    shutil.copytree(ref, dst)
+    (dst / "flops.json").unlink()
+    return dst
+
+
 def assert_like_reference(run, ref):
     """Bit for bit the uninterrupted run: every row (but the wall-clock throughput), positions,
     flops.json, config.json, both checkpoints; no duplicate step, no torn line, no temp file."""
@@ -220,8 +228,7 @@ class _Plant:
 
 def test_code_in_a_checkpoint_never_runs(corpus, reference, tmp_path, capsys):
     marker = tmp_path / "PWNED"
-    run = tmp_path / "run"
-    shutil.copytree(reference, run)
+    run = _incomplete_copy(reference, tmp_path / "run")
     good = _state(run / "ckpt.pt")
     torch.save({**good, "x": _Plant(marker)}, run / "ckpt.pt")  # torch's zip format
     _main_error(capsys, *_train_argv(corpus, run), needles=(str(run / "ckpt.pt"), ".open)", "not loaded"))
@@ -244,8 +251,7 @@ def test_code_in_a_checkpoint_never_runs(corpus, reference, tmp_path, capsys):
 def test_checkpoint_of_another_run_refused(corpus, reference, tmp_path, capsys):
     """A checkpoint copied from a run with another seed (same shapes): resume and --init-from
     refuse it by its config fingerprint."""
-    run = tmp_path / "run"
-    shutil.copytree(reference, run)
+    run = _incomplete_copy(reference, tmp_path / "run")
     cfg = json.loads((run / "config.json").read_text())
     cfg["train"]["seed"] = 7  # this run is seed 7; its checkpoints are the reference's (seed 1337)
     (run / "config.json").write_text(json.dumps(cfg))
@@ -264,8 +270,7 @@ def test_checkpoint_of_another_run_refused(corpus, reference, tmp_path, capsys):
 
 
 def test_checkpoint_that_does_not_fit(corpus, reference, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(reference, run)
+    run = _incomplete_copy(reference, tmp_path / "run")
     good = _state(run / "ckpt.pt")
     bad = {**good, "model": {**good["model"], "wte.weight": torch.zeros(3, 5)}} if "wte.weight" in good["model"] \
         else {**good, "model": {k: torch.zeros(3, 5) for k in good["model"]}}
