@@ -6,7 +6,7 @@
 
 Every field is declared once, here, with its default and help text (``_f``); the ``flopscale
 train`` and ``flopscale flops`` flags are generated from these dataclasses by
-:func:`add_config_arguments` and read back by :func:`config_from_args`, so a new field is one
+:func:`add_config_arguments` and read back by :func:`config_values`, so a new field is one
 line in its dataclass (tests/test_errors.py checks that flags and fields stay one to one).
 """
 
@@ -75,6 +75,12 @@ class _DictConfig:
 # Model families (Kaplan et al. 2020, Figures 7 and 17); the architecture is part of the model's
 # shape (N, Table 1 and the ledger's rows are functions of ModelConfig alone), so it lives here.
 ARCHS = ("gpt", "lstm", "universal")
+
+# Trackers that mirror a run's metrics rows (engine/trackers.py); "none" alone turns them off.
+TRACKERS = ("tensorboard", "wandb", "none")
+# TrainConfig fields that choose who watches a run, not what it computes: a resumed run or a
+# cooldown branch may change them (engine/train.py leaves them out of its config comparison).
+WATCH_FIELDS = ("tracker",)
 
 
 @dataclass
@@ -181,6 +187,10 @@ class TrainConfig(_DictConfig):
     eval_positions: bool = _f(False, "at each eval, also the validation loss at every token position, to "
                               "RUN_DIR/positions.jsonl (Kaplan et al. Figure 20); val_loss is then their mean")
     log_every: int = _f(1, "steps between metrics rows")
+    tracker: Optional[str] = _f(None, "tensorboard | wandb | none: also log every metrics row, and config.json as "
+                                "hyperparameters, to TensorBoard (RUN_DIR/tb/) or Weights & Biases (RUN_DIR/wandb/; "
+                                "offline without an API key, WANDB_MODE honoured); repeatable; a tracker that fails "
+                                "is a warning, metrics.jsonl stays the record", repeat=True)
     seed: int = _f(1337, "initialisation and data-order seed")
     keep_steps: Optional[str] = _f(None, "comma-separated steps at which to keep a checkpoint copy (ckpt-STEP.pt) "
                                    "that cooldown branches start from")
@@ -227,6 +237,7 @@ class TrainConfig(_DictConfig):
                                   "follows 1 - t^-0.8): leave them at their defaults")
         self.kept_steps()  # parses, or one clear line
         self.eval_corpora()
+        self.trackers()
         if self.init_from is not None:
             self.branch_point()
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -279,6 +290,16 @@ class TrainConfig(_DictConfig):
                 raise ConfigError(f"eval_data: NAME must be a unique identifier (letters, digits, _), got {name!r}")
             out.append((name, path))
         return tuple(out)
+
+    def trackers(self) -> tuple:
+        """The trackers of ``tracker`` (empty without it, or for "none")."""
+        names = tuple(t.strip() for t in (self.tracker or "").split(",") if t.strip())
+        bad = [t for t in names if t not in TRACKERS]
+        if bad:
+            raise ConfigError(f"unknown tracker {bad[0]!r}; choose from {', '.join(TRACKERS)} (repeat --tracker for several)")
+        if "none" in names and len(names) > 1:
+            raise ConfigError("tracker 'none' turns tracking off; it goes alone")
+        return tuple(dict.fromkeys(t for t in names if t != "none"))
 
     def kernel_options(self) -> dict:
         """The options of flopscale.kernels.get_backend for this run's backend (its kernel fields)."""

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 
 from .config import ConfigError, ModelConfig, TrainConfig
 from .rundir import check_run_name
+from .schedule import decay_start_step, lr_at
 
 
 # What a model entry given as an object may set: ModelConfig's fields but the preset's n_ctx and
@@ -38,10 +39,8 @@ _MODEL_ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 
 def lr_area(train: dict) -> float:
-    """The area under a run's learning-rate curve: the sum of ``train.lr_at`` over its steps
+    """The area under a run's learning-rate curve: the sum of ``schedule.lr_at`` over its steps
     (the trainer's own schedule function, so the formula lives in one place)."""
-    from .train import lr_at
-
     tc = TrainConfig.from_dict(train)
     return math.fsum(lr_at(t, tc) for t in range(tc.steps))
 
@@ -196,12 +195,12 @@ class SweepPreset:
 
     def _variant_train(self, tr: dict, v: dict) -> dict:
         """The run's TrainConfig kwargs under variant ``v``; with ``area_of``, its peak lr scaled so
-        that the area under its lr curve (the sum of train.lr_at over the run's steps: the
+        that the area under its lr curve (the sum of schedule.lr_at over the run's steps: the
         trainer's own schedule, one formula) equals that of the named variant's run."""
         out = dict(tr, **{k: x for k, x in v.items() if k not in ("name", "models", "area_of")})
         if v.get("area_of") is not None:
             ref = self._variant_train(tr, self._variant(v["area_of"]))
-            # every schedule is lr times a shape (train.lr_at), so one rescale makes the areas equal
+            # every schedule is lr times a shape (schedule.lr_at), so one rescale makes the areas equal
             out["lr"] = float(out["lr"]) * lr_area(ref) / lr_area(out)
         return out
 
@@ -215,7 +214,6 @@ class SweepPreset:
 
     def _budget_runs(self) -> List[dict]:
         from . import flops as fl
-        from .train import decay_start_step
 
         vocab = _vocab(self.train.get("tokenizer", "bpe-4096"))
         bs = int(self.train["batch_size"])
@@ -425,14 +423,15 @@ PRESETS: Dict[str, SweepPreset] = {
         note="Best lr vs N: four sizes (N 12k-332k) x five peak lrs 3e-4 .. 3e-2 (two decades, half-decade "
              "steps), cosine to 10% (Kaplan eq. D.1 predicts the optimum falls slowly with N). Equal area: at "
              "L2-d48 and L2-d64, linear, wsd and constant schedules with their peak lr scaled so that the sum of "
-             "the lr over the run's steps (engine/train.py: lr_at) equals the cosine run's at peak 3e-3 "
+             "the lr over the run's steps (engine/schedule.py: lr_at) equals the cosine run's at peak 3e-3 "
              "(lr3e-3), {area}. Every run "
              f"{_PAPER_STEPS} steps of 16 x 64 tokens, warmup 40; stdlib BPE-512; 4 evals of 16 batches.",
     ),
 }
 
 # The area every equal-area schedule of cpu-lr matches, stated in its note (the sweep records
-# the note in sweep.json; each run's own area is lr_area of its config.json "train").
+# the note in sweep.json; each run's own area is lr_area of its config.json "train").  Filled in
+# by get_preset, when the preset is asked for, not at import.
 def _area_note(p: SweepPreset) -> str:
     runs = {r["name"]: r["train"] for r in p.runs()}
     ref = {lr_area(runs[f"{m}-lr3e-3"]) for m in ("L2-d48", "L2-d64")}  # the same steps: one area
@@ -440,7 +439,6 @@ def _area_note(p: SweepPreset) -> str:
     return p.note.format(area=f"{' '.join(f'{a:.6g}' for a in sorted(ref))} (the peaks: cosine 0.003, {peaks})")
 
 
-PRESETS["cpu-lr"].note = _area_note(PRESETS["cpu-lr"])
 
 # Test-only presets are registered here by tests (a tiny grid that runs in seconds).
 _EXTRA_PRESETS: Dict[str, SweepPreset] = {}
@@ -454,7 +452,10 @@ def register_preset(p: SweepPreset) -> None:
 def get_preset(name: str) -> SweepPreset:
     allp = {**PRESETS, **_EXTRA_PRESETS}
     if name in allp:
-        return allp[name]
+        p = allp[name]
+        if name == "cpu-lr" and "{area}" in p.note:
+            p.note = _area_note(p)
+        return p
     # A preset file: a JSON object with SweepPreset's fields (models as [n_layer, d_model, n_heads]
     # lists or objects of ModelConfig fields)
     p = Path(name)

@@ -81,14 +81,16 @@ def fingerprint(model: dict, train: dict) -> str:
     """A hash of the config that writes a checkpoint: the ModelConfig and TrainConfig fields (as
     ``to_dict`` gives them) that differ from their declared defaults, so a field added to the
     dataclasses later, read at its default, leaves the fingerprint of an older run unchanged.
-    Every field counts, ``steps`` included: a run resumes only under the config it was started
-    with (train.Trainer refuses any other), so a checkpoint of any other config is another run's."""
-    from .config import ModelConfig, TrainConfig
+    Every field counts, ``steps`` included, but config.WATCH_FIELDS (who watches a run, which a
+    resume may change): a run resumes only under the config it was started with (train.Trainer
+    refuses any other), so a checkpoint of any other config is another run's."""
+    from .config import WATCH_FIELDS, ModelConfig, TrainConfig
 
     rec = {}
     for sec, cls, d in (("model", ModelConfig, model), ("train", TrainConfig, train)):
         defaults = {f.name: f.default for f in cls.__dataclass_fields__.values()}
-        rec[sec] = {k: v for k, v in sorted(d.items()) if k not in defaults or v != defaults[k]}
+        rec[sec] = {k: v for k, v in sorted(d.items())
+                    if (k not in defaults or v != defaults[k]) and not (sec == "train" and k in WATCH_FIELDS)}
     return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
 
 

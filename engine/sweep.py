@@ -423,6 +423,10 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         if fit:
             t0 = time.perf_counter()
             extra["fit"] = fit_and_report(out, n_boot=preset.n_boot if n_boot is None else n_boot, progress=progress)
+            if overrides.get("tracker"):  # the report's figures beside the runs (engine/trackers.py)
+                from .trackers import log_report
+
+                log_report(jobs[0][2].trackers(), out / "report")
             timing["fit_report"] = round(time.perf_counter() - t0, 1)
         timing["total_this_invocation"] = round(time.perf_counter() - t_start, 1)
         _write_manifest(out, preset, entries, extra)
@@ -443,7 +447,7 @@ def say(msg: str, enabled: bool = True) -> None:
 def _lr_of_config(step: int, train: dict) -> float:
     """The trainer's lr at a step of a run's train config: the report's schedule curves and lr
     areas come from lr_at itself, every step (metrics.jsonl logs it only every log_every)."""
-    from .train import lr_at
+    from .schedule import lr_at
 
     return lr_at(step, TrainConfig.from_dict(train))
 
@@ -511,7 +515,7 @@ def print_summary(summ: dict, out: Path) -> None:
 # TrainConfig fields a sweep may override for every run (the grid's own fields, such as steps and
 # batch_size, come from the preset).
 OVERRIDABLE = ("data", "tokenizer", "device", "backend", "dtype", "cuda_attention", "cuda_ffn_backward",
-               "triton_ffn_loads")
+               "triton_ffn_loads", "tracker")
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

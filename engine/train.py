@@ -55,14 +55,16 @@ from flopscale.fileio import append_line, atomic_write_json, os_error_line, writ
 
 from . import flops as fl
 from . import rundir
-from .config import ConfigError, ModelConfig, TrainConfig
+from .config import WATCH_FIELDS, ConfigError, ModelConfig, TrainConfig
 from .data import DataError, load_corpus
 from .dist import all_reduce_ints, all_reduce_mean_grads, all_reduce_sum, barrier, broadcast_object, init_distributed
-from .model import GPT, make_model
-from .optim import Adafactor
+from .model import LanguageModel, make_model
 from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm, sq_norm_tensor
+from .optim import Adafactor
 from .rundir import TrainError
 from .runlock import LOCK, RunLock
+from .schedule import lr_at
+from .trackers import open_trackers
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.  None elsewhere.
@@ -74,42 +76,6 @@ def peak_flops(device: str, dtype: str):
         return None
     name = torch.cuda.get_device_name(torch.device(device))
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """The learning rate of step ``step`` (0-based): linear warmup over ``warmup`` steps, then
-
-    * cosine: cosine decay to lr * min_lr_frac at ``steps`` (Kaplan et al. 2020);
-    * wsd: constant lr, then a linear decay to lr * min_lr_frac over the last
-      ``decay_frac * steps`` steps (warmup-stable-decay, Hägele et al. 2024).  Two wsd runs that
-      differ only in ``steps`` agree on every step before the shorter one's decay starts, which
-      is what makes a cooldown branch (``init_from``) the same run as a standalone one.
-    * linear: linear decay to lr * min_lr_frac at ``steps`` (the cosine's endpoints, a straight line);
-    * constant: lr to the end (no decay, no floor).
-
-    Every schedule is ``lr`` times a shape that does not depend on ``lr``, so the area under the
-    curve (the sum over steps) scales with ``lr``: presets with ``area_of`` (engine/presets.py)
-    rely on that to compare schedules at equal area (Kaplan et al. Figure 21).
-    """
-    if step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
-    if tc.schedule == "constant":
-        return tc.lr
-    if tc.schedule == "wsd":
-        decay_start = decay_start_step(tc)
-        if step < decay_start:
-            return tc.lr
-        frac = (step + 1 - decay_start) / max(1, tc.steps - decay_start)
-        return tc.lr * (1 - (1 - tc.min_lr_frac) * min(frac, 1.0))
-    frac = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
-    if tc.schedule == "linear":
-        return tc.lr * (tc.min_lr_frac + (1 - tc.min_lr_frac) * (1 - min(frac, 1.0)))
-    return tc.lr * (tc.min_lr_frac + (1 - tc.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-
-
-def decay_start_step(tc: TrainConfig) -> int:
-    """wsd: the first step of the final decay, (1 - decay_frac) * steps rounded, after warmup."""
-    return max(tc.warmup, round((1 - tc.decay_frac) * tc.steps))
 
 
 def decay_split(model: torch.nn.Module) -> tuple:
@@ -178,7 +144,7 @@ class StopOnSignal:
         self._old = {}
 
 
-def make_optimizer(model: GPT, tc: TrainConfig):
+def make_optimizer(model: LanguageModel, tc: TrainConfig):
     decay, other = decay_split(model)
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": other, "weight_decay": 0.0}]
     # CUDA: the fused kernel (one launch for every tensor).  CPU: foreach, which is bit for bit
@@ -293,6 +259,7 @@ class Trainer:
         self.step, self.tokens = 0, 0
         self._ckpt_step = None     # the step of the last checkpoint written or loaded
         self._wrote_config = False  # this call started the run (wrote its config.json)
+        self.grad_norm = None  # the last step's global gradient norm before clipping (a device tensor)
         peak = peak_flops(dev, tc.dtype)
         self.peak = peak * self.world if peak else None
         self.autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(tc.dtype)
@@ -342,7 +309,8 @@ class Trainer:
                 return o[k] if k in o else defaults[sec][k].default
 
             diffs = [f"{sec}.{k}: {old_value(sec, k)!r} -> {v!r}"
-                     for sec in ("model", "train") for k, v in rec[sec].items() if old_value(sec, k) != v]
+                     for sec in ("model", "train") for k, v in rec[sec].items()
+                     if old_value(sec, k) != v and k not in WATCH_FIELDS]
             if diffs:
                 raise TrainError(f"{self.out} holds a run with a different configuration ({'; '.join(diffs)}); "
                                  "use another --out or the same flags")
@@ -477,7 +445,7 @@ class Trainer:
             raise TrainError(f"init_from {self.tc.init_from}: no run in {pdir}")
         old = rundir.read_config(pdir / rundir.CONFIG)
         ptc = TrainConfig.from_dict({k: v for k, v in old["train"].items() if k in TrainConfig.__dataclass_fields__})
-        own = {"steps", "eval_every", "eval_batches", "log_every", "keep_steps", "init_from"}
+        own = {"steps", "eval_every", "eval_batches", "log_every", "keep_steps", "init_from", *WATCH_FIELDS}
         diffs = [k for k, v in self.tc.to_dict().items() if k not in own and getattr(ptc, k) != v]
         if ModelConfig.from_dict(old["model"]).to_dict() != self.mc.to_dict():  # fields added since read as defaults
             diffs.insert(0, "model")
@@ -652,7 +620,7 @@ class Trainer:
                 mean_local = self._all_reduce_sum([local_sq])[0] / self.world
                 self.noise.update(mean_local, tc.batch_size // self.world, sq_norm(grads), tc.batch_size)
         if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
@@ -734,9 +702,10 @@ class Trainer:
                         position=self.progress_position)
         row = {}
         # metrics.jsonl rows: append_line opens the file per row (a failed write leaves nothing buffered)
-        with contextlib.nullcontext():
+        with open_trackers(tc.trackers() if lead else (), self.out) as tracker:
             # Throughput counts training steps only (evals and checkpoints excluded).
             t_train, tok_last, flops_last = 0.0, self.tokens, self.ledger.total("model", rows="all")
+            exec_last = self.ledger.total("executed", rows="all")
             while self.step < tc.steps:
                 t0 = time.perf_counter()
                 train_loss = self.train_step()
@@ -758,22 +727,27 @@ class Trainer:
                     dt = max(t_train, 1e-9)
                     tps = (self.tokens - tok_last) / dt
                     flops_now = self.ledger.total("model", rows="all")
+                    exec_now = self.ledger.total("executed", rows="all")
                     mfu = (flops_now - flops_last) / dt / self.peak if self.peak else None
-                    t_train, tok_last, flops_last = 0.0, self.tokens, flops_now
+                    hfu = (exec_now - exec_last) / dt / self.peak if self.peak else None
+                    t_train, tok_last, flops_last, exec_last = 0.0, self.tokens, flops_now, exec_now
                     row = {
                         "step": self.step, "tokens": self.tokens,
                         "flops": self.ledger.total("model"),
+                        "flops_paper": self.ledger.total("paper"),
                         "flops_total": self.ledger.total("model", rows="all"),
                         "flops_executed": self.ledger.total("executed", rows="all"),
                         "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(self.step - 1, tc),
                         "tokens_per_s": tps,
-                        "mfu": mfu,
+                        "mfu": mfu, "hfu": hfu,
+                        "grad_norm": float(self.grad_norm) if self.grad_norm is not None else None,
                         "grad_noise_scale": self.noise_scale_tokens(),
                         **others,  # --eval-data: val_loss_NAME (null where not evaluated)
                     }
                     if lead:
                         append_line(mpath, json.dumps(row))
                         rundir.written(mpath, self.step)
+                        tracker.log(row)  # TensorBoard / W&B (--tracker); a failing tracker only warns
                 if do_eval or self.step in kept:
                     self.save_checkpoint()
                 bar.update(1)

@@ -138,7 +138,47 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=(m.__doc__ or "").strip().splitlines()[0] if m.__doc__ else None)
         getattr(m, add)(p)
         p.set_defaults(fn=getattr(m, run))
+        if name == "fit":  # fitting/ imports nothing of the engine: its trackers are wired here
+            _add_fit_tracker(p)
+
+    # `flopscale plan` (fitted laws or a published prior to a training plan) and `flopscale backtest`
+    # (a law's own extrapolation error): flopscale/planning.py over fitting/plan.py, fitting/backtest.py.
+    from flopscale import planning
+
+    for name, add, run, help_ in (
+            ("plan", planning.add_plan_arguments, planning.run_plan,
+             "A training plan (N, D, shape, batch, lr, steps, loss with its interval, guards) at a budget"),
+            ("backtest", planning.add_backtest_arguments, planning.run_backtest,
+             "Fit a law on COL <= VALUE, predict the rest: MAPE, bias, 90%% interval coverage")):
+        p = sub.add_parser(name, help=help_)
+        add(p)
+        p.set_defaults(fn=run)
     return ap
+
+
+def _add_fit_tracker(p: argparse.ArgumentParser) -> None:
+    from flopscale.engine.config import TRACKERS
+
+    p.add_argument("--tracker", action="append", choices=TRACKERS, default=None,
+                   help="also log the report's figures (PNGs) and report.md to TensorBoard (REPORT_DIR/tb/) or "
+                        "W&B (REPORT_DIR/wandb/, a run of job type fit; in the sweep's group for SWEEP_DIR/report); "
+                        "repeatable; needs --out")
+    p.set_defaults(fn=cmd_fit)
+
+
+def cmd_fit(a) -> int:
+    """flopscale fit, then its report's figures to the trackers (engine/trackers.py)."""
+    from flopscale.fitting.cli import run_fit
+
+    trackers = [t for t in a.tracker or () if t != "none"]
+    if trackers and not a.out:
+        raise ValueError("--tracker logs the report's figures: give --out REPORT_DIR")
+    rc = run_fit(a)
+    if trackers:
+        from flopscale.engine.trackers import log_report
+
+        log_report(trackers, a.out)
+    return rc
 
 
 def main(argv=None) -> int:
