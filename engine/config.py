@@ -186,9 +186,12 @@ class TrainConfig(_DictConfig):
                        choices=("cosine", "wsd", "linear", "constant"))
     decay_frac: float = _f(0.2, "wsd: fraction of the steps spent in the final decay (the cooldown)", "schedule")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (matmul weights and embeddings only)", "schedule")
-    optimizer: str = _f("adamw", "adamw | adafactor (torch.optim.Adafactor, the paper's choice above 1B parameters: "
-                        "no first moment, factored second moment, its own beta2 schedule; --lr caps its relative "
-                        "step)", "schedule", choices=("adamw", "adafactor"))
+    optimizer: str = _f("adamw", "adamw | adafactor (engine/optim.py, the paper's choice above 1B parameters: no first "
+                        "moment, factored second moment, its own beta2 schedule; --lr is its step size, as AdamW's)",
+                        "schedule", choices=("adamw", "adafactor"))
+    adafactor_scale_parameter: bool = _f(False, "adafactor: multiply each step by the parameter's RMS (Shazeer & "
+                                         "Stern's relative scaling: --lr is then relative to the weights' scale)",
+                                         "schedule")
     beta1: float = _f(0.9, "AdamW beta1", "schedule")
     beta2: float = _f(0.95, "AdamW beta2", "schedule")
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)", "schedule")
@@ -241,6 +244,8 @@ class TrainConfig(_DictConfig):
             raise ConfigError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if not 0 < self.decay_frac <= 1:
             raise ConfigError(f"decay_frac must lie in (0, 1], got {self.decay_frac}")
+        if self.adafactor_scale_parameter and self.optimizer != "adafactor":
+            raise ConfigError("--adafactor-scale-parameter goes with --optimizer adafactor")
         if self.optimizer == "adafactor":
             lacks = [f"--{k.replace('_', '-')}" for k in ("beta1", "beta2") if getattr(self, k) != field_default(TrainConfig, k)]
             if lacks:

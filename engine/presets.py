@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .config import ConfigError, ModelConfig, TrainConfig
+from .rundir import check_run_name
 from .schedule import decay_start_step, lr_at
 
 
@@ -102,6 +103,7 @@ class SweepPreset:
             if not isinstance(v.get("name"), str) or not v["name"] or names.count(v["name"]) > 1 or bad:
                 raise ConfigError(f"preset {self.name}: a variant is a unique name and TrainConfig overrides "
                                   f"(plus models, area_of), got {v}")
+            check_run_name(v["name"], f"preset {self.name}: variant name")  # it ends run names: one path component
             ref = v.get("area_of")
             if ref is not None and (ref not in names or ref == v["name"]
                                     or self._variant(ref).get("area_of") is not None):
@@ -154,7 +156,7 @@ class SweepPreset:
         (+ "branch_of": [parent name, step] for a cooldown branch, whose train gets init_from from
         the runner, which knows where the parent's run directory is)."""
         out = self._budget_runs() if self.budgets else self._token_runs()
-        names = [r["name"] for r in out]
+        names = [check_run_name(r["name"], f"preset {self.name}: run name") for r in out]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"preset {self.name}: run names repeat ({', '.join(dup)}): two model entries or "

@@ -202,8 +202,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         return int(a.fn(a) or 0)
-    except (ConfigError, DataError, TrainError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TrainError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk above all: "no space left on device writing PATH"
+        from flopscale.fileio import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except RunInterrupted as e:  # SIGTERM / SIGINT: the step finished and a checkpoint was written
         print(f"interrupted by {e}", file=sys.stderr)
