@@ -10,8 +10,9 @@ the documented hook FLOPSCALE_KILL_AFTER=FILE[@STEP] (engine/rundir.py ``written
 
 A process that is killed is a ``flopscale train`` subprocess; the reference run, the reruns and
 the cases that end in an error call ``cli.main`` in this process (the same code path, without
-the few seconds of an interpreter start each; the same torch thread count as the subprocesses,
-torch's default, so the runs are bit for bit comparable).
+the few seconds of an interpreter start each).  Both use one torch thread (OMP_NUM_THREADS=1 for
+the subprocesses, set_num_threads(1) here, whatever an earlier test left), so the runs are bit for
+bit comparable: an eval batch's reductions split differently over another thread count.
 """
 
 import json
@@ -35,6 +36,19 @@ STEPS = 12
 ARGS = ["--n-layer", "1", "--d-model", "16", "--n-heads", "2", "--n-ctx", "16", "--batch-size", "2",
         "--steps", str(STEPS), "--eval-every", "3", "--warmup", "2", "--eval-batches", "1", "--keep-steps", "6",
         "--eval-positions", "--tokenizer", "bpe-300", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture(scope="module")
@@ -443,11 +457,7 @@ def test_disk_full_in_sweep(corpus, small_disk, capsys):
     mnt, leave = small_disk
     preset = _preset(mnt.parent, corpus, [{"name": "a", "lr": 0.001}])
     leave(0)
-    threads = torch.get_num_threads()
-    try:
-        line = _main_error(capsys, "sweep", "--preset", preset, "--out", str(mnt / "sw"), "--quiet",
-                           needles=("no space left on device writing", str(mnt / "sw")))
-    finally:
-        torch.set_num_threads(threads)  # the sweep set one thread per run in this process
+    line = _main_error(capsys, "sweep", "--preset", preset, "--out", str(mnt / "sw"), "--quiet",
+                       needles=("no space left on device writing", str(mnt / "sw")))
     assert not [p for p in (mnt / "sw").rglob("*") if ".tmp" in p.name]
     _done(f"disk full in sweep (fails writing {line.split(str(mnt / 'sw'))[-1].strip('/')})", "error line")
