@@ -63,19 +63,36 @@ def _now() -> str:
 # ---------------------------------------------------------------------------------------------
 # Training one run: the function every executor calls
 # ---------------------------------------------------------------------------------------------
-_CORPORA: Dict[tuple, object] = {}  # (data, tokenizer) -> the full corpus, once per process
+_CORPORA: Dict[tuple, object] = {}  # a run's data (corpus_key) -> its full corpus, once per process
+
+
+def corpus_key(tc: TrainConfig) -> tuple:
+    """What a corpus depends on: the data, its tokenizer, the other distributions held out of it
+    and load_corpus's format options (engine/data.py: data_options)."""
+    from .data import data_options
+
+    return (tc.data, tc.tokenizer, tc.eval_corpora(), tuple(sorted(data_options(tc).items())))
+
+
+def full_corpus(train: dict):
+    """The process's one load of a run's corpus, every training token (no cap): what the sweep
+    loads first (filling the token cache the workers read) and every run of it slices."""
+    from .data import data_options, load_corpus
+
+    tc = TrainConfig.from_dict(train)
+    key = corpus_key(tc)
+    if key not in _CORPORA:
+        _CORPORA[key] = load_corpus(tc.data, tc.tokenizer, None, tc.eval_corpora(), **data_options(tc))
+    return _CORPORA[key]
 
 
 def corpus_for(train: dict):
-    """The run's corpus: the process's one load of (data, tokenizer, eval_data), its training
-    tokens capped at max_tokens (what ``load_corpus(data, tokenizer, max_tokens, eval_corpora)``
-    returns, without reloading: the other distributions evaluated, and held out of training)."""
-    from .data import Corpus, load_corpus
+    """The run's corpus: :func:`full_corpus`, its training tokens capped at max_tokens (what
+    ``load_corpus(data, tokenizer, max_tokens, eval_corpora, **data_options)`` returns, without
+    reloading: the other distributions evaluated, and held out of training)."""
+    from .data import Corpus
 
-    key = (train["data"], train["tokenizer"], TrainConfig.from_dict(train).eval_corpora())
-    if key not in _CORPORA:
-        _CORPORA[key] = load_corpus(key[0], key[1], None, key[2])
-    full = _CORPORA[key]
+    full = full_corpus(train)
     cap = train.get("max_tokens")
     tr = full.train if cap is None else full.train[:cap]
     prov = dict(full.provenance, n_train_tokens=int(tr.size))
@@ -169,10 +186,8 @@ class InlineExecutor(Executor):
 
     name = "inline"
 
-    def __init__(self, progress: bool = True, corpora: Optional[dict] = None):
-        """``corpora``: {(data, tokenizer): Corpus} already loaded here (the sweep's), shared."""
-        self.progress = progress
-        _CORPORA.update(corpora or {})
+    def __init__(self, progress: bool = True):
+        self.progress = progress  # the corpus the sweep loaded here (full_corpus) is shared by every run
 
     def run(self, tasks, on_start, on_done, tick):
         for t in tasks:
@@ -527,4 +542,5 @@ def make_executor(name: str, **kw) -> Executor:
 
 
 __all__ = ["EXECUTORS", "RunTask", "SlurmOptions", "Executor", "InlineExecutor", "LocalExecutor", "SlurmExecutor",
-           "SlurmTask", "make_executor", "train_run", "train_command", "corpus_for", "local_slots"]
+           "SlurmTask", "make_executor", "train_run", "train_command", "corpus_key", "full_corpus", "corpus_for",
+           "local_slots"]

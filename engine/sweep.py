@@ -55,7 +55,7 @@ from . import rundir
 from .rundir import TrainError
 from .config import ConfigError, ModelConfig, TrainConfig, add_config_arguments, config_values
 from .dist import broadcast_object, init_distributed
-from .executors import EXECUTORS, InlineExecutor, LocalExecutor, RunTask, SlurmExecutor, SlurmOptions, local_slots
+from .executors import EXECUTORS, Executor, RunTask, SlurmOptions, full_corpus, local_slots, make_executor
 from .presets import PRESETS, SweepPreset, get_preset
 
 # ---------------------------------------------------------------------------------------------
@@ -204,14 +204,36 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
     slurm: engine/executors.py), then fit and report once the grid is complete.  Returns the
     manifest dict.  ``overrides``: TrainConfig fields applied to every run.  ``wait=False``
     (slurm): submit what is missing and return; the same call again collects."""
-    from tqdm import tqdm
-
-    from .data import load_corpus
-
     out = Path(out).absolute()
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    specs, parent_of = _grid_specs(preset, out, overrides)
+    # validate every config before any work (types, divisibility, unknown fields)
+    cfgs = [(s, ModelConfig(**s["model"], n_vocab=257), TrainConfig.from_dict(s["train"])) for s in specs]
+    device = cfgs[0][2].device
+    rank, world, gpus = _placement(cfgs, device, executor, gpus_per_run)
+    # One torch thread per CPU run unless asked otherwise: the same count under every executor,
+    # so a run's losses do not depend on where it ran.
+    threads = (threads or preset.cpu_threads or 1) if device == "cpu" else None
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    slots = local_slots(device, workers, threads or 1, gpus_per_run) if executor == "local" else None
+    world = world if executor == "inline" else 1  # other executors start their own processes
+    grid = _Grid(preset, out, executor, lead=rank == 0, world=world, progress=progress)
+    grid.check_dir()
+    grid.load_data(cfgs[0][2], len(specs))
+    grid.plan(cfgs)
+    ex = grid.executor(slots, slurm, wait)
+    grid.train(ex, grid.tasks(threads, gpus), parent_of, slots, gpus, threads)
+    return grid.finish(fit, preset.n_boot if n_boot is None else n_boot, bool(overrides.get("tracker")))
+
+
+def _grid_specs(preset: SweepPreset, out: Path, overrides: dict) -> tuple:
+    """The preset's runs with the overrides applied, run names checked as path components, each
+    cooldown branch pointed at its parent's run directory; and {branch: parent}."""
     specs = preset.runs()
     run_dirs(out, [s["name"] for s in specs])  # names that are paths: checked before anything is written
     for s in specs:
@@ -219,10 +241,13 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         if s.get("branch_of"):  # a cooldown branch starts from its parent's run directory
             parent, step = s["branch_of"]
             s["train"]["init_from"] = f"{out / 'runs' / parent}@{step}"
-    parent_of = {s["name"]: s["branch_of"][0] for s in specs if s.get("branch_of")}
-    # validate every config before any work (types, divisibility, unknown fields)
-    cfgs = [(s, ModelConfig(**s["model"], n_vocab=257), TrainConfig.from_dict(s["train"])) for s in specs]
-    device = cfgs[0][2].device
+    return specs, {s["name"]: s["branch_of"][0] for s in specs if s.get("branch_of")}
+
+
+def _placement(cfgs: list, device: str, executor: str, gpus_per_run: int) -> tuple:
+    """(rank, world, GPUs per run): this process's rank and the world each run is split over (a
+    torchrun sweep's, or a run's own GPUs); under DDP a run whose batch does not split over the
+    ranks and micro-batches accumulates nothing (``cfgs`` updated in place)."""
     rank, world, _ = init_distributed(device)
     if world > 1 and executor != "inline":
         raise ConfigError(f"--executor {executor} starts its own processes (torchrun for a run that asks for "
@@ -243,195 +268,220 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
             if cfgs[i][2].batch_size % world:
                 raise ConfigError(f"run {s['name']}: batch_size {tc.batch_size} is not divisible by the "
                                   f"world size {world}")
-    # One torch thread per CPU run unless asked otherwise: the same count under every executor,
-    # so a run's losses do not depend on where it ran.
-    threads = (threads or preset.cpu_threads or 1) if device == "cpu" else None
-    if threads:
-        import torch
+    return rank, world, gpus
 
-        torch.set_num_threads(threads)
-    slots = local_slots(device, workers, threads or 1, gpus_per_run) if executor == "local" else None
-    lead = rank == 0
-    err = None
-    if lead:
-        try:
-            _check_sweep_dir(out, preset)
-        except ConfigError as e:
-            err = str(e)
-    err = broadcast_object(err, world if executor == "inline" else 1)  # every rank stops on rank 0's one-line error
-    if err:
-        raise ConfigError(err)
-    world = world if executor == "inline" else 1
-    old = {r["name"]: r for r in _read_manifest(out).get("runs", [])} if lead else {}
-    t_start = time.perf_counter()
-    # One corpus load (BPE training and tokenization happen once, then the cache); each run's D
-    # cap is a slice of the same token array.  Workers elsewhere read the cache this fills.
-    tc0 = cfgs[0][2]
-    if lead:
-        say(f"sweep {preset.name}: {len(specs)} runs -> {out} ({executor}); loading data {tc0.data!r} ({tc0.tokenizer})",
-            progress)
-    full = None
-    if lead:
-        full = load_corpus(tc0.data, tc0.tokenizer, None)
-    broadcast_object(None, world)  # rank 0 has filled the token cache
-    if not lead:
-        full = load_corpus(tc0.data, tc0.tokenizer, None)
-    t_data = time.perf_counter() - t_start
 
-    # real vocabulary for the cost model; cheapest runs first
-    jobs = []
-    for s, mc, tc in cfgs:
-        mc = ModelConfig(**s["model"], n_vocab=full.vocab_size)
-        jobs.append((s, mc, tc, run_flops(mc, tc, from_step=(s.get("branch_of") or [None, 0])[1])))
-    jobs.sort(key=lambda j: j[3]["all"])
-    n_train = full.n_train_tokens
-    if lead and preset.tokens > n_train and all(t.max_tokens is None for _, _, t, _ in jobs):
-        say(f"warning: {preset.tokens:,} tokens per run repeat this corpus's {n_train:,} training tokens "
-            f"{preset.tokens / n_train:.1f}x; pass --data with a larger corpus for single-epoch runs", True)
+class _Grid:
+    """One invocation of a sweep, step by step (run_grid): the directory check, the data, the
+    plan (runs cheapest first, their status, the manifest's entries), the executor, the training
+    with its progress bar and manifest updates, and the fit once every run is done."""
 
-    status = {}
-    if lead:
-        status = {s["name"]: _run_status(out / "runs" / s["name"], tc.steps) for s, _, tc, _ in jobs}
-    status = broadcast_object(status, world)
-    total = sum(j[3]["all"] for j in jobs)
-    done_flops = sum(j[3]["all"] for j in jobs if status[j[0]["name"]] == "done")
-    n_done = sum(1 for v in status.values() if v == "done")
-    if lead and n_done:
-        say(f"resuming: {n_done} of {len(jobs)} runs already finished"
-            + (f", {sum(1 for v in status.values() if v == 'partial')} interrupted" if 'partial' in status.values() else ""),
-            progress)
+    def __init__(self, preset: SweepPreset, out: Path, executor: str, lead: bool, world: int, progress: bool):
+        self.preset, self.out, self.executor_name = preset, out, executor
+        self.lead, self.world, self.progress = lead, world, progress
+        self.t_start = time.perf_counter()
+        self.timing: dict = {}
+        self.failed: List[str] = []
 
-    # The manifest's entries, in grid order; a finished run keeps where and when it ran.
-    entries, by_name = [], {}
-    for s, mc, tc, cost in jobs:
-        ent = {"name": s["name"], "dir": f"runs/{s['name']}", "model": mc.to_dict(), "train": tc.to_dict(),
-               "N": mc.N, "expected_flops": cost, "status": "pending"}
-        prev = old.get(s["name"], {})
-        ent.update({k: prev[k] for k in EXEC_FIELDS if k in prev})
-        entries.append(ent)
-        by_name[s["name"]] = ent
-    timing = {"data": round(t_data, 1)}
+    def check_dir(self) -> None:
+        """Rank 0 checks SWEEP_DIR against the preset; every rank stops on its one-line error."""
+        err = None
+        if self.lead:
+            try:
+                _check_sweep_dir(self.out, self.preset)
+            except ConfigError as e:
+                err = str(e)
+        err = broadcast_object(err, self.world)
+        if err:
+            raise ConfigError(err)
 
-    def write():
-        if lead:
-            _write_manifest(out, preset, entries, {"executor": executor, "timing_s": timing})
+    def load_data(self, tc0: TrainConfig, n_runs: int) -> None:
+        """One corpus load (BPE training and tokenization happen once, then the cache) that every
+        run's D cap slices; workers elsewhere read the cache this fills.  Rank 0 first."""
+        self.t_start = time.perf_counter()
+        if self.lead:
+            say(f"sweep {self.preset.name}: {n_runs} runs -> {self.out} ({self.executor_name}); "
+                f"loading data {tc0.data!r} ({tc0.tokenizer})", self.progress)
+            self.full = full_corpus(tc0.to_dict())
+        broadcast_object(None, self.world)  # rank 0 has filled the token cache
+        if not self.lead:
+            self.full = full_corpus(tc0.to_dict())
+        self.timing["data"] = round(time.perf_counter() - self.t_start, 1)
 
-    sl = None
-    if executor == "slurm":
-        sl = SlurmExecutor(out / "slurm", slurm or SlurmOptions(), job_name=f"flopscale-{preset.name}", wait=wait,
-                           known={n: e["job_id"] for n, e in by_name.items()
-                                  if status[n] != "done" and e.get("executor") == "slurm" and e.get("job_id")})
-    for s, mc, tc, cost in jobs:
-        ent = by_name[s["name"]]
-        if status[s["name"]] == "done":
+    def plan(self, cfgs: list) -> None:
+        """Each run's cost with the real vocabulary (cheapest first), its status on disk and its
+        manifest entry (a finished run keeps where and when it ran)."""
+        jobs = []
+        for s, mc, tc in cfgs:
+            mc = ModelConfig(**s["model"], n_vocab=self.full.vocab_size)
+            jobs.append((s, mc, tc, run_flops(mc, tc, from_step=(s.get("branch_of") or [None, 0])[1])))
+        jobs.sort(key=lambda j: j[3]["all"])
+        self.jobs = jobs
+        n_train = self.full.n_train_tokens
+        if self.lead and self.preset.tokens > n_train and all(t.max_tokens is None for _, _, t, _ in jobs):
+            say(f"warning: {self.preset.tokens:,} tokens per run repeat this corpus's {n_train:,} training tokens "
+                f"{self.preset.tokens / n_train:.1f}x; pass --data with a larger corpus for single-epoch runs", True)
+        status = {}
+        if self.lead:
+            status = {s["name"]: _run_status(self.out / "runs" / s["name"], tc.steps) for s, _, tc, _ in jobs}
+        self.status = status = broadcast_object(status, self.world)
+        n_done = sum(1 for v in status.values() if v == "done")
+        if self.lead and n_done:
+            say(f"resuming: {n_done} of {len(jobs)} runs already finished"
+                + (f", {sum(1 for v in status.values() if v == 'partial')} interrupted" if 'partial' in status.values() else ""),
+                self.progress)
+        old = {r["name"]: r for r in _read_manifest(self.out).get("runs", [])} if self.lead else {}
+        self.entries, self.by_name = [], {}
+        for s, mc, tc, cost in jobs:
+            ent = {"name": s["name"], "dir": f"runs/{s['name']}", "model": mc.to_dict(), "train": tc.to_dict(),
+                   "N": mc.N, "expected_flops": cost, "status": "pending"}
+            prev = old.get(s["name"], {})
+            ent.update({k: prev[k] for k in EXEC_FIELDS if k in prev})
+            self.entries.append(ent)
+            self.by_name[s["name"]] = ent
+        self.cost_of = {s["name"]: cost["all"] for s, mc, tc, cost in jobs}
+
+    def write(self, extra: Optional[dict] = None) -> None:
+        if self.lead:
+            _write_manifest(self.out, self.preset, self.entries,
+                            extra or {"executor": self.executor_name, "timing_s": self.timing})
+
+    def executor(self, slots, slurm: Optional[SlurmOptions], wait: bool) -> Executor:
+        """The executor (engine/executors.py: make_executor); the runs already done are marked so
+        in the manifest (on SLURM, with where and when they ran if they finished since --no-wait)."""
+        name, self.wait = self.executor_name, wait
+        if name == "inline":
+            ex = make_executor(name, progress=self.progress)
+        elif name == "local":
+            ex = make_executor(name, slots=slots)
+        else:
+            ex = make_executor(name, folder=self.out / "slurm", opts=slurm or SlurmOptions(),
+                               job_name=f"flopscale-{self.preset.name}", wait=wait,
+                               known={n: e["job_id"] for n, e in self.by_name.items()
+                                      if self.status[n] != "done" and e.get("executor") == "slurm" and e.get("job_id")})
+        for ent in self.entries:
+            if self.status[ent["name"]] != "done":
+                continue
             ent["status"] = "done"
-            if lead:
-                ent["final"] = _summary(out / "runs" / s["name"])
-                if sl is not None and ent.get("job_id") and not ent.get("end"):
-                    got = (sl.collect_finished(ent["job_id"]) or {}).get(s["name"])  # finished since --no-wait
+            if self.lead:
+                ent["final"] = _summary(self.out / ent["dir"])
+                if name == "slurm" and ent.get("job_id") and not ent.get("end"):
+                    got = (ex.collect_finished(ent["job_id"]) or {}).get(ent["name"])  # finished since --no-wait
                     ent.update({k: got[k] for k in EXEC_FIELDS if got and k in got})
-    write()
+        self.write()
+        return ex
 
-    tasks = [RunTask(name=s["name"], run_dir=str(out / "runs" / s["name"]), model=mc.to_dict(), train=tc.to_dict(),
-                     threads=threads, gpus=gpus)
-             for s, mc, tc, cost in jobs if status[s["name"]] != "done"]
-    if executor != "inline":  # in parallel, costliest first: the longest run does not start last
-        tasks.reverse()
-    cost_of = {s["name"]: cost["all"] for s, mc, tc, cost in jobs}
-    # Overall progress in FLOPs (the ledger's exact per-run counts), so the ETA weighs big runs right.
-    bar = tqdm(total=total, initial=done_flops, unit="FLOP", unit_scale=True, desc=f"sweep {preset.name}",
-               disable=not (progress and lead and (wait or executor != "slurm")), position=0, dynamic_ncols=True,
-               file=sys.stderr)
-    follower, finished_flops, failed = _Follower(), [done_flops], []
+    def tasks(self, threads: Optional[int], gpus: int) -> List[RunTask]:
+        """The runs still to train; in parallel costliest first, so the longest does not start last."""
+        tasks = [RunTask(name=s["name"], run_dir=str(self.out / "runs" / s["name"]), model=mc.to_dict(),
+                         train=tc.to_dict(), threads=threads, gpus=gpus)
+                 for s, mc, tc, cost in self.jobs if self.status[s["name"]] != "done"]
+        if self.executor_name != "inline":
+            tasks.reverse()
+        return tasks
 
-    def on_start(t: RunTask, info: dict):
-        ent = by_name[t.name]
+    # -- training, with the overall bar and the manifest kept current -------------------------------
+    def on_start(self, t: RunTask, info: dict) -> None:
+        ent = self.by_name[t.name]
         for k in ("node", "start", "end", "error"):
             ent.pop(k, None)
         info = dict(info)
         state = info.pop("state")  # queued | running | submitted
         ent.update(info, status=state)
-        if executor == "inline":
-            bar.set_postfix_str(f"run {t.name} (N={ent['N']:,})")
-        write()
+        if self.executor_name == "inline":
+            self.bar.set_postfix_str(f"run {t.name} (N={ent['N']:,})")
+        self.write()
 
-    def on_done(t: RunTask, info: dict):
-        ent = by_name[t.name]
+    def on_done(self, t: RunTask, info: dict) -> None:
+        ent = self.by_name[t.name]
         ent.update({k: v for k, v in info.items() if k in EXEC_FIELDS or k == "error"})
         steps = ent["train"]["steps"]
-        if "error" not in info and lead and _run_status(Path(t.run_dir), steps) != "done":
+        if "error" not in info and self.lead and _run_status(Path(t.run_dir), steps) != "done":
             ent["error"] = "the task ended before the run finished"
         if "error" in ent:
             ent["status"] = "failed"
-            failed.append(f"{t.name}: {ent['error']}")
+            self.failed.append(f"{t.name}: {ent['error']}")
             say(f"run {t.name} failed: {ent['error']}", True)
         else:
             ent["status"] = "done"
-            if lead:
+            if self.lead:
                 ent["final"] = _summary(Path(t.run_dir))
-            finished_flops[0] += cost_of[t.name]
-        follower.flops.pop(Path(t.run_dir), None)
-        tick()
-        write()
+            self.finished_flops += self.cost_of[t.name]
+        self.follower.flops.pop(Path(t.run_dir), None)
+        self.tick()
+        self.write()
 
-    def tick():
-        running = [by_name[t.name] for t in tasks if by_name[t.name]["status"] in ("running", "queued", "submitted")]
-        now = finished_flops[0] + sum(min(follower.read(out / e["dir"]), cost_of[e["name"]]) for e in running)
-        bar.update(max(0, now - bar.n))
+    def tick(self) -> None:
+        running = [e for e in self.entries if e["status"] in ("running", "queued", "submitted")]
+        now = self.finished_flops + sum(min(self.follower.read(self.out / e["dir"]), self.cost_of[e["name"]])
+                                        for e in running)
+        self.bar.update(max(0, now - self.bar.n))
 
-    t_train = time.perf_counter()
-    if executor == "inline":
-        ex = InlineExecutor(progress=progress, corpora={(tc0.data, tc0.tokenizer): full})
-    elif executor == "local":
-        ex = LocalExecutor(slots)
-    else:
-        ex = sl
-    if executor != "inline" and tasks:
-        where = (f"{len(slots)} local workers ({'GPUs ' + ' '.join(','.join(x['gpus']) for x in slots) if gpus else f'{threads} thread(s) each'})"
-                 if executor == "local" else "SLURM")
-        say(f"{len(tasks)} runs on {where}", progress)
-    try:
-        # Cooldown branches start from checkpoints their parents keep: parents (and every other
-        # run) first, then the branches whose parent has finished (with --no-wait on SLURM, the
-        # rest are submitted by the same command once their parents are done).
-        first = [t for t in tasks if t.name not in parent_of]
-        if first:
-            ex.run(first, on_start=on_start, on_done=on_done, tick=tick)
-        second = [t for t in tasks if t.name in parent_of and by_name[parent_of[t.name]]["status"] == "done"]
-        if second:
-            ex.run(second, on_start=on_start, on_done=on_done, tick=tick)
-    finally:
-        bar.close()
-        timing["runs_this_invocation"] = round(time.perf_counter() - t_train, 1)
-        for e in entries:  # stopped here (a signal, an error): resumed by the same command
-            if e["status"] in ("running", "queued"):
-                e["status"] = "interrupted" if e["status"] == "running" else "pending"
-        write()
-    man = _read_manifest(out) if lead else {}
-    if lead and executor == "slurm" and not wait:
-        waiting = [e for e in entries if e["status"] == "submitted"]
-        man["waiting"] = len(waiting)
-        if waiting:
-            say(f"{len(waiting)} runs queued or running on SLURM (job ids {', '.join(sorted({e['job_id'] for e in waiting}))}); "
-                "run the same command again to collect them", True)
-            return man
-    if failed:
-        raise TrainError(f"{len(failed)} of {len(jobs)} runs failed ({'; '.join(failed)}); the others are kept; "
-                         "run the same command again to retry")
-    if lead and all(e["status"] == "done" for e in entries):
-        extra = {"executor": executor, "timing_s": timing}
-        if fit:
-            t0 = time.perf_counter()
-            extra["fit"] = fit_and_report(out, n_boot=preset.n_boot if n_boot is None else n_boot, progress=progress)
-            if overrides.get("tracker"):  # the report's figures beside the runs (engine/trackers.py)
-                from .trackers import log_report
+    def train(self, ex: Executor, tasks: List[RunTask], parent_of: dict, slots, gpus: int,
+              threads: Optional[int]) -> None:
+        """Train ``tasks`` on ``ex``: cooldown branches start from checkpoints their parents keep,
+        so parents (and every other run) first, then the branches whose parent has finished (with
+        --no-wait on SLURM, the rest are submitted by the same command once their parents are
+        done).  A signal or an error leaves the manifest saying what to resume."""
+        from tqdm import tqdm
 
-                log_report(jobs[0][2].trackers(), out / "report")
-            timing["fit_report"] = round(time.perf_counter() - t0, 1)
-        timing["total_this_invocation"] = round(time.perf_counter() - t_start, 1)
-        _write_manifest(out, preset, entries, extra)
-        man = json.loads((out / "sweep.json").read_text())
-    return man
+        name, wait = self.executor_name, self.wait
+        total = sum(self.cost_of.values())
+        self.finished_flops = sum(c for n, c in self.cost_of.items() if self.status[n] == "done")
+        # Overall progress in FLOPs (the ledger's exact per-run counts), so the ETA weighs big runs right.
+        self.bar = tqdm(total=total, initial=self.finished_flops, unit="FLOP", unit_scale=True,
+                        desc=f"sweep {self.preset.name}", disable=not (self.progress and self.lead and (wait or name != "slurm")),
+                        position=0, dynamic_ncols=True, file=sys.stderr)
+        self.follower = _Follower()
+        t_train = time.perf_counter()
+        if name != "inline" and tasks:
+            where = (f"{len(slots)} local workers ({'GPUs ' + ' '.join(','.join(x['gpus']) for x in slots) if gpus else f'{threads} thread(s) each'})"
+                     if name == "local" else "SLURM")
+            say(f"{len(tasks)} runs on {where}", self.progress)
+        try:
+            first = [t for t in tasks if t.name not in parent_of]
+            if first:
+                ex.run(first, on_start=self.on_start, on_done=self.on_done, tick=self.tick)
+            second = [t for t in tasks if t.name in parent_of and self.by_name[parent_of[t.name]]["status"] == "done"]
+            if second:
+                ex.run(second, on_start=self.on_start, on_done=self.on_done, tick=self.tick)
+        finally:
+            self.bar.close()
+            self.timing["runs_this_invocation"] = round(time.perf_counter() - t_train, 1)
+            for e in self.entries:  # stopped here (a signal, an error): resumed by the same command
+                if e["status"] in ("running", "queued"):
+                    e["status"] = "interrupted" if e["status"] == "running" else "pending"
+            self.write()
+
+    def finish(self, fit: bool, n_boot: int, tracked: bool) -> dict:
+        """The manifest; once every run is done, the fit and report (and, with --tracker, the
+        report's figures logged beside the runs)."""
+        out = self.out
+        man = _read_manifest(out) if self.lead else {}
+        if self.lead and self.executor_name == "slurm" and not self.wait:
+            waiting = [e for e in self.entries if e["status"] == "submitted"]
+            man["waiting"] = len(waiting)
+            if waiting:
+                say(f"{len(waiting)} runs queued or running on SLURM (job ids {', '.join(sorted({e['job_id'] for e in waiting}))}); "
+                    "run the same command again to collect them", True)
+                return man
+        if self.failed:
+            raise TrainError(f"{len(self.failed)} of {len(self.jobs)} runs failed ({'; '.join(self.failed)}); "
+                             "the others are kept; run the same command again to retry")
+        if self.lead and all(e["status"] == "done" for e in self.entries):
+            extra = {"executor": self.executor_name, "timing_s": self.timing}
+            if fit:
+                t0 = time.perf_counter()
+                extra["fit"] = fit_sweep(out, n_boot=n_boot, progress=self.progress)
+                if tracked:  # the report's figures beside the runs (engine/trackers.py)
+                    from .trackers import log_report
+
+                    log_report(self.jobs[0][2].trackers(), out / "report")
+                self.timing["fit_report"] = round(time.perf_counter() - t0, 1)
+            self.timing["total_this_invocation"] = round(time.perf_counter() - self.t_start, 1)
+            self.write(extra)
+            man = json.loads((out / "sweep.json").read_text())
+        return man
 
 
 def say(msg: str, enabled: bool = True) -> None:
@@ -452,7 +502,7 @@ def _lr_of_config(step: int, train: dict) -> float:
     return lr_at(step, TrainConfig.from_dict(train))
 
 
-def fit_and_report(out: Path, n_boot: int = 200, progress: bool = True) -> dict:
+def fit_sweep(out: Path, n_boot: int = 200, progress: bool = True) -> dict:
     """Fit every law the runs support and write SWEEP_DIR/report (fits.json, PNGs, report.md).
     Returns a short summary (alpha_N with its interval, rmse, B_crit) for the manifest."""
     from flopscale import fitting
@@ -495,7 +545,7 @@ def _ci(ci, fmt: str) -> str:
     return f"95% CI [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
-def print_summary(summ: dict, out: Path) -> None:
+def print_fit_summary(summ: dict, out: Path) -> None:
     lines = []
     if "alpha_N" in summ:
         lines.append(f"L(N):  alpha_N = {summ['alpha_N']:.4f}  ({_ci(summ['alpha_N_ci95'], '.4f')})   paper 0.076"
@@ -514,8 +564,8 @@ def print_summary(summ: dict, out: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # TrainConfig fields a sweep may override for every run (the grid's own fields, such as steps and
 # batch_size, come from the preset).
-OVERRIDABLE = ("data", "tokenizer", "device", "backend", "dtype", "cuda_attention", "cuda_ffn_backward",
-               "triton_ffn_loads", "tracker")
+OVERRIDABLE = ("data", "tokenizer", "data_format", "data_vocab", "text_column", "sampling", "device", "backend",
+               "dtype", "cuda_attention", "cuda_ffn_backward", "triton_ffn_loads", "tracker")
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -674,7 +724,7 @@ def run_sweep(args) -> int:
                   f"run the same command again to collect them")
             return 0
         if "fit" in man:
-            print_summary(man["fit"], out)
+            print_fit_summary(man["fit"], out)
         print(f"sweep {preset.name}: {len(man['runs'])} runs in {out}/runs, manifest {out}/sweep.json; "
               f"this invocation took {time.perf_counter() - t0:.0f} s")
     return 0

@@ -384,9 +384,9 @@ def test_run_paths_stay_under_runs(tmp_path):
 
 
 def test_sweep_n_boot_zero_summary(capsys):
-    from flopscale.engine.sweep import print_summary
+    from flopscale.engine.sweep import print_fit_summary
 
-    print_summary({"alpha_N": 0.07, "alpha_N_ci95": None, "rmse_log_N": 0.01, "alpha_C": 0.05,
+    print_fit_summary({"alpha_N": 0.07, "alpha_N_ci95": None, "rmse_log_N": 0.01, "alpha_C": 0.05,
                    "alpha_C_ci95": [None, None]}, Path("sw"))
     out = capsys.readouterr().out
     assert "alpha_N = 0.0700" in out and "no 95% CI: --n-boot 0" in out
