@@ -139,6 +139,7 @@ def load_run(path: str) -> Run:
                 raise FitError(f"{m_path}:{i}: not valid JSON ({e.msg})") from None
     if not rows:
         raise FitError(f"{m_path}: no logged steps")
+    _check_steps(rows, m_path)
 
     def col(key, required=False):
         vals = [r.get(key) for r in rows]
@@ -157,6 +158,25 @@ def load_run(path: str) -> Run:
                train_loss=col("train_loss"), val_loss=col("val_loss"), gns=gns, lr=col("lr"),
                val_other={k[len("val_loss_"):]: col(k)
                           for k in sorted({k for r in rows for k in r if k.startswith("val_loss_")})})
+
+
+def _check_steps(rows, m_path: str) -> None:
+    """One row per logged step, steps strictly increasing: a duplicated or backwards step means the
+    log was appended to by a restart (or merged from two runs), and fitting it would count points twice."""
+    prev = None
+    for i, r in enumerate(rows, 1):
+        s = r.get("step")
+        if s is None:
+            continue  # "rows without 'step'" is reported by the column reader
+        try:
+            s = float(s)
+        except (TypeError, ValueError):
+            raise FitError(f"{m_path}: row {i} has step {r.get('step')!r}, not a number") from None
+        if prev is not None and not s > prev:
+            what = "duplicated" if s == prev else "non-increasing"
+            raise FitError(f"{m_path}: {what} step {s:g} at row {i} (after step {prev:g}); the run's log is "
+                           f"corrupt (a restart appended to it?), refusing to fit it")
+        prev = s
 
 
 def load_runs(paths: Sequence[str]) -> List[Run]:
