@@ -18,6 +18,7 @@ import numpy as np
 from .fit import HUBER_DELTA, N_BOOT, FitError, NonNumericColumn, as_columns, check_fix, check_points, fit, parse_fix
 from .isoflop import PARAMS as ISOFLOP_PARAMS, TOL_DEX, WINDOW_DEX, fit_isoflop
 from .laws import LAWS
+from .writes import check_out_dir, write_error
 
 AUTO_FROM_CSV = ("n", "d", "c", "nd", "ns", "chinchilla", "data-constrained", "isoflop")
 ALL_LAWS = tuple(LAWS) + ("isoflop",)
@@ -422,6 +423,8 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
         raise FitError("nothing to fit: give run or sweep directories, or --csv FILE")
     if group is not None and not (csv or data is not None):
         raise FitError(f"--group {group}: grouping needs a table (--csv FILE or a DataFrame), not run directories")
+    if out:
+        check_out_dir(str(out))
     if n_boot < 0:
         raise FitError(f"--n-boot must be >= 0, got {n_boot}")
     if not huber_delta > 0:
@@ -494,8 +497,11 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
     else:
         abl = None
     if out:
-        write_report(str(out), entries, payload, frontier_curves=extra.get("frontier_curves"), study=study,
-                     ablations=abl)
+        try:
+            write_report(str(out), entries, payload, frontier_curves=extra.get("frontier_curves"), study=study,
+                         ablations=abl)
+        except OSError as e:
+            raise write_error(str(out), e) from None
     if not quiet:
         print_summary(entries, skipped, out)
     return payload

@@ -80,3 +80,56 @@ def test_repeated_step_refused(tmp_path):
         load_run(r)
 
 
+def test_unwritable_outputs_fail_before_the_fit(tmp_path, n_csv):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [(["--out", a_file], "is a file, not a directory"),
+             (["--out", a_file / "sub" / "report"], f"{a_file} is a file, not a directory"),
+             (["--json", a_file / "x.json"], f"{a_file} is a file, not a directory"),
+             (["--json", tmp_path], "is a directory, not a file"),
+             (["--json", tmp_path / "nowhere" / "x.json"], "no such directory")]
+    for extra, frag in cases:
+        with pytest.raises(FitError) as e:
+            run_fit(_args(["--csv", n_csv, "--law", "n", "--n-boot", "5", "--quiet"] + [str(x) for x in extra]))
+        assert frag in str(e.value) and "\n" not in str(e.value), (extra, str(e.value))
+    assert a_file.read_text() == "x"
+    # through the top-level CLI: one line, no traceback
+    _one_error_line(_cli("--csv", n_csv, "--law", "n", "--out", a_file / "r", top=True), "is a file")
+    _one_error_line(_cli("--csv", n_csv, "--law", "n", "--json", a_file / "x.json", top=True), "is a file")
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {p.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_is_one_line(tiny_fs, n_csv):
+    # the report's PNGs overflow 64 KiB
+    line = _one_error_line(_cli("--csv", n_csv, "--law", "n", "--n-boot", "5", "--quiet", "--out", tiny_fs / "rep"),
+                           "no space left on device writing")
+    assert str(tiny_fs) in line
+    # every file the report did write is whole (atomic writes), and no temporary file is left
+    assert not [p for p in (tiny_fs / "rep").iterdir() if ".tmp" in p.name]
+    shutil.rmtree(tiny_fs / "rep")
+    # --json onto a full disk: fill it first
+    try:
+        with open(tiny_fs / "filler", "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:
+        pass
+    line = _one_error_line(_cli("--csv", n_csv, "--law", "n", "--n-boot", "5", "--quiet",
+                                "--json", tiny_fs / "fit.json", top=True), "no space left on device writing")
+    assert str(tiny_fs / "fit.json") in line
+    assert not any(p.name.startswith(".fit.json.tmp") for p in tiny_fs.iterdir())
+
+
