@@ -41,6 +41,10 @@ from .laws import LAWS, Law, chinchilla_allocation
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, approach 3
 N_BOOT = 200
+# Every input and target of a fit lies in [1/MAX_VALUE, MAX_VALUE]: 1e40 is far above any N, D or C
+# (FLOPs) of a real run, and beyond it powers like N^alpha leave float range (N = 1e300 fitted as a
+# degenerate law instead of failing).
+MAX_VALUE = 1e40
 MAX_GRID_STARTS_BOOT = 3  # distinct optima of the full fit reused as bootstrap starts
 
 
@@ -100,8 +104,8 @@ def _is_number(v) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 def positive_columns(cols: Dict[str, object], need) -> Dict[str, np.ndarray]:
-    """The columns ``need`` as float arrays of one length, finite and positive (log-space fits);
-    FitError with one line naming the column and row otherwise."""
+    """The columns ``need`` as float arrays of one length, finite, positive (log-space fits) and
+    within [1/MAX_VALUE, MAX_VALUE]; FitError with one line naming the column and row otherwise."""
     out, n = {}, None
     for k in need:
         if isinstance(cols[k], NonNumericColumn):
@@ -119,6 +123,11 @@ def positive_columns(cols: Dict[str, object], need) -> Dict[str, np.ndarray]:
         if (v <= 0).any():
             i = int(np.argmax(v <= 0))
             raise FitError(f"column {k!r} must be positive for a log-space fit; row {i} is {v[i]:g}")
+        far = (v < 1.0 / MAX_VALUE) | (v > MAX_VALUE)
+        if far.any():
+            i = int(np.argmax(far))
+            raise FitError(f"column {k!r} row {i} is {v[i]:g}, outside the range a fit can use "
+                           f"({1.0 / MAX_VALUE:g} to {MAX_VALUE:g}); check the column's values and units")
         out[k] = v
     return out
 

@@ -241,13 +241,20 @@ def read_csv(path: str) -> Dict[str, object]:
     the error (file, line, column)."""
     if not os.path.exists(path):
         raise FitError(f"no such file: {path}")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise FitError(f"{path}: empty file") from None
-        rows = [r for r in reader if any(c.strip() for c in r)]
+    # utf-8-sig: a spreadsheet's UTF-8 export starts with a byte-order mark, which would otherwise
+    # become part of the first column's name ("\ufeffN", then "missing N")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                raise FitError(f"{path}: empty file") from None
+            rows = [r for r in reader if any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise FitError(f"{path}: not UTF-8 text (byte {e.start}); save the table as UTF-8 CSV") from None
+    except IsADirectoryError:
+        raise FitError(f"{path}: is a directory, not a CSV file") from None
     if not rows:
         raise FitError(f"{path}: header but no rows")
     cols: Dict[str, list] = {h: [] for h in header}

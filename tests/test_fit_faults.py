@@ -133,3 +133,34 @@ def test_disk_full_is_one_line(tiny_fs, n_csv):
     assert not any(p.name.startswith(".fit.json.tmp") for p in tiny_fs.iterdir())
 
 
+def test_csv_with_byte_order_mark(tmp_path):
+    cols = law_points("n", N=np.logspace(6, 9, 8), seed=0)
+    plain = run_fit_json(tmp_path, _csv(tmp_path / "plain.csv", cols))
+    bom = run_fit_json(tmp_path, _csv(tmp_path / "bom.csv", cols, bom=True))
+    assert list(read_csv(str(tmp_path / "bom.csv"))) == ["N", "loss"]
+    assert bom["params"] == plain["params"] and bom["n_points"] == 8
+
+
+def run_fit_json(tmp_path, csv_path):
+    out = tmp_path / (os.path.basename(csv_path) + ".json")
+    assert run_fit(_args(["--csv", csv_path, "--law", "n", "--n-boot", "5", "--quiet", "--json", str(out)])) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("value,frag", [(1e300, "outside the range a fit can use"),
+                                        (1e-300, "outside the range a fit can use"),
+                                        (float("inf"), "NaN or infinite"),
+                                        (0.0, "must be positive")])
+def test_values_no_fit_can_use(tmp_path, value, frag):
+    cols = law_points("n", N=np.logspace(6, 9, 8), seed=0)
+    cols["N"][3] = value
+    with pytest.raises(FitError) as e:
+        run_fit(_args(["--csv", _csv(tmp_path / "x.csv", cols), "--law", "n", "--n-boot", "5", "--quiet"]))
+    assert frag in str(e.value) and "'N'" in str(e.value) and "row 3" in str(e.value), str(e.value)
+
+
+def test_not_utf8_csv(tmp_path):
+    p = tmp_path / "latin.csv"
+    p.write_bytes("N,loss,note\n1e6,3.0,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(FitError, match="not UTF-8"):
+        read_csv(str(p))
