@@ -401,7 +401,7 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
                    compute: str = "nonembedding", fix=None, quiet: bool = True, csv: Optional[str] = None,
                    huber_delta: float = HUBER_DELTA, grid: str = "full", slice_tol: float = TOL_DEX,
                    slice_window: float = WINDOW_DEX, data=None, group: Optional[str] = None,
-                   lr_fn=None) -> dict:
+                   lr_fn=None, progress: Optional[bool] = None) -> dict:
     """Fit runs (paths: run or sweep directories) or a table (csv=FILE, or data= a dict of arrays or a
     DataFrame); returns the fits.json content ({"inputs", "fits": [...], "skipped", ...}) and, with
     out=REPORT_DIR, writes fits.json, one PNG per fit and report.md there. laws: None (auto), a list
@@ -410,7 +410,8 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
     (payload["groups"]). From runs, the paper's other systems (shape, architectures, other data,
     learning rate and schedule; fitting/ablations.py) go into payload["ablations"] when the runs vary
     that way; lr_fn(step, train_config_dict), if given (the trainer's schedule function, from a caller
-    above fitting/), recomputes each run's lr curve instead of reading metrics.jsonl's `lr`. Bad input
+    above fitting/), recomputes each run's lr curve instead of reading metrics.jsonl's `lr`; progress:
+    tqdm bars on stderr for fits longer than 2 s (None: on a terminal only; False: never). Bad input
     raises FitError (one line)."""
     from .report import FitEntry, build_payload, print_summary, write_report
 
@@ -470,7 +471,7 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
             used = cols
         else:
             res, boot = fit(law, cols, delta=huber_delta, n_boot=n_boot, seed=seed, grid=grid, return_boot=True,
-                            fix=it["fix"])
+                            fix=it["fix"], progress=progress)
             used = check_points(law, cols, len(it["fix"]))
         if it["compute"]:
             res["compute"] = it["compute"]

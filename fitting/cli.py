@@ -90,7 +90,7 @@ def run_fit(args) -> int:
         args.paths, args.out, laws=args.law, point=args.point, n_boot=args.n_boot, seed=args.seed,
         compute=args.compute, fix=args.fix, quiet=args.quiet or args.json == "-", csv=args.csv,
         huber_delta=args.huber_delta, grid=args.grid, slice_tol=args.slice_tol, slice_window=args.slice_window,
-        group=args.group)
+        group=args.group, progress=False if args.quiet else None)
     if args.json:
         results = payload["fits"]
         text = json.dumps(results[0] if len(results) == 1 else results, indent=1)

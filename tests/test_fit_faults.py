@@ -164,3 +164,42 @@ def test_not_utf8_csv(tmp_path):
     p.write_bytes("N,loss,note\n1e6,3.0,caf\xe9\n".encode("latin-1"))
     with pytest.raises(FitError, match="not UTF-8"):
         read_csv(str(p))
+
+
+def _chin_table(n, seed=0):
+    side = int(np.ceil(np.sqrt(n)))
+    NN, DD = np.meshgrid(np.logspace(7, 11, side), np.logspace(9, 13, side))
+    return law_points("chinchilla", N=NN.ravel()[:n], D=DD.ravel()[:n], noise=0.01, seed=seed)
+
+
+def test_screened_start_grid_finds_the_full_grids_optimum(monkeypatch):
+    """Above FULL_GRID_MAX_POINTS the grid is screened by its objective (all starts at once) and
+    L-BFGS runs from the best SCREEN_KEEP: the same optimum as L-BFGS from every start."""
+    import importlib
+    est = importlib.import_module("flopscale.fitting.fit")
+    cols = _chin_table(400)
+    assert 400 > est.FULL_GRID_MAX_POINTS and len(est._coarse_hoffmann()) > est.SCREEN_KEEP
+    calls = []
+    real = est.minimize
+    monkeypatch.setattr(est, "minimize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    screened = est.fit("chinchilla", cols, grid="coarse", n_boot=0, holdout=False)
+    n_screened = len(calls)
+    monkeypatch.setattr(est, "FULL_GRID_MAX_POINTS", 10 ** 9)
+    full = est.fit("chinchilla", cols, grid="coarse", n_boot=0, holdout=False)
+    # L-BFGS from SCREEN_KEEP starts plus the polish of the best distinct optima, not from all 243
+    assert n_screened <= est.SCREEN_KEEP + 2 * est.MAX_GRID_STARTS_BOOT + 2 < len(calls) - n_screened
+    assert screened["n_starts"] == full["n_starts"] == len(est._coarse_hoffmann())
+    for k, v in full["params"].items():
+        assert screened["params"][k] == pytest.approx(v, rel=1e-6), k
+    assert screened["objective"] <= full["objective"] * (1 + 1e-9)
+
+
+def test_long_fit_shows_progress_on_stderr(monkeypatch, capsys):
+    import importlib
+    est = importlib.import_module("flopscale.fitting.fit")
+    monkeypatch.setattr(est, "PROGRESS_DELAY_S", 0.0)
+    est.fit("chinchilla", _chin_table(300), grid="coarse", n_boot=3, holdout=False, progress=True)
+    err = capsys.readouterr().err
+    assert "chinchilla: starts" in err and "chinchilla: bootstrap" in err
+    est.fit("chinchilla", _chin_table(300), grid="coarse", n_boot=3, holdout=False, progress=False)
+    assert capsys.readouterr().err == ""
