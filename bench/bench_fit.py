@@ -6,7 +6,7 @@
         # the whole fit `flopscale fit --csv T --law chinchilla` runs (grid, 200 bootstrap resamples,
         # leave-largest-out), on tables of those many rows; merged into the file under the label
 
-Tables above 200 rows are screened (fitting/fit.py: the grid's objective for all 4500 starts at
+Tables above 200 rows are screened (fitting/estimator.py: the grid's objective for all 4500 starts at
 once, L-BFGS from the best 100, bootstrap refits from the best optimum); smaller ones run every start.
 
 Work model: one L-BFGS-B run (scipy.optimize, Huber delta 1e-3 summed over points, log-sum-exp
@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from flopscale.fileio import atomic_write_json
-from flopscale.fitting.fit import fit
+from flopscale.fitting.estimator import fit
 from flopscale.fitting.laws import PAPER
 from flopscale.fitting.synth import law_points
 

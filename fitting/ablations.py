@@ -44,7 +44,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .fit import FitError, NonNumericColumn
+from .estimator import FitError, NonNumericColumn
 
 SHAPE_TOL = 0.10        # runs within 10% of a group's smallest N are "equal N" (Kaplan Fig. 5)
 MIN_SHAPES = 3          # shapes an N group needs for a line in the shape figure
@@ -288,7 +288,7 @@ def _by(recs, key) -> List[List[Rec]]:
 def arch_analysis(recs: List[Rec], n_boot: int = 200, seed: int = 0):
     """None unless the runs hold two or more archs; else ({...}, {arch: (fit, boot)})."""
     from .api import _plan_groups, _side_by_side
-    from .fit import fit
+    from .estimator import fit
     from .laws import LAWS
 
     archs = sorted({r.arch for r in recs}, key=lambda a: (ARCH_ORDER + (a,)).index(a))

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .fit import HUBER_DELTA, N_BOOT, FitError, NonNumericColumn, as_columns, check_fix, check_points, fit, parse_fix
+from .estimator import HUBER_DELTA, N_BOOT, FitError, NonNumericColumn, as_columns, check_fix, check_points, fit, parse_fix
 from .isoflop import PARAMS as ISOFLOP_PARAMS, TOL_DEX, WINDOW_DEX, fit_isoflop
 from .laws import LAWS
 from .writes import check_out_dir, write_error

@@ -42,7 +42,7 @@ import sys
 from flopscale.fileio import atomic_write_text
 
 from .api import ALL_LAWS, COMPUTE, fit_and_report
-from .fit import HUBER_DELTA, N_BOOT, FitError
+from .estimator import HUBER_DELTA, N_BOOT, FitError
 from .isoflop import TOL_DEX, WINDOW_DEX
 from .writes import check_out_file, write_error
 

@@ -29,7 +29,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from .fit import FitError, fit, fit_power
+from .estimator import FitError, fit, fit_power
 from .runs import Run, smooth
 
 

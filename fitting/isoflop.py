@@ -70,7 +70,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .fit import FitError, as_columns, bootstrap_intervals, parse_fix, positive_columns
+from .estimator import FitError, as_columns, bootstrap_intervals, parse_fix, positive_columns
 
 PARAMS = ("a", "k_N", "b", "k_D")
 FORMULA = "N_opt = k_N C^a, D_opt = k_D C^b (minima of isoFLOP slices)"

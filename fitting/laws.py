@@ -7,7 +7,7 @@
 
 Every law lives in exactly one place: its public parameter names, its formula as text, and one
 function `_log_<law>` that evaluates log(target) and its Jacobian in an internal parameterization
-chosen to be well conditioned for the optimizer (fitting/fit.py). Public values are what a user
+chosen to be well conditioned for the optimizer (fitting/estimator.py). Public values are what a user
 reads (N_c in parameters, D_c in tokens, C_c in FLOPs, B_star in tokens); the internal vector
 theta is what L-BFGS-B moves.
 

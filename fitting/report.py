@@ -1,6 +1,6 @@
 """Plots and the markdown report for a set of fits (what `flopscale fit --out DIR` writes).
 
-    from flopscale.fitting.fit import fit
+    from flopscale.fitting.estimator import fit
     from flopscale.fitting.report import FitEntry, write_report
     res, boot = fit("n", cols, return_boot=True)
     write_report("report/", [FitEntry(res, boot, cols, source="csv")])

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .fit import FitError, NonNumericColumn
+from .estimator import FitError, NonNumericColumn
 
 COLUMNS = ("N", "D", "C", "S", "B", "loss")
 

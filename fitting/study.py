@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .fit import FitError, fit_power
+from .estimator import FitError, fit_power
 from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PAPER_SOURCES
 
 CONVENTIONS = ("nonembedding", "all")

@@ -16,7 +16,7 @@ import errno
 import os
 import re
 
-from .fit import FitError
+from .estimator import FitError
 
 
 def _nearest_existing(path: str) -> str:

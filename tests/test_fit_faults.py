@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from flopscale.fitting.cli import add_fit_arguments, run_fit
-from flopscale.fitting.fit import FitError
+from flopscale.fitting.estimator import FitError
 from flopscale.fitting.runs import load_run, read_csv
 from flopscale.fitting.synth import law_points, write_run
 
@@ -176,7 +176,7 @@ def test_screened_start_grid_finds_the_full_grids_optimum(monkeypatch):
     """Above FULL_GRID_MAX_POINTS the grid is screened by its objective (all starts at once) and
     L-BFGS runs from the best SCREEN_KEEP: the same optimum as L-BFGS from every start."""
     import importlib
-    est = importlib.import_module("flopscale.fitting.fit")
+    est = importlib.import_module("flopscale.fitting.estimator")
     cols = _chin_table(400)
     assert 400 > est.FULL_GRID_MAX_POINTS and len(est._coarse_hoffmann()) > est.SCREEN_KEEP
     calls = []
@@ -196,7 +196,7 @@ def test_screened_start_grid_finds_the_full_grids_optimum(monkeypatch):
 
 def test_long_fit_shows_progress_on_stderr(monkeypatch, capsys):
     import importlib
-    est = importlib.import_module("flopscale.fitting.fit")
+    est = importlib.import_module("flopscale.fitting.estimator")
     monkeypatch.setattr(est, "PROGRESS_DELAY_S", 0.0)
     est.fit("chinchilla", _chin_table(300), grid="coarse", n_boot=3, holdout=False, progress=True)
     err = capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Robust log-space estimator for the scaling laws in fitting/laws.py, with bootstrap intervals.
 
     import numpy as np
-    from flopscale.fitting.fit import fit
+    from flopscale.fitting.estimator import fit
     N = np.logspace(6, 9, 12)
     res = fit("n", {"N": N, "loss": (8.8e13 / N) ** 0.076})
     res["params"]["alpha_N"], res["ci95"]["alpha_N"], res["rmse_log"]
