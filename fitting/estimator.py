@@ -557,7 +557,38 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None,
     f, _ = L.log_fn(theta, x)
     rmse = float(np.sqrt(np.mean((f - logy) ** 2)))
 
-    # --- bootstrap ------------------------------------------------------------------------------
+    boot = _bootstrap(L, x, logy, centres, delta, n_boot, seed, optima, prob, fixed, law, progress)
+    ci95, boot_warnings = bootstrap_intervals(L.params, boot, fixed, n_boot)
+
+    hold = _holdout(L, data, x, logy, centres, delta, grid, optima, prob, fixed) if holdout else None
+    ranges = {k: [float(data[k].min()), float(data[k].max())] for k in list(L.inputs) + [L.target]}
+    out = {
+        "law": law,
+        "params": {k: float(params[k]) for k in L.params},
+        "ci95": ci95,
+        "n_points": int(n),
+        "loss_fn": f"huber(delta={delta:g}) on log residuals, summed",
+        "rmse_log": rmse,
+        "formula": L.formula,
+        "objective": float(obj),
+        "n_starts": int(n_starts),
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "ranges": ranges,
+        "holdout": hold,
+        "fixed": {k: float(v) for k, v in fixed.items()},
+        "warnings": identifiability_warnings(L, data, params, ci95) + boot_warnings,
+    }
+    if law in ("chinchilla", "data-constrained"):
+        out["allocation"] = _allocation_with_ci(out["params"], boot, L.params)
+    if return_boot:
+        return out, boot
+    return out
+
+
+def _bootstrap(L: Law, x, logy, centres, delta, n_boot, seed, optima, prob, fixed, law, progress) -> np.ndarray:
+    """(n_boot, n_params) public parameters refitted on resamples of the points (NaN where a refit failed)."""
+    n = logy.size
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     boot = np.full((n_boot, L.n_params), np.nan)
@@ -590,57 +621,32 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None,
                         p = L.to_public(best.x if prob is None else prob.theta(best.x), centres)
                         p.update(fixed)
                         boot[r] = [p[k] for k in L.params]
-    ci95, boot_warnings = bootstrap_intervals(L.params, boot, fixed, n_boot)
+    return boot
 
-    # --- leave-largest-out ----------------------------------------------------------------------
-    hold = None
-    if holdout:
-        mask = _holdout_mask(L, data, len(fixed))
-        if mask is None:
-            hold = {"skipped": "too few distinct values of " + L.holdout_on}
-        else:
-            sub = {k: v[~mask] for k, v in data.items()}
-            xs = {k: v[~mask] for k, v in x.items()}
-            if prob is None:
-                starts = None if L.linear else np.array(optima)
-                th_h, _, _, _ = _solve(L, xs, logy[~mask], delta, grid, starts=starts)
-            else:
-                z_h, _, _, _ = _solve_fixed(prob, xs, logy[~mask], delta, grid, starts_z=list(optima))
-                th_h = prob.theta(z_h)
-            p_h = L.to_public(th_h, centres)
-            p_h.update(fixed)
-            pred = L.predict(p_h, **{k: data[k][mask] for k in L.inputs})
-            rel = pred / data[L.target][mask] - 1.0
-            key = L.holdout_on
-            hold = {"held_out": key, "values": sorted({float(v) for v in data[key][mask]}),
-                    "n_held_out": int(mask.sum()),
-                    "fit_range": [float(sub[key].min()), float(sub[key].max())],
-                    "rel_err_mean": float(np.mean(np.abs(rel))), "rel_err_max": float(np.max(np.abs(rel))),
-                    "params": p_h}
 
-    ranges = {k: [float(data[k].min()), float(data[k].max())] for k in list(L.inputs) + [L.target]}
-    out = {
-        "law": law,
-        "params": {k: float(params[k]) for k in L.params},
-        "ci95": ci95,
-        "n_points": int(n),
-        "loss_fn": f"huber(delta={delta:g}) on log residuals, summed",
-        "rmse_log": rmse,
-        "formula": L.formula,
-        "objective": float(obj),
-        "n_starts": int(n_starts),
-        "n_boot": int(n_boot),
-        "seed": int(seed),
-        "ranges": ranges,
-        "holdout": hold,
-        "fixed": {k: float(v) for k, v in fixed.items()},
-        "warnings": identifiability_warnings(L, data, params, ci95) + boot_warnings,
-    }
-    if law in ("chinchilla", "data-constrained"):
-        out["allocation"] = _allocation_with_ci(out["params"], boot, L.params)
-    if return_boot:
-        return out, boot
-    return out
+def _holdout(L: Law, data, x, logy, centres, delta, grid, optima, prob, fixed) -> dict:
+    """The leave-largest-out check: refit without the largest values of the scale variable, predict them."""
+    mask = _holdout_mask(L, data, len(fixed))
+    if mask is None:
+        return {"skipped": "too few distinct values of " + L.holdout_on}
+    sub = {k: v[~mask] for k, v in data.items()}
+    xs = {k: v[~mask] for k, v in x.items()}
+    if prob is None:
+        starts = None if L.linear else np.array(optima)
+        th_h, _, _, _ = _solve(L, xs, logy[~mask], delta, grid, starts=starts)
+    else:
+        z_h, _, _, _ = _solve_fixed(prob, xs, logy[~mask], delta, grid, starts_z=list(optima))
+        th_h = prob.theta(z_h)
+    p_h = L.to_public(th_h, centres)
+    p_h.update(fixed)
+    pred = L.predict(p_h, **{k: data[k][mask] for k in L.inputs})
+    rel = pred / data[L.target][mask] - 1.0
+    key = L.holdout_on
+    return {"held_out": key, "values": sorted({float(v) for v in data[key][mask]}),
+            "n_held_out": int(mask.sum()),
+            "fit_range": [float(sub[key].min()), float(sub[key].max())],
+            "rel_err_mean": float(np.mean(np.abs(rel))), "rel_err_max": float(np.max(np.abs(rel))),
+            "params": p_h}
 
 
 def bootstrap_intervals(names, boot: np.ndarray, fixed, n_boot: int):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
 import numpy as np
+from scipy.optimize import brentq, minimize_scalar
 
 PF_DAY = 8.64e19  # FLOPs in one petaflop/s-day: 1e15 * 86400
 
@@ -64,6 +65,20 @@ PAPER_SOURCES = {
 
 # The paper's empirical compute-efficient exponents (N, B, S against C_min; section 6.1, Fig. 14).
 PAPER_ALLOCATION_EMPIRICAL = {"N": 0.73, "B": 0.24, "S": 0.03}
+
+# Kaplan et al. 2020, eq. D.1 (natural log): the learning rate they found good for N parameters,
+# lr(N) = KAPLAN_LR_D1[0] + KAPLAN_LR_D1[1] ln N (it turns negative near N = 1.2e10).
+KAPLAN_LR_D1 = (0.003239, -0.0001395)
+
+
+def kaplan_lr(N):
+    """Kaplan et al.'s eq. D.1, lr(N) = 0.003239 - 0.0001395 ln N."""
+    return KAPLAN_LR_D1[0] + KAPLAN_LR_D1[1] * np.log(np.asarray(N, float))
+
+
+def eq_d1_text() -> str:
+    """Eq. D.1 as the report writes it: "lr(N) = 0.003239 - 0.0001395 ln N"."""
+    return f"lr(N) = {KAPLAN_LR_D1[0]:g} - {-KAPLAN_LR_D1[1]:g} ln N"
 
 
 def _lse(*cols: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -393,8 +408,6 @@ def allocation(C, ns: Dict[str, float] = PAPER["ns"], bcrit: Dict[str, float] = 
     C = 6 N B_crit(L(N, S)) S; the optimum N minimises L over log N. Returns a dict of arrays.
     Here C is non-embedding training compute, 6 N FLOPs per token (the paper's C_min convention).
     """
-    from scipy.optimize import brentq, minimize_scalar
-
     def L_ns(N, S):
         return (ns["N_c"] / N) ** ns["alpha_N"] + (ns["S_c"] / S) ** ns["alpha_S"]
 

@@ -22,6 +22,9 @@ import os
 from typing import Dict, List, Optional
 
 import numpy as np
+from scipy.optimize import least_squares
+
+from .plotting import save_figure
 
 FORMULA = "L(t) = L_inf + (t_c/t)^alpha_t"
 POSITIONS = "positions.jsonl"
@@ -33,7 +36,6 @@ def position_law(t: np.ndarray, L_inf: float, t_c: float, alpha_t: float) -> np.
 
 def fit_position_law(losses) -> dict:
     """Fit FORMULA to losses[t-1], t = 1..len(losses): {"params", "rmse", "n_points"}."""
-    from scipy.optimize import least_squares
 
     y = np.asarray(losses, dtype=float)
     if y.size < 4 or not np.all(np.isfinite(y)):
@@ -101,7 +103,6 @@ def plot_positions(fits: List[dict], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _save
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     styles = {"gpt": "-", "lstm": ":", "universal": "-."}
@@ -118,7 +119,7 @@ def plot_positions(fits: List[dict], path: str) -> str:
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(f"per-position loss; dashed: {FORMULA}")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
