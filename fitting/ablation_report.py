@@ -15,8 +15,6 @@ from typing import Dict, List
 import numpy as np
 
 from .ablations import ARCH_COLOUR, SCHEDULE_FIELDS, SERIES, _g, _lr_of
-from .estimator import FitError
-from .frontier import lower_envelope
 from .laws import LAWS, PAPER, eq_d1_text, kaplan_lr
 from .plotting import bootstrap_band, pyplot, save_figure
 from .positions import position_law
@@ -105,11 +103,9 @@ def _plot_arch(ab, sec, path):
         for r in rs:
             if len(r.curve[0]):
                 a2.plot(r.curve[0], r.curve[1], color=c, lw=0.6, alpha=0.45)
-        try:
-            env = lower_envelope([r.run for r in rs])
+        env = ab.arch_envelopes.get(a)
+        if env is not None:
             a2.plot(env["C"], env["loss"], color=c, lw=2, label=f"{a}: best loss with compute <= C")
-        except FitError:
-            pass
     g = sec.get("gap")
     if g:
         a1.axvline(g["N"], color="0.5", ls=":", lw=0.8, label=f"common N {g['N']:.3g} (gap in report.md)")

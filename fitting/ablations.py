@@ -46,6 +46,7 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from .estimator import FitError, NonNumericColumn, fit
+from .frontier import lower_envelope
 from .laws import LAWS, PAPER, kaplan_lr
 from .results import clean_json
 from .runs import load_run, run_point
@@ -572,9 +573,11 @@ def schedule_analysis(recs: List[Rec], lr_fn: Optional[Callable] = None) -> Opti
 class Ablations:
     """The analyses the runs support (payload, JSON-safe) and what their figures need."""
 
-    def __init__(self, payload: dict, recs: List[Rec], arch_boots=None, positions=None, lr_fn=None):
+    def __init__(self, payload: dict, recs: List[Rec], arch_boots=None, positions=None, lr_fn=None,
+                 arch_envelopes=None):
         self.payload, self.recs, self.arch_boots, self.positions, self.lr_fn = payload, recs, arch_boots or {}, \
             positions or [], lr_fn
+        self.arch_envelopes = arch_envelopes or {}  # {arch: lower envelope of its curves, or None}
 
 
 def _drawable(key: str, sec: dict) -> bool:
@@ -617,7 +620,20 @@ def ablations(runs: List, point: str = "best", n_boot: int = 200, seed: int = 0,
     for key, sec in pay.items():  # the figure each drawable analysis gets (Ablations.write draws it)
         if _drawable(key, sec):
             sec["png"] = FILES[key]
-    return Ablations(pay, recs, boots, positions, lr_fn)
+    return Ablations(pay, recs, boots, positions, lr_fn, _arch_envelopes(pay.get("arch"), recs))
+
+
+def _arch_envelopes(sec: Optional[dict], recs: List[Rec]) -> Dict[str, Optional[dict]]:
+    """Each arch's L(C) lower envelope (frontier.lower_envelope), for the arch figure."""
+    if not sec or not sec.get("png"):
+        return {}
+    out = {}
+    for a in sec["archs"]:
+        try:
+            out[a] = lower_envelope([r.run for r in recs if r.arch == a])
+        except FitError:
+            out[a] = None
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,8 +22,7 @@ import numpy as np
 from .laws import LAWS, PAPER, PAPER_ALLOCATION_HOFFMANN
 from .figures import iso_slices_axes, plot_isoflop
 from .plotting import bootstrap_band, pyplot, save_figure
-from .results import PANEL_FILES, PANELS, frontiers_by_compute
-from .study import approach3
+from .results import PANEL_FILES, PANELS, approach3_rows, frontiers_by_compute
 
 COOL = "D"       # marker of a cooldown branch's point
 RUN = "o"
@@ -205,7 +204,7 @@ def draw_loss_vs_params(ax, study, entry, key: str, title: str, xlabel: str, oth
 # 4 N_opt(C) by approaches 1, 2, 3
 # ------------------------------------------------------------------------------------------------
 
-def draw_allocation(ax, conv: str, frontier: Optional[dict], iso, chin, summary):
+def draw_allocation(ax, conv: str, frontier: Optional[dict], iso, chin, summary, a3: Optional[dict] = None):
     title = f"4  N_opt(C), approaches 1, 2, 3 (C = {conv})"
     xs, ys = [], []
     if frontier and "N_opt" in frontier:
@@ -233,14 +232,14 @@ def draw_allocation(ax, conv: str, frontier: Optional[dict], iso, chin, summary)
         ax.text(0.98, 0.02, f"approach 2: no isoFLOP fit with C = {conv} (report.md says why)", ha="right",
                 transform=ax.transAxes, fontsize=6.5, color="0.4")
     if chin is not None and chin.fit.get("allocation") and xs:
-        a3 = {x["compute"]: x for x in approach3(chin.fit, summary)}
+        a3 = a3 or {}
         al = chin.fit["allocation"]
         g = np.logspace(np.log10(min(xs)), np.log10(max(xs)), 50)
         conv3 = conv if conv in a3 else "6ND"
         gm = (summary or {}).get("c_vs_6ND", {}).get(conv)
         C6 = (g / gm["coef"]) ** (1 / gm["gamma"]) if (gm and conv3 == conv) else g
         ax.plot(g, al["G"] * (C6 / 6) ** al["a"], color="C2",
-                label=f"3 L(N, D) fit: a = {_fmt_ci(a3[conv3]['a'], a3[conv3]['ci95'].get('a'))}"
+                label=f"3 L(N, D) fit: a = {_fmt_ci(a3[conv3]['value'], a3[conv3]['ci95'])}"
                       + (" (C = 6ND, converted)" if conv3 == conv else " (C = 6ND)"))
     if not xs:
         return _empty(ax, title, "no frontier or isoFLOP slices under this convention")
@@ -304,7 +303,8 @@ def write_panels(out_dir: str, entries: List, payload: dict, study: Optional[dic
     def p3a(ax): draw_loss_vs_params(ax, study, n_e, "N", "3  L(N), non-embedding parameters", "N (non-embedding)")
     def p3b(ax): draw_loss_vs_params(ax, study, t_e, "N_total", "3  L(N_total), embeddings included (Kaplan Fig. 6)",
                                      "N_total (all parameters)", other=n_e)
-    def p4(ax, conv): draw_allocation(ax, conv, fr.get(conv), iso_by.get(conv), chin, summary)
+    a3 = approach3_rows(payload, chin.stem) if chin is not None else {}
+    def p4(ax, conv): draw_allocation(ax, conv, fr.get(conv), iso_by.get(conv), chin, summary, a3)
     def p5(ax): draw_bcrit(ax, bc, bc_why)
     def p6(ax):
         e = iso_by.get(main)

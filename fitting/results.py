@@ -103,3 +103,10 @@ class FitResults:
 
     def to_json(self) -> str:
         return json.dumps(self.payload, indent=1) + "\n"
+
+
+def approach3_rows(payload: dict, fit_name: str) -> Dict[str, dict]:
+    """{compute convention: the exponent row} of approach 3's a for one chinchilla fit, as
+    payload["exponents"] holds it (value, ci95): the panels read it instead of recomputing it."""
+    return {r["compute"]: r for r in payload.get("exponents") or []
+            if r.get("fit") == fit_name and r["quantity"].startswith("N_opt ~ C^a, approach 3")}

@@ -116,3 +116,17 @@ def test_the_cycle_finder_sees_a_function_local_cycle(tmp_path):
     assert g == {"a": {"b"}, "b": {"a"}, "c": {"a", "b"}}
     assert find_cycle(g) == ["a", "b", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+# Presentation reads results: none of these modules imports a function that fits or builds results.
+PRESENTATION = ("plotting", "figures", "panels", "report", "ablation_report")
+FITTERS = {"fit", "fit_power", "fit_isoflop", "frontier", "lower_envelope", "fit_position_law", "position_fits",
+           "ablations", "build_payload", "approach3", "fit_and_report", "plan_runs", "plan_table", "load_runs",
+           "load_run"}
+
+
+@pytest.mark.parametrize("name", PRESENTATION)
+def test_presentation_imports_no_fitting_function(name):
+    tree = ast.parse((PACKAGES["fitting"] / f"{name}.py").read_text())
+    got = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names}
+    assert not got & FITTERS, f"fitting/{name}.py imports {sorted(got & FITTERS)}: presentation must not fit"
