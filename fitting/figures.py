@@ -11,10 +11,13 @@ non-embedding parameters, D and B tokens, S optimizer steps, C non-embedding tra
 
 from __future__ import annotations
 
+from typing import List
+
 import numpy as np
 
 from .laws import LAWS, PAPER, PF_DAY
 from .plotting import bootstrap_band, save_figure
+from .positions import FORMULA as POSITION_FORMULA, position_law
 from .results import FitEntry
 
 
@@ -228,3 +231,29 @@ def plot_entry(entry: FitEntry, path: str) -> str:
     if entry.fit["law"] == "data-constrained":
         return plot_data_constrained(entry, path)
     return plot_fit(entry, path)
+
+
+def plot_positions(fits: List[dict], path: str) -> str:
+    """Loss against position (log-log), one curve per run coloured by N, its fit dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    styles = {"gpt": "-", "lstm": ":", "universal": "-."}
+    for e in fits:
+        y = np.asarray(e["losses"], dtype=float)
+        t = np.arange(1, y.size + 1)
+        label = f"{e['arch']} N={e['N']:.3g}" if e.get("N") else e["arch"]
+        (line,) = ax.plot(t, y, styles.get(e["arch"], "-"), lw=1.2, label=label)
+        if "params" in e:
+            ax.plot(t, position_law(t.astype(float), **e["params"]), "--", color=line.get_color(), lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("token position t in the context")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"per-position loss; dashed: {POSITION_FORMULA}")
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+    return path

@@ -24,10 +24,10 @@ from flopscale.fileio import atomic_write_text
 
 from .ablation_report import sections, write_figures as write_ablation_figures
 from .estimator import HUBER_DELTA
-from .figures import plot_entry, plot_frontier
+from .figures import plot_entry, plot_frontier, plot_positions
 from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PF_DAY, allocation_exponents
 from .panels import write_panels
-from .positions import plot_positions, positions_section
+from .positions import FORMULA as POSITION_FORMULA
 from .results import PANEL_FILES, FitEntry, FitResults, frontier_entries, frontiers_by_compute
 from .study import sources_note
 
@@ -422,3 +422,23 @@ def print_summary(entries: List[FitEntry], skipped: Optional[Dict[str, str]], ou
         print(f"{k:11s} skipped: {v}")
     if out:
         print(f"report: {out}/report.md")
+
+
+def positions_section(fits: List[dict], png: Optional[str]) -> List[str]:
+    """report.md's section: a table of the fits and the plot."""
+    if not fits:
+        return []
+    md = ["## Loss per token position", "",
+          f"Each run's last eval, loss at position t fitted by {POSITION_FORMULA} (Kaplan et al. 2020, Figure 20: the "
+          "per-token loss falls as a power law in the position). An LSTM's curve flattening after a few tokens is "
+          "the paper's Figure 7 point; toy runs with short contexts may not show it.", "",
+          "| run | arch | N | step | L_inf | t_c | alpha_t | rmse |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in fits:
+        p = e.get("params")
+        cells = (f"{p['L_inf']:.4g} | {p['t_c']:.4g} | {p['alpha_t']:.4g} | {e['rmse']:.3g}" if p
+                 else f"— | — | — | {e.get('note', '')}")
+        md.append(f"| {os.path.basename(e['run'].rstrip('/'))} | {e['arch']} | {e['N']} | {e['step']} | {cells} |")
+    md.append("")
+    if png:
+        md += [f"![positions]({os.path.basename(png)})", ""]
+    return md
