@@ -28,7 +28,7 @@ starts only (then the same polish). On 20,000 rows that took the fit from over 5
 Bootstrap: resample the points with replacement (seeded), refit, take the 2.5/97.5 percentiles
 of each public parameter. Nonlinear refits start from the few distinct best optima of the full fit
 rather than the whole grid (the full grid for every replicate would cost 4500x more and picks the
-same basin); on a large table from the best optimum only. A fit that runs past 2 s shows tqdm
+same basin); where the grid was screened, from the best optimum only. A fit that runs past 2 s shows tqdm
 progress on stderr (on a terminal, or with progress=True). The leave-largest-out check (`holdout`) refits without the largest values of the
 law's scale variable and reports the relative error of predicting them.
 """
@@ -557,7 +557,8 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None,
     f, _ = L.log_fn(theta, x)
     rmse = float(np.sqrt(np.mean((f - logy) ** 2)))
 
-    boot = _bootstrap(L, x, logy, centres, delta, n_boot, seed, optima, prob, fixed, law, progress)
+    screened = n > FULL_GRID_MAX_POINTS and n_starts > SCREEN_KEEP  # as _screened decided
+    boot = _bootstrap(L, x, logy, centres, delta, n_boot, seed, optima, prob, fixed, law, progress, screened)
     ci95, boot_warnings = bootstrap_intervals(L.params, boot, fixed, n_boot)
 
     hold = _holdout(L, data, x, logy, centres, delta, grid, optima, prob, fixed) if holdout else None
@@ -586,7 +587,8 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None,
     return out
 
 
-def _bootstrap(L: Law, x, logy, centres, delta, n_boot, seed, optima, prob, fixed, law, progress) -> np.ndarray:
+def _bootstrap(L: Law, x, logy, centres, delta, n_boot, seed, optima, prob, fixed, law, progress,
+               screened: bool = False) -> np.ndarray:
     """(n_boot, n_params) public parameters refitted on resamples of the points (NaN where a refit failed)."""
     n = logy.size
     rng = np.random.default_rng(seed)
@@ -604,8 +606,9 @@ def _bootstrap(L: Law, x, logy, centres, delta, n_boot, seed, optima, prob, fixe
                 p = L.to_public(ths[r], centres)
                 boot[r] = [p[k] for k in L.params]
         else:
-            # A large table's resamples stay in the full fit's basin: refit from its best optimum only.
-            starts = np.array(optima if n <= FULL_GRID_MAX_POINTS else optima[:1])
+            # Where the start grid was screened (a large table), the resamples stay in the full fit's
+            # basin: refit from its best optimum only. Elsewhere from the few best optima, as before.
+            starts = np.array(optima[:1] if screened else optima)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
                     _progress(n_boot, f"{law}: bootstrap", progress) as bar:
                 for r in range(n_boot):
