@@ -2,6 +2,6 @@
 
 from .config import ConfigError, ModelConfig, TrainConfig
 from .flops import FlopLedger
-from .model import GPT, LSTMLM, make_model
+from .model import GPT, LSTMLM, LanguageModel, make_model
 
-__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "FlopLedger", "GPT", "LSTMLM", "make_model"]
+__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "FlopLedger", "GPT", "LSTMLM", "LanguageModel", "make_model"]

@@ -6,7 +6,7 @@
 
 Every field is declared once, here, with its default and help text (``_f``); the ``flopscale
 train`` and ``flopscale flops`` flags are generated from these dataclasses by
-:func:`add_config_arguments` and read back by :func:`config_from_args`, so a new field is one
+:func:`add_config_arguments` and read back by :func:`config_values`, so a new field is one
 line in its dataclass (tests/test_errors.py checks that flags and fields stay one to one).
 """
 
@@ -16,6 +16,8 @@ import argparse
 import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Optional
+
+from .formats import FORMATS, SAMPLING
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,12 @@ class _DictConfig:
 # Model families (Kaplan et al. 2020, Figures 7 and 17); the architecture is part of the model's
 # shape (N, Table 1 and the ledger's rows are functions of ModelConfig alone), so it lives here.
 ARCHS = ("gpt", "lstm", "universal")
+
+# Trackers that mirror a run's metrics rows (engine/trackers.py); "none" alone turns them off.
+TRACKERS = ("tensorboard", "wandb", "none")
+# TrainConfig fields that choose who watches a run, not what it computes: a resumed run or a
+# cooldown branch may change them (engine/train.py leaves them out of its config comparison).
+WATCH_FIELDS = ("tracker",)
 
 
 @dataclass
@@ -151,6 +159,20 @@ class TrainConfig(_DictConfig):
     tokenizer: str = _f("bpe-4096", "bpe-V (byte-level BPE of V tokens, trained on the corpus and cached) "
                         "or a tokenizer.json", "data")
     max_tokens: Optional[int] = _f(None, "cap the training set at this many tokens (dataset size D)", "data")
+    # Data formats and data-constrained runs (engine/formats.py, engine/data.py).
+    data_format: str = _f("auto", "auto (llm.c and FLOPSTOK shards by header, HF datasets and text by extension) | llmc | "
+                          "flopstok | nanogpt (headerless uint16 train.bin/val.bin) | olmo (headerless uint16/uint32 "
+                          "arrays) | hf (save_to_disk folder, parquet, jsonl) | text", "data",
+                          choices=FORMATS)
+    data_vocab: Optional[int] = _f(None, "vocabulary size of the data (default: its tokenizer's or header's, else the "
+                                   "largest token id + 1); every id is checked below it", "data", flag="--n-vocab")
+    text_column: str = _f("text", "the text column of a HF dataset, parquet or jsonl", "data")
+    unique_tokens: Optional[int] = _f(None, "data-constrained runs: train on the first U tokens, repeated for as many "
+                                      "epochs as the steps need; config.json and metrics.jsonl record the unique "
+                                      "tokens and the epochs seen", "data")
+    sampling: str = _f("with-replacement", "with-replacement (windows at random offsets) | without-replacement (a "
+                       "seeded permutation of fixed n_ctx windows per epoch; metrics rows record the epoch)", "data",
+                       choices=SAMPLING)
     batch_size: int = _f(8, "sequences per optimizer step (global)", "schedule")
     grad_accum: int = _f(1, "micro-batches per step; batch_size must divide evenly", "schedule")
     steps: int = _f(200, "optimizer steps", "schedule")
@@ -164,9 +186,12 @@ class TrainConfig(_DictConfig):
                        choices=("cosine", "wsd", "linear", "constant"))
     decay_frac: float = _f(0.2, "wsd: fraction of the steps spent in the final decay (the cooldown)", "schedule")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (matmul weights and embeddings only)", "schedule")
-    optimizer: str = _f("adamw", "adamw | adafactor (torch.optim.Adafactor, the paper's choice above 1B parameters: "
-                        "no first moment, factored second moment, its own beta2 schedule; --lr caps its relative "
-                        "step)", "schedule", choices=("adamw", "adafactor"))
+    optimizer: str = _f("adamw", "adamw | adafactor (engine/optim.py, the paper's choice above 1B parameters: no first "
+                        "moment, factored second moment, its own beta2 schedule; --lr is its step size, as AdamW's)",
+                        "schedule", choices=("adamw", "adafactor"))
+    adafactor_scale_parameter: bool = _f(False, "adafactor: multiply each step by the parameter's RMS (Shazeer & "
+                                         "Stern's relative scaling: --lr is then relative to the weights' scale)",
+                                         "schedule")
     beta1: float = _f(0.9, "AdamW beta1", "schedule")
     beta2: float = _f(0.95, "AdamW beta2", "schedule")
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)", "schedule")
@@ -178,6 +203,10 @@ class TrainConfig(_DictConfig):
     eval_positions: bool = _f(False, "at each eval, also the validation loss at every token position, to "
                               "RUN_DIR/positions.jsonl (Kaplan et al. Figure 20); val_loss is then their mean")
     log_every: int = _f(1, "steps between metrics rows")
+    tracker: Optional[str] = _f(None, "tensorboard | wandb | none: also log every metrics row, and config.json as "
+                                "hyperparameters, to TensorBoard (RUN_DIR/tb/) or Weights & Biases (RUN_DIR/wandb/; "
+                                "offline without an API key, WANDB_MODE honoured); repeatable; a tracker that fails "
+                                "is a warning, metrics.jsonl stays the record", repeat=True)
     seed: int = _f(1337, "initialisation and data-order seed")
     keep_steps: Optional[str] = _f(None, "comma-separated steps at which to keep a checkpoint copy (ckpt-STEP.pt) "
                                    "that cooldown branches start from")
@@ -215,6 +244,8 @@ class TrainConfig(_DictConfig):
             raise ConfigError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if not 0 < self.decay_frac <= 1:
             raise ConfigError(f"decay_frac must lie in (0, 1], got {self.decay_frac}")
+        if self.adafactor_scale_parameter and self.optimizer != "adafactor":
+            raise ConfigError("--adafactor-scale-parameter goes with --optimizer adafactor")
         if self.optimizer == "adafactor":
             lacks = [f"--{k.replace('_', '-')}" for k in ("beta1", "beta2") if getattr(self, k) != field_default(TrainConfig, k)]
             if lacks:
@@ -222,10 +253,16 @@ class TrainConfig(_DictConfig):
                                   "follows 1 - t^-0.8): leave them at their defaults")
         self.kept_steps()  # parses, or one clear line
         self.eval_corpora()
+        self.trackers()
         if self.init_from is not None:
             self.branch_point()
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be positive, got {self.max_tokens}")
+        if self.unique_tokens is not None and (self.unique_tokens < 1 or self.max_tokens is not None):
+            raise ConfigError("unique_tokens must be positive, and not given with max_tokens (both cap the training "
+                              "tokens; --unique-tokens is the data-constrained name)")
+        if self.data_vocab is not None and not 2 <= self.data_vocab <= 2 ** 32:
+            raise ConfigError(f"n_vocab (--n-vocab) must lie in 2 .. 2^32, got {self.data_vocab}")
         from flopscale.kernels import BACKEND_OPTIONS, BACKENDS
 
         if self.backend not in BACKENDS:
@@ -274,6 +311,16 @@ class TrainConfig(_DictConfig):
                 raise ConfigError(f"eval_data: NAME must be a unique identifier (letters, digits, _), got {name!r}")
             out.append((name, path))
         return tuple(out)
+
+    def trackers(self) -> tuple:
+        """The trackers of ``tracker`` (empty without it, or for "none")."""
+        names = tuple(t.strip() for t in (self.tracker or "").split(",") if t.strip())
+        bad = [t for t in names if t not in TRACKERS]
+        if bad:
+            raise ConfigError(f"unknown tracker {bad[0]!r}; choose from {', '.join(TRACKERS)} (repeat --tracker for several)")
+        if "none" in names and len(names) > 1:
+            raise ConfigError("tracker 'none' turns tracking off; it goes alone")
+        return tuple(dict.fromkeys(t for t in names if t != "none"))
 
     def kernel_options(self) -> dict:
         """The options of flopscale.kernels.get_backend for this run's backend (its kernel fields)."""

@@ -10,15 +10,34 @@ file.  A byte-level BPE is trained on the training files with HF ``tokenizers`` 
 the token arrays under ``$FLOPSCALE_CACHE`` (default ``~/.cache/flopscale``), keyed by a hash of
 the corpus content and the tokenizer spec.
 
-Pre-tokenized shards are ``.bin`` files: a 24-byte header (magic ``FLOPSTOK``, uint32 version 1,
-uint32 vocab size, uint64 token count, little-endian) followed by the uint16 token ids.
+Pre-tokenized shards (engine/formats.py has the table): llm.c / modded-nanogpt ``.bin`` shards
+(header magic 20240520 uint16 or 20240801 uint32), nanoGPT's headerless ``train.bin`` / ``val.bin``,
+OLMo/Dolma headerless arrays, and flopscale's own ``FLOPSTOK`` shards (a 24-byte header: magic,
+uint32 version 1, uint32 vocab size, uint64 token count; then uint16 ids, which is also how the
+token cache of a text corpus is stored).  Hugging Face datasets on disk (``load_from_disk``
+folders, parquet, jsonl) are tokenized once by engine/prepare.py into llm.c shards in the cache.
+
+Memory: every shard is one ``np.memmap``; the splits are :class:`formats.Tokens` (a cumulative-
+offset index over the memmaps, never concatenated), and a batch reads only its windows' pages.
+So a run's memory does not grow with the corpus (bench/bench_data.py measures it).
+
+Sampling, deterministic from (seed, split, step, micro-batch) alone so a resumed run needs no
+loader state:
+- ``with-replacement`` (the default, unchanged since the first version): each window of n_ctx + 1
+  tokens starts at a uniform random offset; windows may span two shards (the shards are read end
+  to end, as the concatenation of earlier versions was, so old runs' batches are unchanged).
+- ``without-replacement``: the training split is cut into W = (U - 1) // n_ctx windows at stride
+  n_ctx; global sequence g = step * batch_size + micro * micro_batch + i is window perm_e[g % W]
+  of epoch e = g // W, perm_e a permutation seeded by (seed, e).  Every window is seen once per
+  epoch; a permutation is kept as 4 bytes per window, the last two epochs' (W = 10M for 10B tokens
+  at n_ctx 1024: 40 MB each).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import struct
 import sysconfig
 import zlib
 from dataclasses import dataclass, field
@@ -30,14 +49,11 @@ import torch
 
 from flopscale.fileio import atomic_write_bytes
 
-SHARD_MAGIC = b"FLOPSTOK"
-SHARD_HEADER = struct.Struct("<8sIIQ")  # magic, version, vocab size, n_tokens
+from .formats import (FLOPSTOK_HEADER as SHARD_HEADER, FLOPSTOK_MAGIC as SHARD_MAGIC, SAMPLING, DataError, Tokens,
+                      check_uniform, fingerprint, is_val, open_shard, read_meta_vocab, shard_files)
+
 VAL_EVERY = 20  # one file in 20 (by a hash of its path) goes to validation
 EOT = "<|endoftext|>"
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message is one line meant for the user."""
 
 
 def cache_dir() -> Path:
@@ -58,26 +74,22 @@ def write_shard(path, tokens: np.ndarray, vocab_size: int) -> None:
 
 
 def read_shard(path) -> tuple:
-    """(tokens uint16, vocab_size); a DataError for a missing, short or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    size = path.stat().st_size
-    if size < SHARD_HEADER.size:
-        raise DataError(f"corrupt shard {path}: {size} bytes, shorter than its header")
-    with open(path, "rb") as f:
-        magic, version, vocab, n = SHARD_HEADER.unpack(f.read(SHARD_HEADER.size))
-    if magic != SHARD_MAGIC or version != 1:
-        raise DataError(f"corrupt shard {path}: bad magic or version (not a flopscale token shard)")
-    if size != SHARD_HEADER.size + 2 * n:
-        raise DataError(f"corrupt shard {path}: header says {n} tokens, file holds {(size - SHARD_HEADER.size) // 2}")
-    if n == 0:
-        raise DataError(f"empty shard {path}: no tokens")
-    toks = np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER.size, shape=(n,))
-    toks = np.asarray(toks, dtype=np.uint16)
-    if int(toks.max()) >= vocab:
-        raise DataError(f"corrupt shard {path}: token id {int(toks.max())} >= vocab size {vocab}")
-    return toks, vocab
+    """(tokens, vocab_size) of a FLOPSTOK shard: tokens a read-only uint16 memmap, the ids checked
+    against the vocabulary by a chunked scan; a DataError for a missing, short or corrupt file."""
+    shard = open_shard(path, "flopstok")
+    _check_ids([shard], shard.vocab)
+    return shard.memmap(), shard.vocab
+
+
+def _check_ids(shards, vocab: int) -> int:
+    """The largest id over the shards; a DataError naming the shard whose ids reach ``vocab``."""
+    top = 0
+    for s in shards:
+        m = s.max_id()
+        if m >= vocab:
+            raise DataError(f"corrupt shard {s.path}: token id {m} >= vocab size {vocab}")
+        top = max(top, m)
+    return top
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,32 +184,94 @@ def _encode_files(tok, files: list) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Corpus:
-    train: np.ndarray            # uint16 token ids, already capped at max_tokens
-    val: np.ndarray
+    train: Tokens                # token ids (memory-mapped shards or arrays), already capped at max_tokens
+    val: Tokens
     vocab_size: int
     provenance: dict = field(default_factory=dict)
     tokenizer: object = None     # the HF tokenizer of a text corpus (None for shards)
     evals: dict = field(default_factory=dict)  # name -> uint16 tokens of another distribution (add_eval)
+    _perms: dict = field(default_factory=dict, repr=False)  # (seed, W, epoch) -> permutation (without-replacement)
+
+    def __post_init__(self):
+        self.train = self.train if isinstance(self.train, Tokens) else Tokens([self.train])
+        self.val = self.val if isinstance(self.val, Tokens) else Tokens([self.val])
 
     @property
     def n_train_tokens(self) -> int:
         return int(self.train.size)
 
-    def batch(self, split: str, step: int, micro: int, batch_size: int, n_ctx: int, seed: int):
+    def batch(self, split: str, step: int, micro: int, batch_size: int, n_ctx: int, seed: int,
+              sampling: str = "with-replacement", global_batch: Optional[int] = None):
         """Windows of n_ctx+1 tokens at offsets drawn from (seed, split, step, micro) alone, so
-        a resumed run draws exactly the batches it would have drawn.  Returns x, y (B, T) int64."""
+        a resumed run draws exactly the batches it would have drawn.  ``sampling``
+        without-replacement (training split only) walks a seeded permutation of fixed windows
+        per epoch; ``global_batch`` (sequences per step, default ``batch_size``) places the
+        micro-batch in it.  Returns x, y (B, T) int64."""
         data = {"train": self.train, "val": self.val}.get(split)
         stream = [0 if split == "train" else 1]
         if data is None:  # another distribution (add_eval): its own random stream
             data, stream = self.evals[split], [2, zlib.crc32(split.encode())]
-        hi = data.size - n_ctx - 1
-        if hi < 1:
-            raise DataError(f"the {split} split has {data.size} tokens, fewer than n_ctx + 2 = {n_ctx + 2}")
-        rng = np.random.default_rng([seed, *stream, step, micro])
-        offs = rng.integers(0, hi + 1, size=batch_size)
-        idx = offs[:, None] + np.arange(n_ctx + 1)[None, :]
-        w = torch.from_numpy(data[idx].astype(np.int64))
+        if sampling not in SAMPLING:
+            raise DataError(f"sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
+        if split == "train" and sampling == "without-replacement":
+            offs = self._permuted_offsets(step, micro, batch_size, n_ctx, seed, global_batch or batch_size)
+        else:
+            hi = data.size - n_ctx - 1
+            if hi < 1:
+                raise DataError(f"the {split} split has {data.size} tokens, fewer than n_ctx + 2 = {n_ctx + 2}")
+            rng = np.random.default_rng([seed, *stream, step, micro])
+            offs = rng.integers(0, hi + 1, size=batch_size)
+        if isinstance(data, Tokens):  # shards: contiguous copies of each window
+            win = data.windows(offs, n_ctx + 1)  # (B, T + 1)
+        else:
+            win = data[offs[:, None] + np.arange(n_ctx + 1)[None, :]]
+        w = torch.from_numpy(win.astype(np.int64))
         return w[:, :-1], w[:, 1:]
+
+    def n_windows(self, n_ctx: int) -> int:
+        """Fixed windows of the training split for without-replacement sampling (stride n_ctx)."""
+        W = (self.train.size - 1) // n_ctx
+        if W < 1:
+            raise DataError(f"the train split has {self.train.size} tokens, fewer than n_ctx + 1 = {n_ctx + 1}")
+        return W
+
+    def _permuted_offsets(self, step, micro, batch_size, n_ctx, seed, global_batch) -> np.ndarray:
+        W = self.n_windows(n_ctx)
+        g = step * global_batch + micro * batch_size + np.arange(batch_size, dtype=np.int64)  # global sequence ids
+        epoch, pos = g // W, g % W
+        out = np.empty(batch_size, dtype=np.int64)
+        for e in np.unique(epoch):
+            key = (seed, W, int(e))
+            if key not in self._perms:
+                if len(self._perms) >= 2:  # a batch spans at most two epochs: keep the last two
+                    self._perms.pop(next(iter(self._perms)))
+                perm = np.random.default_rng([seed, 3, int(e)]).permutation(W)
+                self._perms[key] = perm.astype(np.uint32) if W < 2 ** 32 else perm  # kept: 4 bytes per window
+            m = epoch == e
+            out[m] = self._perms[key][pos[m]].astype(np.int64) * n_ctx
+        return out
+
+    def epoch_record(self, tokens: int, step: int, global_batch: int, n_ctx: int, sampling: str) -> dict:
+        """What metrics.jsonl records of the data at a step: ``unique_tokens`` U (the training
+        split's size), ``epochs`` (tokens trained on / U) and, without replacement, ``epoch``
+        (the 0-based epoch of the step's last sequence)."""
+        U = self.n_train_tokens
+        rec = {"unique_tokens": U, "epochs": tokens / U if U else None}
+        if sampling == "without-replacement" and step > 0:
+            rec["epoch"] = int((step * global_batch - 1) // self.n_windows(n_ctx))
+        return rec
+
+    def with_unique_tokens(self, unique_tokens: Optional[int]) -> "Corpus":
+        """This corpus with its training split cut to the first ``unique_tokens`` tokens (a
+        data-constrained run repeats them); itself when None."""
+        if unique_tokens is None:
+            return self
+        if unique_tokens > self.n_train_tokens:
+            raise DataError(f"--unique-tokens {unique_tokens:,} exceeds the {self.n_train_tokens:,} training tokens "
+                            f"of {self.provenance.get('source', 'the data')}")
+        prov = dict(self.provenance, n_train_tokens=int(unique_tokens), unique_tokens=int(unique_tokens))
+        return Corpus(train=self.train[:unique_tokens], val=self.val, vocab_size=self.vocab_size, provenance=prov,
+                      tokenizer=self.tokenizer, evals=self.evals)
 
 
 def _hash_files(files: list) -> str:
@@ -229,6 +303,17 @@ def _load_tokenizer(spec: str, texts_for_training, key: str):
     tok = train_bpe(texts_for_training(), int(spec[4:]))
     atomic_write_bytes(path, tok.to_str().encode())
     return tok, spec
+
+
+def stdlib_tokenizer(spec: str) -> tuple:
+    """(tokenizer, its cached tokenizer.json path): the BPE ``bpe-V`` that ``load_corpus("stdlib",
+    spec)`` trains on the standard library (trained and cached here if it is not yet)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = stdlib_files()
+    train_f, _ = _split_by_file(files, root)
+    key = _hash_files(files)
+    tok, _ = _load_tokenizer(spec, lambda: (_read_text(f) for f in train_f), key)
+    return tok, cache_dir() / f"tokenizer-{key}-{spec}.json"
 
 
 def _text_corpus(files: list, root: Optional[Path], spec: str, name: str) -> tuple:
@@ -289,10 +374,14 @@ def _eval_text(f: Path) -> str:
 
 
 def load_corpus(data: str = "stdlib", tokenizer: str = "bpe-4096", max_tokens: Optional[int] = None,
-                eval_data=()) -> Corpus:
-    """Load (and cache) a corpus.  ``data``: "stdlib", a text file, a .bin shard, or a folder.
-    ``eval_data``: ((name, path), ...) other distributions, tokenized with the corpus's tokenizer;
-    their files are removed from the training corpus first (so never in its train split)."""
+                eval_data=(), data_format: str = "auto", n_vocab: Optional[int] = None,
+                text_column: str = "text") -> Corpus:
+    """Load (and cache) a corpus.  ``data``: "stdlib", a text file, a shard, or a folder (of text,
+    shards, or a Hugging Face dataset on disk).  ``data_format``: auto (by extension and header),
+    or one of formats.FORMATS where a file has no header to tell (nanogpt, olmo).  ``n_vocab``:
+    the vocabulary (default: the tokenizer's, else the largest id + 1).  ``eval_data``: ((name,
+    path), ...) other distributions, tokenized with the corpus's tokenizer; their files are
+    removed from the training corpus first (so never in its train split)."""
     held_out = {f for _, path in eval_data for f in eval_files(path)}
     if data == "stdlib":
         files = [f for f in stdlib_files() if f.resolve() not in held_out]
@@ -305,18 +394,33 @@ def load_corpus(data: str = "stdlib", tokenizer: str = "bpe-4096", max_tokens: O
         files = [f for f in files if f.resolve() not in held_out]
         if not files:
             raise DataError(f"data {data} holds no files (besides --eval-data's)")
-        shards = [f for f in files if f.suffix == ".bin"]
-        if shards:
-            train, val, vocab, prov = _shard_corpus(shards, data)
+        from .prepare import is_dataset_source
+
+        if data_format in ("nanogpt", "olmo", "llmc", "flopstok"):
+            shards = [f for f in shard_files(p, data_format) if f.resolve() not in held_out]
+            if not shards:
+                raise DataError(f"no token files under {data} for --data-format {data_format}")
+            train, val, vocab, prov = _shard_corpus(shards, data, data_format, n_vocab)
+        elif data_format == "hf" or (data_format == "auto" and is_dataset_source(p)):
+            train, val, vocab, prov = _dataset_corpus(p, tokenizer, text_column, n_vocab)
+        elif data_format == "auto" and any(f.suffix == ".bin" for f in files):
+            train, val, vocab, prov = _shard_corpus([f for f in files if f.suffix == ".bin"], data, "auto", n_vocab)
         else:
             for f in files:
                 if f.stat().st_size == 0:
                     raise DataError(f"empty data file: {f}")
             train, val, vocab, prov = _text_corpus(files, p if p.is_dir() else None, tokenizer, str(p))
+    if not isinstance(train, Tokens):
+        train, val = Tokens([train]), Tokens([val])
+    if n_vocab is not None and data_format not in ("nanogpt", "olmo", "llmc", "flopstok") and prov.get("format") is None:
+        if n_vocab < vocab:  # a text corpus: the tokenizer fixes the ids
+            raise DataError(f"--n-vocab {n_vocab} is below the tokenizer's vocabulary {vocab}")
+        vocab = n_vocab
     prov["n_train_tokens_full"] = int(train.size)
     if max_tokens is not None:
         train = train[:max_tokens]
     prov["n_train_tokens"] = int(train.size)
+    prov["unique_tokens"] = int(train.size)
     prov["n_val_tokens"] = int(val.size)
     prov["vocab_size"] = int(vocab)
     tok = prov.pop("_tokenizer", None)
@@ -327,28 +431,70 @@ def load_corpus(data: str = "stdlib", tokenizer: str = "bpe-4096", max_tokens: O
         files = eval_files(path)
         eot = tok.token_to_id(EOT)
         ids = [t for f in files for t in tok.encode(_eval_text(f)).ids + ([eot] if eot is not None else [])]
-        corpus.evals[name] = np.asarray(ids, dtype=np.uint16)
+        corpus.evals[name] = np.asarray(ids, dtype=np.uint16 if vocab <= 65536 else np.uint32)
         prov.setdefault("eval_data", {})[name] = {"path": path, "n_files": len(files), "n_tokens": len(ids),
                                                  "held_out_of_training": True}
     return corpus
 
 
-def _shard_corpus(shards: list, name: str) -> tuple:
-    val_s = [s for s in shards if "val" in s.name]
-    train_s = [s for s in shards if s not in val_s]
-    loaded = {s: read_shard(s) for s in shards}
-    vocabs = {v for _, v in loaded.values()}
-    if len(vocabs) != 1:
-        raise DataError(f"shards under {name} disagree on vocab size: {sorted(vocabs)}")
-    vocab = vocabs.pop()
-    if not train_s:
-        raise DataError(f"no training shards under {name} (every .bin name contains 'val')")
-    train = np.concatenate([loaded[s][0] for s in train_s])
-    if val_s:
-        val = np.concatenate([loaded[s][0] for s in val_s])
+def data_options(tc) -> dict:
+    """load_corpus's keyword options from a TrainConfig."""
+    return {"data_format": tc.data_format, "n_vocab": tc.data_vocab, "text_column": tc.text_column}
+
+
+def _shard_corpus(files: list, name: str, fmt: str, n_vocab: Optional[int]) -> tuple:
+    """Memory-mapped shards: headers checked, one format per set, the vocabulary from the data
+    (a FLOPSTOK header, nanoGPT's meta.pkl, data prepare's prepare.json) or the largest id + 1,
+    unless ``n_vocab``; every id checked below it (a chunked scan, cached)."""
+    shards = [open_shard(f, fmt, n_vocab) for f in files]
+    check_uniform(shards, name)
+    root = Path(name) if Path(name).is_dir() else Path(name).parent
+    vocab, vocab_from = shards[0].vocab, "header"
+    if n_vocab is None and vocab is None and shards[0].fmt == "nanogpt" and (root / "meta.pkl").is_file():
+        vocab, vocab_from = read_meta_vocab(root / "meta.pkl"), "meta.pkl"
+    if n_vocab is None and vocab is None and (root / "prepare.json").is_file():
+        try:
+            vocab, vocab_from = int(json.loads((root / "prepare.json").read_text())["vocab_size"]), "prepare.json"
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{root / 'prepare.json'}: no vocab_size (not written by flopscale data prepare?)") from None
+    tok = None
+    if vocab_from == "prepare.json" and (root / "tokenizer.json").is_file():  # data prepare's HF tokenizer
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+    if n_vocab is not None:
+        vocab, vocab_from = n_vocab, "--n-vocab"
+    if vocab is not None:
+        _check_ids(shards, vocab)
     else:
+        vocab, vocab_from = _check_ids(shards, 2 ** 32) + 1, "largest id + 1"
+    val_s = [s for s in shards if is_val(s.path)]
+    train_s = [s for s in shards if s not in val_s]
+    if not train_s:
+        raise DataError(f"no training shards under {name} (every shard's name contains 'val')")
+    train = Tokens([s.memmap() for s in train_s])
+    if val_s:
+        val = Tokens([s.memmap() for s in val_s])
+    else:  # hold out the last 5% of the tokens
         cut = int(train.size * 0.95)
         train, val = train[:cut], train[cut:]
-    prov = {"source": name, "n_shards": len(shards), "tokenizer": "pre-tokenized",
-            "content_sha256_16": _hash_files(sorted(shards))}
+    prov = {"source": name, "format": shards[0].describe(), "n_shards": len(shards), "n_train_shards": len(train_s),
+            "n_val_shards": len(val_s), "tokenizer": "pre-tokenized", "vocab_from": vocab_from,
+            "shards_fingerprint_16": fingerprint(shards)}
+    if tok is not None:  # --eval-data can be tokenized the same way
+        prov["_tokenizer"] = tok
+    return train, val, vocab, prov
+
+
+def _dataset_corpus(p: Path, tokenizer: str, text_column: str, n_vocab: Optional[int]) -> tuple:
+    """A Hugging Face dataset on disk (load_from_disk folder, parquet, jsonl): tokenized once by
+    engine/prepare.py into llm.c shards in the cache (keyed by the source files and the
+    tokenizer), then read like any shards.  ``bpe-V`` is the stdlib BPE (as in data prepare)."""
+    from .prepare import prepare, source_key
+
+    out = cache_dir() / f"prepared-{source_key(p, tokenizer, text_column)}"
+    prepare(str(p), str(out), tokenizer=tokenizer, workers=1, text_column=text_column, progress=False)
+    shards = sorted(out.glob("*.bin"))
+    train, val, vocab, prov = _shard_corpus(shards, str(out), "llmc", n_vocab)
+    prov.update(source=str(p), prepared=str(out), tokenizer=tokenizer, text_column=text_column)
     return train, val, vocab, prov

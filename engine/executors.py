@@ -144,6 +144,10 @@ def _torchrun(task: RunTask) -> None:
 
 
 def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError):  # a full disk: "no space left on device writing PATH"
+        from flopscale.fileio import os_error_line
+
+        return os_error_line(e)
     s = str(e).strip().splitlines()
     return f"{type(e).__name__}: {s[-1] if s else ''}" if not isinstance(e, (TrainError, ConfigError)) else s[0]
 

@@ -41,7 +41,7 @@ from flopscale.kernels.flop_counts import (  # re-exported (__all__): fl.LN_FWD,
     LOSS_FWD_PER_ROW, RESIDUAL_BWD, RESIDUAL_FWD, SOFTMAX_BWD, SOFTMAX_FWD, SOFTMAX_FWD_PER_ROW,
     attention_op_model, bias_flops, causal_attention_flops, causal_tile_pairs, feedforward_op_model,
     gelu_flops, layernorm_flops, linear_flops, loss_flops, optimizer_flops, residual_flops,
-    softmax_flops, adafactor_flops, ADAFACTOR_DECAY_PER_PARAM, ADAFACTOR_MATRIX_PER_COL, ADAFACTOR_MATRIX_PER_ELEM,
+    softmax_flops, adafactor_flops, ADAFACTOR_DECAY_PER_PARAM, ADAFACTOR_SCALE_PER_PARAM, ADAFACTOR_MATRIX_PER_COL, ADAFACTOR_MATRIX_PER_ELEM,
     ADAFACTOR_MATRIX_PER_ROW, ADAFACTOR_VECTOR_PER_ELEM, LSTM_BIASES_PER_HIDDEN, LSTM_GATES_BWD, LSTM_GATES_FWD, lstm_layer_op_model)
 
 # ``lstm``: the LSTM's gate matmuls (W_ih and W_hh of every layer; arch lstm), the Table 1 row the
@@ -382,7 +382,7 @@ def record_step(counts) -> None:
 __all__ = [
     "TABLE1_ROWS", "NONEMBEDDING_ROWS", "EXTRA_ROWS", "LSTM_ROWS", "ROWS", "VIEWS", "table1_params",
     "table1_forward_flops_per_token", "non_embedding_params", "n_counts", "forward_flops_per_token",
-    "adafactor_flops", "ADAFACTOR_DECAY_PER_PARAM", "ADAFACTOR_MATRIX_PER_COL", "ADAFACTOR_MATRIX_PER_ELEM",
+    "adafactor_flops", "ADAFACTOR_DECAY_PER_PARAM", "ADAFACTOR_SCALE_PER_PARAM", "ADAFACTOR_MATRIX_PER_COL", "ADAFACTOR_MATRIX_PER_ELEM",
     "ADAFACTOR_MATRIX_PER_ROW", "ADAFACTOR_VECTOR_PER_ELEM", "LSTM_BIASES_PER_HIDDEN", "LSTM_GATES_BWD", "LSTM_GATES_FWD", "lstm_layer_op_model",
     "op_counts", "op_multiplicity", "expected_rows", "active_ledgers", "FlopLedger",
     "compile_counts", "record", "record_backward", "record_step", "ADAMW_DECAY_PER_PARAM",

@@ -16,8 +16,9 @@ residual add is fused into the LayerNorm that follows it (``add_layer_norm``).
 ``arch`` (ModelConfig): ``gpt``; ``universal``, one block applied n_layer times (its weights
 shared: N counts them once, C every application; Dehghani et al. 2018, Kaplan et al. Figure 17);
 ``lstm`` (:class:`LSTMLM`), n_layer torch.nn.LSTM layers of width d_model between the same token
-embedding (no positions), final LayerNorm, tied de-embedding and loss (Figure 7).  ``make_model``
-builds whichever the config names.
+embedding (no positions), final LayerNorm, tied de-embedding and loss (Figure 7).  Both are
+:class:`LanguageModel` s: the embedding, final LayerNorm, tied de-embedding, loss, ledger bookings
+and ``forward`` are written once there.  ``make_model`` builds whichever the config names.
 """
 
 from __future__ import annotations
@@ -61,7 +62,13 @@ class Block(nn.Module):
 LOSS_IMPLS = ("full", "chunked")  # F.linear + fp32 cross-entropy | kernels/cross_entropy.py
 
 
-class GPT(nn.Module):
+class LanguageModel(nn.Module):
+    """What every architecture shares: the token embedding, the final LayerNorm, the tied
+    de-embedding and loss (``_head``), the ledger's bookings per pass and ``forward``.  A subclass
+    builds its layers between ``super().__init__`` (which makes the embedding) and
+    ``_final_norm()`` (module order, and so the parameters' init order, is embedding, layers, final
+    LayerNorm), and implements ``_core`` and ``num_params``."""
+
     def __init__(self, cfg: ModelConfig, backend: str = "torch", kernel_options: dict | None = None,
                  loss_impl: str = "full"):
         """``kernel_options``: the backend's kernel choices (flopscale.kernels.BACKEND_OPTIONS;
@@ -77,31 +84,10 @@ class GPT(nn.Module):
         self._core_fn = self._core  # torch.compile'd by compile_core()
         self.ops = get_backend(backend, kernel_options)
         self.wte = nn.Embedding(cfg.n_vocab, cfg.d_model)
-        self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model)
-        # universal: one block whose weights every application shares
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(1 if cfg.arch == "universal" else cfg.n_layer))
-        self.lnf_w, self.lnf_b = nn.Parameter(torch.ones(cfg.d_model)), nn.Parameter(torch.zeros(cfg.d_model))
         self._counts_cache: dict = {}
-        self.reset_parameters()
 
-    def reset_parameters(self):
-        # GPT-2's init: N(0, 0.02), residual-stream writers scaled by 1/sqrt(2 n_layer) so the
-        # stream's variance does not grow with depth; biases 0, LayerNorm gains 1.
-        for name, p in self.named_parameters():
-            if name.endswith("_w"):
-                nn.init.ones_(p)
-            elif name.endswith("bias") or name.endswith("_b"):
-                nn.init.zeros_(p)
-            else:
-                std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "fc_out.weight")) else 0.02
-                nn.init.normal_(p, 0.0, std)
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameters actually held.  non_embedding: matmul weights of the blocks only (the
-        paper's N; biases and LayerNorm gains excluded, as in Table 1)."""
-        if not non_embedding:
-            return sum(p.numel() for p in self.parameters())
-        return sum(m.weight.numel() for b in self.blocks for m in (b.qkv, b.proj, b.fc_in, b.fc_out))
+    def _final_norm(self) -> None:
+        self.lnf_w, self.lnf_b = nn.Parameter(torch.ones(self.cfg.d_model)), nn.Parameter(torch.zeros(self.cfg.d_model))
 
     def compile_core(self, **options) -> None:
         """torch.compile the forward's arithmetic (and so its backward); the ledger's bookings
@@ -136,11 +122,9 @@ class GPT(nn.Module):
         return self._counts_cache[(B, T)]
 
     # -- forward ----------------------------------------------------------------------------
-    def _norm(self, x, r, w, b):
-        """LN(x) if there is no pending branch output r, else the fused (LN(x + r), x + r)."""
-        if r is None:
-            return self.ops.layer_norm(x, w, b, 1e-5), x
-        return self.ops.add_layer_norm(x, r.to(x.dtype), w, b, 1e-5)  # the stream keeps its dtype under autocast
+    def _core(self, idx: torch.Tensor, targets: torch.Tensor | None):
+        """The arithmetic of a forward pass (what compile_core compiles): (logits or None, loss or None)."""
+        raise NotImplementedError
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = idx.shape
@@ -152,8 +136,56 @@ class GPT(nn.Module):
             return fl.record_backward(fl.record(logits, counts)), None
         return logits, fl.record_backward(fl.record(loss, counts))
 
+    def _head(self, h: torch.Tensor, targets: torch.Tensor | None):
+        """The tied de-embedding and the loss of the final hidden states h (B, T, d)."""
+        B, T, _ = h.shape
+        c = self.cfg
+        if targets is not None and self.loss_impl == "chunked":
+            h2, w = _amp(h.reshape(B * T, c.d_model), self.wte.weight)  # the dtype F.linear would run in
+            return None, linear_cross_entropy(h2, w, targets.reshape(-1))  # tied weights, no (B, T, V) logits
+        logits = F.linear(h, self.wte.weight)  # (B, T, V), tied weights
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.float().view(-1, c.n_vocab), targets.reshape(-1))
+
+
+class GPT(LanguageModel):
+    def __init__(self, cfg: ModelConfig, backend: str = "torch", kernel_options: dict | None = None,
+                 loss_impl: str = "full"):
+        super().__init__(cfg, backend, kernel_options, loss_impl)
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model)
+        # universal: one block whose weights every application shares
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(1 if cfg.arch == "universal" else cfg.n_layer))
+        self._final_norm()
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # GPT-2's init: N(0, 0.02), residual-stream writers scaled by 1/sqrt(2 n_layer) so the
+        # stream's variance does not grow with depth; biases 0, LayerNorm gains 1.
+        for name, p in self.named_parameters():
+            if name.endswith("_w"):
+                nn.init.ones_(p)
+            elif name.endswith("bias") or name.endswith("_b"):
+                nn.init.zeros_(p)
+            else:
+                std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "fc_out.weight")) else 0.02
+                nn.init.normal_(p, 0.0, std)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters actually held.  non_embedding: matmul weights of the blocks only (the
+        paper's N; biases and LayerNorm gains excluded, as in Table 1)."""
+        if not non_embedding:
+            return sum(p.numel() for p in self.parameters())
+        return sum(m.weight.numel() for b in self.blocks for m in (b.qkv, b.proj, b.fc_in, b.fc_out))
+
+    # -- forward ----------------------------------------------------------------------------
+    def _norm(self, x, r, w, b):
+        """LN(x) if there is no pending branch output r, else the fused (LN(x + r), x + r)."""
+        if r is None:
+            return self.ops.layer_norm(x, w, b, 1e-5), x
+        return self.ops.add_layer_norm(x, r.to(x.dtype), w, b, 1e-5)  # the stream keeps its dtype under autocast
+
     def _core(self, idx: torch.Tensor, targets: torch.Tensor | None):
-        """The arithmetic of a forward pass (what compile_core compiles): (logits or None, loss or None)."""
         B, T = idx.shape
         c = self.cfg
         pos = torch.arange(T, device=idx.device)
@@ -173,40 +205,21 @@ class GPT(nn.Module):
         h, _ = self._norm(x, r, self.lnf_w, self.lnf_b)
         return self._head(h, targets)
 
-    def _head(self, h: torch.Tensor, targets: torch.Tensor | None):
-        """The tied de-embedding and the loss of the final hidden states h (B, T, d)."""
-        B, T, _ = h.shape
-        c = self.cfg
-        if targets is not None and self.loss_impl == "chunked":
-            h2, w = _amp(h.reshape(B * T, c.d_model), self.wte.weight)  # the dtype F.linear would run in
-            return None, linear_cross_entropy(h2, w, targets.reshape(-1))  # tied weights, no (B, T, V) logits
-        logits = F.linear(h, self.wte.weight)  # (B, T, V), tied weights
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.float().view(-1, c.n_vocab), targets.reshape(-1))
 
-
-class LSTMLM(GPT):
+class LSTMLM(LanguageModel):
     """An LSTM language model (Kaplan et al. 2020, Figure 7): the token embedding (no positions:
     the recurrence knows the order), ``n_layer`` torch.nn.LSTM layers of width d_model, a final
-    LayerNorm, and the GPT's tied de-embedding and loss.  The forward, the ledger's bookings and
-    the loss are the GPT's (``op_counts`` books the ``lstm`` and ``lstm_gates`` rows).  The torch
-    backend only: the recurrence is torch's own kernel (cuDNN on CUDA)."""
+    LayerNorm, and the tied de-embedding and loss every model shares.  The ledger's bookings come
+    from ``op_counts`` (the ``lstm`` and ``lstm_gates`` rows).  The torch backend only: the
+    recurrence is torch's own kernel (cuDNN on CUDA)."""
 
     def __init__(self, cfg: ModelConfig, backend: str = "torch", kernel_options: dict | None = None,
                  loss_impl: str = "full"):
         if backend != "torch":
             raise ConfigError(f"--arch lstm runs on --backend torch only (got {backend!r}): torch.nn.LSTM is its kernel")
-        nn.Module.__init__(self)
-        if loss_impl not in LOSS_IMPLS:
-            raise ConfigError(f"loss_impl must be one of {', '.join(LOSS_IMPLS)}, got {loss_impl!r}")
-        self.cfg, self.backend, self.loss_impl = cfg, backend, loss_impl
-        self._core_fn = self._core
-        self.ops = get_backend(backend, kernel_options)
-        self.wte = nn.Embedding(cfg.n_vocab, cfg.d_model)
+        super().__init__(cfg, backend, kernel_options, loss_impl)
         self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True)
-        self.lnf_w, self.lnf_b = nn.Parameter(torch.ones(cfg.d_model)), nn.Parameter(torch.zeros(cfg.d_model))
-        self._counts_cache = {}
+        self._final_norm()
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -229,7 +242,7 @@ class LSTMLM(GPT):
 
 
 def make_model(cfg: ModelConfig, backend: str = "torch", kernel_options: dict | None = None,
-               loss_impl: str = "full") -> GPT:
+               loss_impl: str = "full") -> LanguageModel:
     """The model ``cfg.arch`` names: GPT (gpt, universal) or LSTMLM (lstm)."""
     cls = LSTMLM if cfg.arch == "lstm" else GPT
     return cls(cfg, backend=backend, kernel_options=kernel_options, loss_impl=loss_impl)

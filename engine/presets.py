@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .config import ConfigError, ModelConfig, TrainConfig
+from .rundir import check_run_name
+from .schedule import decay_start_step, lr_at
 
 
 # What a model entry given as an object may set: ModelConfig's fields but the preset's n_ctx and
@@ -37,10 +39,8 @@ _MODEL_ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 
 def lr_area(train: dict) -> float:
-    """The area under a run's learning-rate curve: the sum of ``train.lr_at`` over its steps
+    """The area under a run's learning-rate curve: the sum of ``schedule.lr_at`` over its steps
     (the trainer's own schedule function, so the formula lives in one place)."""
-    from .train import lr_at
-
     tc = TrainConfig.from_dict(train)
     return math.fsum(lr_at(t, tc) for t in range(tc.steps))
 
@@ -103,6 +103,7 @@ class SweepPreset:
             if not isinstance(v.get("name"), str) or not v["name"] or names.count(v["name"]) > 1 or bad:
                 raise ConfigError(f"preset {self.name}: a variant is a unique name and TrainConfig overrides "
                                   f"(plus models, area_of), got {v}")
+            check_run_name(v["name"], f"preset {self.name}: variant name")  # it ends run names: one path component
             ref = v.get("area_of")
             if ref is not None and (ref not in names or ref == v["name"]
                                     or self._variant(ref).get("area_of") is not None):
@@ -155,7 +156,7 @@ class SweepPreset:
         (+ "branch_of": [parent name, step] for a cooldown branch, whose train gets init_from from
         the runner, which knows where the parent's run directory is)."""
         out = self._budget_runs() if self.budgets else self._token_runs()
-        names = [r["name"] for r in out]
+        names = [check_run_name(r["name"], f"preset {self.name}: run name") for r in out]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"preset {self.name}: run names repeat ({', '.join(dup)}): two model entries or "
@@ -194,12 +195,12 @@ class SweepPreset:
 
     def _variant_train(self, tr: dict, v: dict) -> dict:
         """The run's TrainConfig kwargs under variant ``v``; with ``area_of``, its peak lr scaled so
-        that the area under its lr curve (the sum of train.lr_at over the run's steps: the
+        that the area under its lr curve (the sum of schedule.lr_at over the run's steps: the
         trainer's own schedule, one formula) equals that of the named variant's run."""
         out = dict(tr, **{k: x for k, x in v.items() if k not in ("name", "models", "area_of")})
         if v.get("area_of") is not None:
             ref = self._variant_train(tr, self._variant(v["area_of"]))
-            # every schedule is lr times a shape (train.lr_at), so one rescale makes the areas equal
+            # every schedule is lr times a shape (schedule.lr_at), so one rescale makes the areas equal
             out["lr"] = float(out["lr"]) * lr_area(ref) / lr_area(out)
         return out
 
@@ -213,7 +214,6 @@ class SweepPreset:
 
     def _budget_runs(self) -> List[dict]:
         from . import flops as fl
-        from .train import decay_start_step
 
         vocab = _vocab(self.train.get("tokenizer", "bpe-4096"))
         bs = int(self.train["batch_size"])
@@ -423,14 +423,15 @@ PRESETS: Dict[str, SweepPreset] = {
         note="Best lr vs N: four sizes (N 12k-332k) x five peak lrs 3e-4 .. 3e-2 (two decades, half-decade "
              "steps), cosine to 10% (Kaplan eq. D.1 predicts the optimum falls slowly with N). Equal area: at "
              "L2-d48 and L2-d64, linear, wsd and constant schedules with their peak lr scaled so that the sum of "
-             "the lr over the run's steps (engine/train.py: lr_at) equals the cosine run's at peak 3e-3 "
+             "the lr over the run's steps (engine/schedule.py: lr_at) equals the cosine run's at peak 3e-3 "
              "(lr3e-3), {area}. Every run "
              f"{_PAPER_STEPS} steps of 16 x 64 tokens, warmup 40; stdlib BPE-512; 4 evals of 16 batches.",
     ),
 }
 
 # The area every equal-area schedule of cpu-lr matches, stated in its note (the sweep records
-# the note in sweep.json; each run's own area is lr_area of its config.json "train").
+# the note in sweep.json; each run's own area is lr_area of its config.json "train").  Filled in
+# by get_preset, when the preset is asked for, not at import.
 def _area_note(p: SweepPreset) -> str:
     runs = {r["name"]: r["train"] for r in p.runs()}
     ref = {lr_area(runs[f"{m}-lr3e-3"]) for m in ("L2-d48", "L2-d64")}  # the same steps: one area
@@ -438,7 +439,6 @@ def _area_note(p: SweepPreset) -> str:
     return p.note.format(area=f"{' '.join(f'{a:.6g}' for a in sorted(ref))} (the peaks: cosine 0.003, {peaks})")
 
 
-PRESETS["cpu-lr"].note = _area_note(PRESETS["cpu-lr"])
 
 # Test-only presets are registered here by tests (a tiny grid that runs in seconds).
 _EXTRA_PRESETS: Dict[str, SweepPreset] = {}
@@ -452,7 +452,10 @@ def register_preset(p: SweepPreset) -> None:
 def get_preset(name: str) -> SweepPreset:
     allp = {**PRESETS, **_EXTRA_PRESETS}
     if name in allp:
-        return allp[name]
+        p = allp[name]
+        if name == "cpu-lr" and "{area}" in p.note:
+            p.note = _area_note(p)
+        return p
     # A preset file: a JSON object with SweepPreset's fields (models as [n_layer, d_model, n_heads]
     # lists or objects of ModelConfig fields)
     p = Path(name)
@@ -464,3 +467,23 @@ def get_preset(name: str) -> SweepPreset:
         except (json.JSONDecodeError, TypeError, KeyError) as e:
             raise ConfigError(f"preset file {name}: not a valid sweep preset ({type(e).__name__}: {e})") from None
     raise ConfigError(f"unknown sweep preset {name!r}; choose one of {', '.join(allp)} or a preset .json file")
+
+# Data-constrained scaling (Muennighoff et al. 2023, Figure 3 in small): every run trains the same
+# tokens; the unique tokens shrink so that the data repeats 1, 2, 4, 8 and 16 times.
+_REPEATS_STEPS = 400
+_REPEATS_TOKENS = _REPEATS_STEPS * 16 * 64
+PRESETS["cpu-repeats"] = SweepPreset(
+    name="cpu-repeats",
+    description="Muennighoff et al. 2023 Figure 3 on 2 CPU cores: three sizes at a fixed token budget, the unique "
+                "tokens cut so the data repeats 1-16 epochs; the data-constrained law fitted from the runs",
+    # N 3.1k, 12k, 98k: 1.5 decades, aspect ratio 16-32, head dim 8-16
+    models=[(1, 16, 2), (1, 32, 2), (2, 64, 4)], n_ctx=64, tokens=_REPEATS_TOKENS, train=_CPU_TRAIN, evals=4,
+    variants=[{"name": f"ep{e}", "unique_tokens": _REPEATS_TOKENS // e, "sampling": "without-replacement"}
+              for e in (1, 2, 4, 8, 16)],
+    assumed_flops_per_s=25e9, cpu_threads=1, n_boot=50,
+    note=f"{_REPEATS_STEPS} steps of 16 x 64 tokens ({_REPEATS_TOKENS:,} tokens) per run; unique tokens "
+         f"{_REPEATS_TOKENS:,} / 1, 2, 4, 8, 16 (the first U tokens of the stdlib BPE-4096 training split), sampled "
+         "without replacement so each epoch sees every window once; config.json and metrics.jsonl record "
+         "unique_tokens and epochs, and `flopscale fit --law data-constrained` reads U from data.n_train_tokens. "
+         "Fifteen points cannot pin seven parameters: read the fit's intervals, and the loss against epochs at each N.",
+)

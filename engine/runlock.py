@@ -90,8 +90,13 @@ class RunLock:
         rec = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                           "since": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
         # Written in place (not renamed over): the lock belongs to this inode.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, rec.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, rec.encode(), 0)
+        except OSError as e:  # a full disk: let go of the lock, and say which file could not be written
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         self.fd = fd
         return self
 

@@ -86,19 +86,27 @@ def run_flops(mc: ModelConfig, tc: TrainConfig, from_step: int = 0) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------------------------
-def _run_status(run_dir: Path, steps: int) -> tuple:
-    """("done" | "partial" | "pending", last logged metrics row or None), from the files alone."""
-    m = run_dir / "metrics.jsonl"
-    last = None
-    if m.exists():
-        for ln in m.read_text().splitlines():
-            try:
-                last = json.loads(ln)
-            except json.JSONDecodeError:
-                pass
-    if last is not None and last.get("step") == steps and (run_dir / "ckpt.pt").exists():
-        return "done", last
-    return ("partial" if (run_dir / "config.json").exists() else "pending"), last
+def _run_status(run_dir: Path, steps: int) -> str:
+    """"done" | "partial" | "pending", from the files alone: done when every final file is
+    (rundir.is_complete: metrics at the last step, flops.json written at it, the checkpoint);
+    otherwise the Trainer resumes it, or repairs what a kill after its last step left."""
+    if rundir.is_complete(run_dir, steps):
+        return "done"
+    return "partial" if (run_dir / rundir.CONFIG).exists() else "pending"
+
+
+def run_dirs(out: Path, names) -> dict:
+    """{name: out/runs/name}: every name one path component (rundir.check_run_name), every
+    path inside out/runs (a preset's variant named "../../x" must not train elsewhere)."""
+    runs = Path(os.path.normpath(out / "runs"))
+    dirs = {}
+    for name in names:
+        rundir.check_run_name(name)
+        d = Path(os.path.normpath(runs / name))
+        if d.parent != runs:
+            raise TrainError(f"run {name!r} would train in {d}, outside {runs}")
+        dirs[name] = d
+    return dirs
 
 
 def _summary(run_dir: Path) -> dict:
@@ -205,6 +213,7 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     specs = preset.runs()
+    run_dirs(out, [s["name"] for s in specs])  # names that are paths: checked before anything is written
     for s in specs:
         s["train"] = dict(s["train"], **overrides)
         if s.get("branch_of"):  # a cooldown branch starts from its parent's run directory
@@ -282,7 +291,7 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
 
     status = {}
     if lead:
-        status = {s["name"]: _run_status(out / "runs" / s["name"], tc.steps)[0] for s, _, tc, _ in jobs}
+        status = {s["name"]: _run_status(out / "runs" / s["name"], tc.steps) for s, _, tc, _ in jobs}
     status = broadcast_object(status, world)
     total = sum(j[3]["all"] for j in jobs)
     done_flops = sum(j[3]["all"] for j in jobs if status[j[0]["name"]] == "done")
@@ -350,7 +359,7 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         ent = by_name[t.name]
         ent.update({k: v for k, v in info.items() if k in EXEC_FIELDS or k == "error"})
         steps = ent["train"]["steps"]
-        if "error" not in info and lead and _run_status(Path(t.run_dir), steps)[0] != "done":
+        if "error" not in info and lead and _run_status(Path(t.run_dir), steps) != "done":
             ent["error"] = "the task ended before the run finished"
         if "error" in ent:
             ent["status"] = "failed"
@@ -414,6 +423,10 @@ def run_grid(preset: SweepPreset, out: str | Path, overrides: Optional[dict] = N
         if fit:
             t0 = time.perf_counter()
             extra["fit"] = fit_and_report(out, n_boot=preset.n_boot if n_boot is None else n_boot, progress=progress)
+            if overrides.get("tracker"):  # the report's figures beside the runs (engine/trackers.py)
+                from .trackers import log_report
+
+                log_report(jobs[0][2].trackers(), out / "report")
             timing["fit_report"] = round(time.perf_counter() - t0, 1)
         timing["total_this_invocation"] = round(time.perf_counter() - t_start, 1)
         _write_manifest(out, preset, entries, extra)
@@ -434,7 +447,7 @@ def say(msg: str, enabled: bool = True) -> None:
 def _lr_of_config(step: int, train: dict) -> float:
     """The trainer's lr at a step of a run's train config: the report's schedule curves and lr
     areas come from lr_at itself, every step (metrics.jsonl logs it only every log_every)."""
-    from .train import lr_at
+    from .schedule import lr_at
 
     return lr_at(step, TrainConfig.from_dict(train))
 
@@ -475,19 +488,23 @@ def fit_and_report(out: Path, n_boot: int = 200, progress: bool = True) -> dict:
     return summ
 
 
+def _ci(ci, fmt: str) -> str:
+    """"95% CI [lo, hi]", or why there is none (--n-boot 0 fits no interval)."""
+    if not ci or len(ci) != 2 or any(v is None for v in ci):
+        return "no 95% CI: --n-boot 0"
+    return f"95% CI [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
 def print_summary(summ: dict, out: Path) -> None:
     lines = []
     if "alpha_N" in summ:
-        lo, hi = summ["alpha_N_ci95"]
-        lines.append(f"L(N):  alpha_N = {summ['alpha_N']:.4f}  (95% CI [{lo:.4f}, {hi:.4f}])   paper 0.076"
+        lines.append(f"L(N):  alpha_N = {summ['alpha_N']:.4f}  ({_ci(summ['alpha_N_ci95'], '.4f')})   paper 0.076"
                      f"   rmse_log {summ['rmse_log_N']:.4f}")
     if "alpha_C" in summ:
-        lo, hi = summ["alpha_C_ci95"]
-        lines.append(f"L(C):  alpha_C = {summ['alpha_C']:.4f}  (95% CI [{lo:.4f}, {hi:.4f}])   paper 0.050 (C_min)")
+        lines.append(f"L(C):  alpha_C = {summ['alpha_C']:.4f}  ({_ci(summ['alpha_C_ci95'], '.4f')})   paper 0.050 (C_min)")
     if "alpha_B" in summ:
-        lo, hi = summ["alpha_B_ci95"]
         lines.append(f"B_crit(L): B_star = {summ['B_star']:.3g} tokens, alpha_B = {summ['alpha_B']:.3f} "
-                     f"(95% CI [{lo:.3f}, {hi:.3f}])   paper B_star 2e8 tokens, alpha_B 0.21")
+                     f"({_ci(summ['alpha_B_ci95'], '.3f')})   paper B_star 2e8 tokens, alpha_B 0.21")
     lines.append(f"report: {out / 'report' / 'report.md'}")
     print("\n".join(lines))
 
@@ -498,7 +515,7 @@ def print_summary(summ: dict, out: Path) -> None:
 # TrainConfig fields a sweep may override for every run (the grid's own fields, such as steps and
 # batch_size, come from the preset).
 OVERRIDABLE = ("data", "tokenizer", "device", "backend", "dtype", "cuda_attention", "cuda_ffn_backward",
-               "triton_ffn_loads")
+               "triton_ffn_loads", "tracker")
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

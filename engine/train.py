@@ -51,17 +51,20 @@ from pathlib import Path
 
 import torch
 
-from flopscale.fileio import atomic_write_json
+from flopscale.fileio import append_line, atomic_write_json, os_error_line, write_error
 
 from . import flops as fl
 from . import rundir
-from .config import ConfigError, ModelConfig, TrainConfig
-from .data import load_corpus
+from .config import WATCH_FIELDS, ConfigError, ModelConfig, TrainConfig
+from .data import DataError, data_options, load_corpus
 from .dist import all_reduce_ints, all_reduce_mean_grads, all_reduce_sum, barrier, broadcast_object, init_distributed
-from .model import GPT, make_model
+from .model import LanguageModel, make_model
 from .noise import MicroBatchNorms, NoiseScaleEstimator, sq_norm, sq_norm_tensor
+from .optim import Adafactor
 from .rundir import TrainError
-from .runlock import RunLock
+from .runlock import LOCK, RunLock
+from .schedule import lr_at
+from .trackers import open_trackers
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU.  None elsewhere.
@@ -73,42 +76,6 @@ def peak_flops(device: str, dtype: str):
         return None
     name = torch.cuda.get_device_name(torch.device(device))
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """The learning rate of step ``step`` (0-based): linear warmup over ``warmup`` steps, then
-
-    * cosine: cosine decay to lr * min_lr_frac at ``steps`` (Kaplan et al. 2020);
-    * wsd: constant lr, then a linear decay to lr * min_lr_frac over the last
-      ``decay_frac * steps`` steps (warmup-stable-decay, Hägele et al. 2024).  Two wsd runs that
-      differ only in ``steps`` agree on every step before the shorter one's decay starts, which
-      is what makes a cooldown branch (``init_from``) the same run as a standalone one.
-    * linear: linear decay to lr * min_lr_frac at ``steps`` (the cosine's endpoints, a straight line);
-    * constant: lr to the end (no decay, no floor).
-
-    Every schedule is ``lr`` times a shape that does not depend on ``lr``, so the area under the
-    curve (the sum over steps) scales with ``lr``: presets with ``area_of`` (engine/presets.py)
-    rely on that to compare schedules at equal area (Kaplan et al. Figure 21).
-    """
-    if step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
-    if tc.schedule == "constant":
-        return tc.lr
-    if tc.schedule == "wsd":
-        decay_start = decay_start_step(tc)
-        if step < decay_start:
-            return tc.lr
-        frac = (step + 1 - decay_start) / max(1, tc.steps - decay_start)
-        return tc.lr * (1 - (1 - tc.min_lr_frac) * min(frac, 1.0))
-    frac = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
-    if tc.schedule == "linear":
-        return tc.lr * (tc.min_lr_frac + (1 - tc.min_lr_frac) * (1 - min(frac, 1.0)))
-    return tc.lr * (tc.min_lr_frac + (1 - tc.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-
-
-def decay_start_step(tc: TrainConfig) -> int:
-    """wsd: the first step of the final decay, (1 - decay_frac) * steps rounded, after warmup."""
-    return max(tc.warmup, round((1 - tc.decay_frac) * tc.steps))
 
 
 def decay_split(model: torch.nn.Module) -> tuple:
@@ -125,7 +92,8 @@ def optimizer_step_flops(model: torch.nn.Module, tc: TrainConfig) -> int:
     decay, other = decay_split(model)
     n_decayed = sum(p.numel() for p in decay) if tc.weight_decay > 0 else 0
     if tc.optimizer == "adafactor":
-        return fl.adafactor_flops([tuple(p.shape) for p in decay + other], n_decayed, tc.grad_clip > 0)
+        return fl.adafactor_flops([tuple(p.shape) for p in decay + other], n_decayed, tc.grad_clip > 0,
+                                  tc.adafactor_scale_parameter)
     return fl.optimizer_flops(sum(p.numel() for p in decay + other), n_decayed, tc.grad_clip > 0)
 
 
@@ -176,14 +144,15 @@ class StopOnSignal:
         self._old = {}
 
 
-def make_optimizer(model: GPT, tc: TrainConfig):
+def make_optimizer(model: LanguageModel, tc: TrainConfig):
     decay, other = decay_split(model)
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": other, "weight_decay": 0.0}]
     # CUDA: the fused kernel (one launch for every tensor).  CPU: foreach, which is bit for bit
     # the per-tensor loop here (tests/test_train_speed_paths.py), so CPU runs and resumes stay
     # exact; CPU's fused AdamW rounds differently.
-    if tc.optimizer == "adafactor":  # torch's defaults otherwise (beta2_decay -0.8, eps (None, 1e-3), d 1)
-        return torch.optim.Adafactor(groups, lr=tc.lr, foreach=False), optimizer_step_flops(model, tc)
+    if tc.optimizer == "adafactor":  # engine/optim.py: lr is the step size (beta2_decay -0.8, eps (None, 1e-3), d 1)
+        opt = Adafactor(groups, lr=tc.lr, scale_parameter=tc.adafactor_scale_parameter)
+        return opt, optimizer_step_flops(model, tc)
     fast = {"fused": True} if next(model.parameters()).device.type == "cuda" else {"foreach": True}
     opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8, **fast)
     return opt, optimizer_step_flops(model, tc)
@@ -258,11 +227,11 @@ class Trainer:
         if corpus is None:
             # Rank 0 trains the tokenizer and writes the token cache; the others then read it.
             if self.rank == 0:
-                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora())
+                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora(), **data_options(tc))
             barrier(self.world)
             if self.rank != 0:
-                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora())
-        self.corpus = corpus
+                corpus = load_corpus(tc.data, tc.tokenizer, tc.max_tokens, tc.eval_corpora(), **data_options(tc))
+        self.corpus = corpus.with_unique_tokens(tc.unique_tokens)  # --unique-tokens: the first U tokens, repeated
         if mc.n_vocab != self.corpus.vocab_size:
             mc = ModelConfig.from_dict({**mc.to_dict(), "n_vocab": self.corpus.vocab_size})
         self.mc = mc
@@ -288,6 +257,9 @@ class Trainer:
         self.ledger = fl.FlopLedger()
         self.noise = NoiseScaleEstimator() if tc.noise_scale else None
         self.step, self.tokens = 0, 0
+        self._ckpt_step = None     # the step of the last checkpoint written or loaded
+        self._wrote_config = False  # this call started the run (wrote its config.json)
+        self.grad_norm = None  # the last step's global gradient norm before clipping (a device tensor)
         peak = peak_flops(dev, tc.dtype)
         self.peak = peak * self.world if peak else None
         self.autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(tc.dtype)
@@ -303,7 +275,9 @@ class Trainer:
             "model": self.mc.to_dict(), "train": self.tc.to_dict(), "N": self.mc.N,
             "N_counts": fl.n_counts(self.mc),  # universal: the shared block once
             "n_params_total": self.model.num_params(non_embedding=False),
-            "data": self.corpus.provenance, "code_version": rundir.code_version(),
+            "data": {**self.corpus.provenance,  # unique tokens U and the epochs the run plans over them
+                     "epochs": self.tc.steps * self.tc.batch_size * self.mc.n_ctx / max(1, self.corpus.n_train_tokens)},
+            "code_version": rundir.code_version(),
             "tokens_per_step": self.tc.batch_size * self.mc.n_ctx,
             "world_size": self.world,
             "kernels": self.model.ops.describe(),  # the backend, its options and what they resolve to
@@ -325,6 +299,7 @@ class Trainer:
 
     def _check_or_write_config_local(self) -> bool:
         self.out.mkdir(parents=True, exist_ok=True)
+        rundir.clean_temp_files(self.out)  # a killed writer's ".ckpt.pt.tmpPID" (we hold the lock)
         cpath = self.out / rundir.CONFIG
         rec = self.config_record()
         if cpath.exists():
@@ -336,43 +311,129 @@ class Trainer:
                 return o[k] if k in o else defaults[sec][k].default
 
             diffs = [f"{sec}.{k}: {old_value(sec, k)!r} -> {v!r}"
-                     for sec in ("model", "train") for k, v in rec[sec].items() if old_value(sec, k) != v]
+                     for sec in ("model", "train") for k, v in rec[sec].items()
+                     if old_value(sec, k) != v and k not in WATCH_FIELDS]
             if diffs:
                 raise TrainError(f"{self.out} holds a run with a different configuration ({'; '.join(diffs)}); "
                                  "use another --out or the same flags")
-            return (self.out / rundir.CHECKPOINT).exists()
+            if self._checkpoints():
+                return True
+            self._start_over()  # killed before its first checkpoint, or the checkpoint was moved aside
+            return False
+        self._check_batches()  # what the first step would refuse, refused before config.json exists
         atomic_write_json(cpath, rec)
+        self._wrote_config = True
         return False
 
+    def _checkpoints(self) -> list:
+        """This run's checkpoint files as (path, step or None), ckpt.pt first, then its kept
+        copies, newest first."""
+        kept = [(self.out / rundir.kept_checkpoint(k), k) for k in sorted(self.tc.kept_steps(), reverse=True)]
+        return [(p, k) for p, k in [(self.out / rundir.CHECKPOINT, None), *kept] if p.exists()]
+
+    def _start_over(self) -> None:
+        """A run directory with no checkpoint: its rows and flops.json are of lost work; the run
+        starts from step 0 and writes them again (rank 0)."""
+        rundir.truncate_metrics(self.out / rundir.METRICS, 0)
+        rundir.truncate_metrics(self.out / rundir.POSITIONS, 0)
+        (self.out / rundir.FLOPS).unlink(missing_ok=True)
+
+    def _check_batches(self) -> None:
+        """Draw step 0's first batch of every split (cheap: offsets and a gather) so that data too
+        short for n_ctx is refused before a fresh run writes config.json; a corrected retry of
+        the same --out then starts afresh instead of being refused as a changed config."""
+        for split in ("train", "val", *self.corpus.evals):
+            self.corpus.batch(split, 0, 0, self.micro_batch, self.mc.n_ctx, self.tc.seed)
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of this run's config, carried by its checkpoints (rundir.fingerprint)."""
+        return rundir.fingerprint(self.mc.to_dict(), self.tc.to_dict())
+
     def save_checkpoint(self) -> None:
+        """The state at ``self.step`` (tensors, numbers, strings, lists and dicts only: read back with
+        weights_only=True), then flops.json.  The kept copy ckpt-S.pt is written before ckpt.pt:
+        a kill between the two leaves ckpt.pt at the previous checkpoint, the resume redoes the
+        steps to S and writes both again (or resumes from ckpt-S.pt, the newer, see ``resume``)."""
         if self.rank == 0:
             state = {
                 "step": self.step, "tokens": self.tokens, "model": self.model.state_dict(),
                 "opt": self.opt.state_dict(), "ledger": self.ledger.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "noise": self.noise.state_dict() if self.noise else None,
-                "world_size": self.world,
+                "world_size": self.world, "fingerprint": self.fingerprint,
             }
-            rundir.save_checkpoint(self.out / rundir.CHECKPOINT, state)
             if self.step in self.tc.kept_steps():  # a copy for cooldown branches to start from
                 rundir.save_checkpoint(self.out / rundir.kept_checkpoint(self.step), state)
+            rundir.save_checkpoint(self.out / rundir.CHECKPOINT, state)
             self._write_flops_json()
+        self._ckpt_step = self.step
         barrier(self.world)  # nobody runs ahead of a checkpoint that may be resumed from
 
-    def load_checkpoint(self, path: Path | None = None) -> None:
-        ck = rundir.load_checkpoint(path or self.out / rundir.CHECKPOINT, self.device)
-        self.model.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["opt"])
-        self.ledger.load_state_dict(ck["ledger"])
-        torch.set_rng_state(ck["torch_rng"])
-        if self.noise is not None and ck.get("noise"):
-            self.noise.load_state_dict(ck["noise"])
-        self.step, self.tokens = ck["step"], ck["tokens"]
-        # Rows logged after the checkpoint were lost work; the resumed run writes them again.
-        if self.rank == 0 and path is None:
+    def read_checkpoint(self, path: Path, fingerprint: str | None = None, owner: str | None = None) -> dict:
+        """Checkpoint ``path``, which must carry ``fingerprint`` (by default this run's)."""
+        return rundir.load_checkpoint(path, self.device, fingerprint=fingerprint or self.fingerprint,
+                                      owner=owner or str(self.out))
+
+    def load_checkpoint(self, path: Path, fingerprint: str | None = None, owner: str | None = None,
+                        ck: dict | None = None) -> dict:
+        """Load the state of checkpoint ``path`` (``ck``: its contents, already read); a checkpoint
+        that does not fit the model is one TrainError line.  Returns its contents."""
+        if ck is None:
+            ck = self.read_checkpoint(path, fingerprint, owner)
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["opt"])
+            self.ledger.load_state_dict(ck["ledger"])
+            torch.set_rng_state(ck["torch_rng"].cpu())
+            if self.noise is not None and ck.get("noise"):
+                self.noise.load_state_dict(ck["noise"])
+            self.step, self.tokens = int(ck["step"]), int(ck["tokens"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else (lines or [""])[0]
+            more = f" (and {len(lines) - 2} more)" if len(lines) > 2 and lines[0].startswith("Error(s)") else ""
+            raise TrainError(f"checkpoint {path} does not fit this run's model or optimizer: {detail}{more}; "
+                             "move it aside to restart the run") from None
+        self._ckpt_step = self.step
+        return ck
+
+    def resume(self) -> None:
+        """Continue from this run's newest checkpoint: ckpt.pt, or a kept ckpt-K.pt newer than it
+        (a kill between writing the two; ckpt.pt moved aside).  Rows logged after it were lost
+        work: metrics.jsonl and positions.jsonl are cut back to its step (torn lines dropped) and
+        the resumed run writes them again.  A kept copy missing at the step of ckpt.pt is derived
+        from it."""
+        files = self._checkpoints()
+        path, ck = files[0][0], None
+        if files[0][1] is None:  # ckpt.pt
+            ck = self.read_checkpoint(path)
+            newer = [p for p, k in files[1:] if k > int(ck["step"])]
+            if newer:
+                path, ck = newer[0], None
+        ck = self.load_checkpoint(path, ck=ck)
+        if self.rank == 0:
             rundir.truncate_metrics(self.out / rundir.METRICS, self.step)
             rundir.truncate_metrics(self.out / rundir.POSITIONS, self.step)
+            kept = self.out / rundir.kept_checkpoint(self.step)
+            if self.step in self.tc.kept_steps() and not kept.exists():
+                rundir.save_checkpoint(kept, ck)
         barrier(self.world)
+
+    def _finish_complete(self) -> None:
+        """The checkpoint is at the last step: the run is complete once every final file is.  A
+        kill after the final checkpoint left flops.json behind: write it again from the ledger."""
+        err = None
+        if self.rank == 0:
+            if rundir.flops_json_step(self.out) != self.step:
+                self._write_flops_json()
+            last = rundir.last_step(self.out / rundir.METRICS)
+            if last != self.step:
+                err = (f"{self.out}: the checkpoint is at the final step {self.step} but metrics.jsonl ends at step "
+                       f"{last}; the run's record is incomplete: move the run directory aside to train it again")
+        err = broadcast_object(err, self.world)
+        if err:
+            raise TrainError(err)
 
     def start_branch(self) -> None:
         """A fresh run with ``init_from`` = PARENT@S: check that its first S steps are the
@@ -386,7 +447,7 @@ class Trainer:
             raise TrainError(f"init_from {self.tc.init_from}: no run in {pdir}")
         old = rundir.read_config(pdir / rundir.CONFIG)
         ptc = TrainConfig.from_dict({k: v for k, v in old["train"].items() if k in TrainConfig.__dataclass_fields__})
-        own = {"steps", "eval_every", "eval_batches", "log_every", "keep_steps", "init_from"}
+        own = {"steps", "eval_every", "eval_batches", "log_every", "keep_steps", "init_from", *WATCH_FIELDS}
         diffs = [k for k, v in self.tc.to_dict().items() if k not in own and getattr(ptc, k) != v]
         if ModelConfig.from_dict(old["model"]).to_dict() != self.mc.to_dict():  # fields added since read as defaults
             diffs.insert(0, "model")
@@ -398,7 +459,7 @@ class Trainer:
         if not ckpt.exists():
             raise TrainError(f"init_from {self.tc.init_from}: {ckpt} does not exist (train the parent with "
                              f"--keep-steps {s} first)")
-        self.load_checkpoint(ckpt)
+        self.load_checkpoint(ckpt, fingerprint=rundir.fingerprint(old["model"], old["train"]), owner=str(pdir))
         if self.rank == 0:
             rundir.copy_metrics(pdir / rundir.METRICS, self.out / rundir.METRICS, s)
             if (pdir / rundir.POSITIONS).exists():
@@ -417,6 +478,7 @@ class Trainer:
             "kernels": self.model.ops.describe(),  # with the autotune choices of the launches so far
         }
         atomic_write_json(self.out / rundir.FLOPS, rec)
+        rundir.written(self.out / rundir.FLOPS, self.step)
 
     # -- steps -----------------------------------------------------------------------------
     def _autocast(self):
@@ -502,7 +564,8 @@ class Trainer:
             batch = self._prefetched[1]
             self._prefetched = None
             return batch
-        return self._to_device(*self.corpus.batch("train", step, micro, self.micro_batch, self.mc.n_ctx, self.tc.seed))
+        return self._to_device(*self.corpus.batch("train", step, micro, self.micro_batch, self.mc.n_ctx, self.tc.seed,
+                                                  sampling=self.tc.sampling, global_batch=self.tc.batch_size))
 
     def _prefetch(self, step: int, micro: int) -> None:
         self._prefetched = ((step, micro), self._train_batch(step, micro))
@@ -560,7 +623,7 @@ class Trainer:
                 mean_local = self._all_reduce_sum([local_sq])[0] / self.world
                 self.noise.update(mean_local, tc.batch_size // self.world, sq_norm(grads), tc.batch_size)
         if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
@@ -584,9 +647,12 @@ class Trainer:
         lock, err = None, None
         if self.rank == 0:
             try:
+                rundir.check_out_dir(self.out)
                 lock = RunLock(self.out).acquire()
             except TrainError as e:
                 err = str(e)
+            except OSError as e:  # the lock's record on a full disk: one line naming it
+                err = os_error_line(e if e.filename is not None else write_error(e, self.out / LOCK))
         err = broadcast_object(err, self.world)
         if err:
             raise TrainError(err)
@@ -609,14 +675,28 @@ class Trainer:
                 lock.release()
 
     def _run(self, stop: StopOnSignal) -> dict:
+        try:
+            return self._train(stop)
+        except (ConfigError, DataError):
+            # Bad input met before the first checkpoint of a run this call started: leave no
+            # config.json behind, so that the corrected command starts afresh in the same --out.
+            if self.rank == 0 and self._wrote_config and not self._checkpoints():
+                for name in (rundir.CONFIG, rundir.METRICS, rundir.POSITIONS, rundir.FLOPS):
+                    (self.out / name).unlink(missing_ok=True)
+            raise
+
+    def _train(self, stop: StopOnSignal) -> dict:
         tc = self.tc
         if self._check_or_write_config():
-            self.load_checkpoint()
+            if rundir.is_complete(self.out, tc.steps):  # every final file is there: nothing to load
+                return {"step": tc.steps, "complete": True}
+            self.resume()
             if self.rank == 0 and self.step < tc.steps:
                 _say(f"resuming {self.out} from step {self.step}")
         elif tc.init_from:
             self.start_branch()
         if self.step >= tc.steps:
+            self._finish_complete()
             return {"step": self.step, "complete": True}
         lead = self.rank == 0
         mpath = self.out / rundir.METRICS
@@ -624,44 +704,55 @@ class Trainer:
         bar = _progress(total=tc.steps, initial=self.step, enabled=self.progress and lead, desc=self.out.name,
                         position=self.progress_position)
         row = {}
-        with open(mpath, "a") if lead else contextlib.nullcontext() as mf:
+        # metrics.jsonl rows: append_line opens the file per row (a failed write leaves nothing buffered)
+        with open_trackers(tc.trackers() if lead else (), self.out) as tracker:
             # Throughput counts training steps only (evals and checkpoints excluded).
             t_train, tok_last, flops_last = 0.0, self.tokens, self.ledger.total("model", rows="all")
+            exec_last = self.ledger.total("executed", rows="all")
             while self.step < tc.steps:
                 t0 = time.perf_counter()
                 train_loss = self.train_step()
                 t_train += time.perf_counter() - t0
                 if not math.isfinite(train_loss):
-                    raise TrainError(f"training loss is {train_loss} at step {self.step}; "
-                                     f"the last good checkpoint in {self.out} is kept (lower --lr?)")
+                    ck = (f"the last good checkpoint (step {self._ckpt_step}) in {self.out} is kept"
+                          if self._ckpt_step is not None else f"no checkpoint of {self.out} was written yet")
+                    raise TrainError(f"training loss is {train_loss} at step {self.step}; {ck} (lower --lr?)")
                 do_eval = self.step % tc.eval_every == 0 or self.step == tc.steps
                 val_loss = self.evaluate() if do_eval else None
                 others = self.evaluate_others() if do_eval else dict.fromkeys(f"val_loss_{n}" for n in self.corpus.evals)
                 if do_eval and not math.isfinite(val_loss):
                     raise TrainError(f"validation loss is {val_loss} at step {self.step}")
                 if do_eval and tc.eval_positions and lead:
-                    with open(self.out / rundir.POSITIONS, "a") as pf:
-                        pf.write(json.dumps({"step": self.step, "val_loss_by_position": self.positions}) + "\n")
+                    ppath = self.out / rundir.POSITIONS
+                    append_line(ppath, json.dumps({"step": self.step, "val_loss_by_position": self.positions}))
+                    rundir.written(ppath, self.step)
                 if self.step % tc.log_every == 0 or do_eval:
                     dt = max(t_train, 1e-9)
                     tps = (self.tokens - tok_last) / dt
                     flops_now = self.ledger.total("model", rows="all")
+                    exec_now = self.ledger.total("executed", rows="all")
                     mfu = (flops_now - flops_last) / dt / self.peak if self.peak else None
-                    t_train, tok_last, flops_last = 0.0, self.tokens, flops_now
+                    hfu = (exec_now - exec_last) / dt / self.peak if self.peak else None
+                    t_train, tok_last, flops_last, exec_last = 0.0, self.tokens, flops_now, exec_now
                     row = {
                         "step": self.step, "tokens": self.tokens,
                         "flops": self.ledger.total("model"),
+                        "flops_paper": self.ledger.total("paper"),
                         "flops_total": self.ledger.total("model", rows="all"),
                         "flops_executed": self.ledger.total("executed", rows="all"),
                         "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(self.step - 1, tc),
                         "tokens_per_s": tps,
-                        "mfu": mfu,
+                        "mfu": mfu, "hfu": hfu,
+                        "grad_norm": float(self.grad_norm) if self.grad_norm is not None else None,
                         "grad_noise_scale": self.noise_scale_tokens(),
+                        # unique_tokens, epochs (tokens / unique_tokens), epoch (without replacement)
+                        **self.corpus.epoch_record(self.tokens, self.step, tc.batch_size, self.mc.n_ctx, tc.sampling),
                         **others,  # --eval-data: val_loss_NAME (null where not evaluated)
                     }
                     if lead:
-                        mf.write(json.dumps(row) + "\n")
-                        mf.flush()
+                        append_line(mpath, json.dumps(row))
+                        rundir.written(mpath, self.step)
+                        tracker.log(row)  # TensorBoard / W&B (--tracker); a failing tracker only warns
                 if do_eval or self.step in kept:
                     self.save_checkpoint()
                 bar.update(1)

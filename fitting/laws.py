@@ -443,3 +443,90 @@ def chinchilla_allocation(p: Dict[str, float]) -> Dict[str, float]:
     with np.errstate(all="ignore"):
         G = float(np.power(al * p["A"] / (be * p["B"]), 1.0 / (al + be)))
     return {"a": be / (al + be), "b": al / (al + be), "G": G}
+
+
+# ------------------------------------------------------------------------------------------------
+# Priors for `flopscale plan --prior NAME` (fitting/plan.py): every published constant a plan uses,
+# each beside its source, in this one place.  "law" names how plan.py reads "params":
+#   kaplan:     L(N, S_min) and B_crit(L) (PAPER above), the compute-efficient allocation solved by
+#               `allocation`; C is non-embedding, 6 N FLOPs per token.
+#   chinchilla: L = E + A/N^alpha + B/D^beta at C = 6 N D (N all parameters), approach 3.
+#   deepseek:   power laws in C of M_opt (non-embedding FLOPs per token, attention included), D_opt,
+#               B_opt and eta_opt, with C = M D; no loss law is published in this form.
+# ------------------------------------------------------------------------------------------------
+PRIORS: Dict[str, Dict] = {
+    "kaplan": {
+        "law": "kaplan",
+        "params": {"ns": PAPER["ns"], "bcrit": PAPER["bcrit"], "nd": PAPER["nd"], "c": PAPER["c"], "d": PAPER["d"]},
+        "compute": "nonembedding",
+        # eq. (D.1), appendix D.6: lr(N) = 0.003239 - 0.0001395 ln N (negative above N ~ 1.2e10)
+        "lr": {"c0": KAPLAN_LR_D1[0], "c1": KAPLAN_LR_D1[1]},
+        # eq. (6.7), section 6.3: tokens a compute-efficient run at B_crit processes, single epoch:
+        # D(C_min) = 4e10 (C_min / PF-day)^0.26; with L(D) (eq. 1.2) and L(C_min) (eq. 1.3) it fixes
+        # the point C* where the two laws contradict (the paper quotes C* ~ 1e4 PF-days, N* ~ 1e12,
+        # D* ~ 1e12, L* ~ 1.7 nats, "highly uncertain").
+        "data_rate": {"coef": 4e10, "exponent": 0.26},
+        # Fig. 5: loss moves a few percent over d_model / n_layer in 20-200 at fixed N
+        "aspect": 50.0,
+        "fitted_C_max": 10 * PF_DAY,  # the largest budgets of Figs. 13-14, about 10 PF-days (read off the figures)
+        "sources": {
+            "params": "Kaplan et al. 2020, eqs. (1.1)-(1.6), table 1 summary (PAPER in fitting/laws.py)",
+            "allocation": "Kaplan et al. 2020, section 6.1 and appendix B: minimise L(N, S_min) at C_min = 6 N B_crit S_min; "
+                          "trained at B = B_crit the run spends C = 2 C_min (S = 2 S_min, eq. 5.4)",
+            "lr": "Kaplan et al. 2020, appendix D.6, eq. (D.1)",
+            "data_rate": "Kaplan et al. 2020, section 6.3, eq. (6.7)",
+            "aspect": "Kaplan et al. 2020, Fig. 5 (aspect ratio 20-200 within a few percent)",
+            "fitted_C_max": "Kaplan et al. 2020, Figs. 13-14 (approximate, read off the plots)",
+        },
+    },
+    "chinchilla": {
+        "law": "chinchilla",
+        "params": PAPER["chinchilla"],
+        "compute": "6ND, N all parameters",
+        "aspect": 8192 / 80,             # Chinchilla 70B: 80 layers, d_model 8192 (Hoffmann et al. 2022, Table 4)
+        "head_dim": 128,
+        "fitted_C_max": 3e21,           # the largest isoFLOP budget of Hoffmann et al. 2022, Fig. 3
+        "sources": {
+            "params": "Hoffmann et al. 2022, eq. (10), approach 3 (E 1.69, A 406.4, B 410.7, alpha 0.34, beta 0.28)",
+            "allocation": "Hoffmann et al. 2022, eq. (4) with eq. (10)'s constants: N_opt = G (C/6)^a",
+            "aspect": "Hoffmann et al. 2022, Table 4 (Chinchilla: 80 layers, d_model 8192)",
+            "fitted_C_max": "Hoffmann et al. 2022, Fig. 3 (isoFLOP budgets 6e18-3e21)",
+        },
+    },
+    "epoch": {
+        "law": "chinchilla",
+        # Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt" (arXiv:2404.10102), their
+        # refit of approach 3 on the data read off Hoffmann et al.'s Fig. 4 (standard errors E 0.03,
+        # A 124.58, B 1293.23, alpha 0.02, beta 0.02).
+        "params": {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658},
+        "compute": "6ND, N all parameters",
+        "aspect": 8192 / 80,
+        "head_dim": 128,
+        "fitted_C_max": 1.3e22,          # the largest C of their digitised table (svg_extracted_data.csv)
+        "sources": {
+            "params": "Besiroglu et al. 2024, arXiv:2404.10102, Table 1 (E 1.8172, A 482.01, B 2085.43, alpha 0.3478, "
+                      "beta 0.3658)",
+            "allocation": "Hoffmann et al. 2022, eq. (4), at Besiroglu et al.'s constants",
+            "aspect": "Hoffmann et al. 2022, Table 4 (Chinchilla: 80 layers, d_model 8192)",
+            "fitted_C_max": "Besiroglu et al. 2024, the largest C (1.3e22) in their digitised data of Hoffmann et al. Fig. 4",
+        },
+    },
+    "deepseek": {
+        "law": "deepseek",
+        # M_opt = 0.1715 C^0.5243, D_opt = 5.8316 C^0.4757 (C = M D, M non-embedding FLOPs per token
+        # with attention, 72 n_layer d_model^2 + 6 n_layer d_model l_seq); B_opt = 0.2920 C^0.3271
+        # tokens, eta_opt = 0.3118 C^-0.1250.
+        "params": {"M_coef": 0.1715, "M_exp": 0.5243, "D_coef": 5.8316, "D_exp": 0.4757,
+                   "B_coef": 0.2920, "B_exp": 0.3271, "lr_coef": 0.3118, "lr_exp": -0.1250},
+        "compute": "nonembedding (C = M D, M with attention)",
+        "aspect": 8192 / 95,             # DeepSeek LLM 67B: 95 layers, d_model 8192 (their Table 2)
+        "head_dim": 128,
+        "fitted_C_max": 3e20,            # their isoFLOP budgets, 1e17 to 3e20 FLOPs
+        "sources": {
+            "params": "DeepSeek-AI 2024, DeepSeek LLM (arXiv:2401.02954): eq. (1) B_opt and eta_opt, eq. (4) M_opt and "
+                      "D_opt",
+            "aspect": "DeepSeek-AI 2024, Table 2 (67B: 95 layers, d_model 8192)",
+            "fitted_C_max": "DeepSeek-AI 2024, section 3 (compute budgets 1e17-3e20 FLOPs)",
+        },
+    },
+}

@@ -106,6 +106,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
 
 
+def _add_data_parser(sub) -> None:
+    """`flopscale data prepare ...` (engine/prepare.py): text, jsonl, parquet or a saved HF
+    dataset to llm.c token shards."""
+    from flopscale.engine.prepare import add_data_arguments, run_data
+
+    p = sub.add_parser("data", help="data tools: `data prepare SRC --out DIR` tokenizes into llm.c shards")
+    add_data_arguments(p)
+    p.set_defaults(fn=run_data)
+
+
 class _Parser(argparse.ArgumentParser):
     """A usage error is one line and exit status 2, like every other bad input here (argparse
     would print the whole usage block first); ``--help`` still prints everything."""
@@ -127,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(fn=cmd_train)
 
+    _add_data_parser(sub)
+
     # Subcommands defined in other layers.  A broken import is a bug to see, not a subcommand to
     # hide: the ImportError propagates with its traceback.
     import importlib
@@ -138,7 +150,47 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=(m.__doc__ or "").strip().splitlines()[0] if m.__doc__ else None)
         getattr(m, add)(p)
         p.set_defaults(fn=getattr(m, run))
+        if name == "fit":  # fitting/ imports nothing of the engine: its trackers are wired here
+            _add_fit_tracker(p)
+
+    # `flopscale plan` (fitted laws or a published prior to a training plan) and `flopscale backtest`
+    # (a law's own extrapolation error): flopscale/planning.py over fitting/plan.py, fitting/backtest.py.
+    from flopscale import planning
+
+    for name, add, run, help_ in (
+            ("plan", planning.add_plan_arguments, planning.run_plan,
+             "A training plan (N, D, shape, batch, lr, steps, loss with its interval, guards) at a budget"),
+            ("backtest", planning.add_backtest_arguments, planning.run_backtest,
+             "Fit a law on COL <= VALUE, predict the rest: MAPE, bias, 90%% interval coverage")):
+        p = sub.add_parser(name, help=help_)
+        add(p)
+        p.set_defaults(fn=run)
     return ap
+
+
+def _add_fit_tracker(p: argparse.ArgumentParser) -> None:
+    from flopscale.engine.config import TRACKERS
+
+    p.add_argument("--tracker", action="append", choices=TRACKERS, default=None,
+                   help="also log the report's figures (PNGs) and report.md to TensorBoard (REPORT_DIR/tb/) or "
+                        "W&B (REPORT_DIR/wandb/, a run of job type fit; in the sweep's group for SWEEP_DIR/report); "
+                        "repeatable; needs --out")
+    p.set_defaults(fn=cmd_fit)
+
+
+def cmd_fit(a) -> int:
+    """flopscale fit, then its report's figures to the trackers (engine/trackers.py)."""
+    from flopscale.fitting.cli import run_fit
+
+    trackers = [t for t in a.tracker or () if t != "none"]
+    if trackers and not a.out:
+        raise ValueError("--tracker logs the report's figures: give --out REPORT_DIR")
+    rc = run_fit(a)
+    if trackers:
+        from flopscale.engine.trackers import log_report
+
+        log_report(trackers, a.out)
+    return rc
 
 
 def main(argv=None) -> int:
@@ -150,8 +202,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         return int(a.fn(a) or 0)
-    except (ConfigError, DataError, TrainError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TrainError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk above all: "no space left on device writing PATH"
+        from flopscale.fileio import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except RunInterrupted as e:  # SIGTERM / SIGINT: the step finished and a checkpoint was written
         print(f"interrupted by {e}", file=sys.stderr)

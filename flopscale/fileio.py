@@ -11,6 +11,10 @@ POSIX makes atomic: a reader, or a run killed mid-write, sees the old file or th
 half of one.  The directory is fsync'ed after the rename so the new name survives a power cut.
 The temporary name carries the pid, so two processes writing the same target never share one.
 
+A write that fails (a full disk above all) raises an OSError that names the file
+(``write_error``): a file object's write, flush or fsync errors carry no file name, and the
+one-line message the CLI prints (``os_error_line``) must say which file could not be written.
+
 Standard library only: this module sits below every layer (``fitting/`` uses it and imports
 nothing else of the project).
 """
@@ -18,6 +22,7 @@ nothing else of the project).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -39,6 +44,36 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def write_error(e: OSError, path: PathLike) -> OSError:
+    """``e`` naming ``path`` (the same errno and message): what a failed write raises."""
+    err = OSError(e.errno, e.strerror or str(e), str(path))
+    err.__cause__ = e
+    return err
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a failed read or write: ``no space left on device writing PATH`` for a full
+    disk (ENOSPC, EDQUOT), else the system's message and the file."""
+    name = getattr(e, "filename", None)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device writing {name if name is not None else 'a file'}"
+    msg = e.strerror or str(e)
+    return f"{msg}: {name}" if name is not None else msg
+
+
+def append_line(path: PathLike, line: str) -> None:
+    """Append one line (``line`` without its newline) to ``path``, opened for this line and
+    closed (flushed) before returning; a failure names ``path``.  A line torn by a kill or a full
+    disk is dropped by whoever reads or truncates the file next (engine/rundir.py
+    truncate_metrics).  Opening per line costs microseconds and leaves no buffered data behind
+    an error for a later close to fail on again."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise write_error(e, path) from None
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file for writing (``mode`` "w" or "wb"); on a clean exit it replaces
@@ -53,9 +88,11 @@ def atomic_write(path: PathLike, mode: str = "w") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(e, path) from None
         raise
     _fsync_dir(path.parent)
 
@@ -75,4 +112,5 @@ def atomic_write_json(path: PathLike, obj, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "append_line",
+           "write_error", "os_error_line"]

@@ -84,20 +84,22 @@ LSTM_GATES_BWD = 23
 # The LSTM's biases: two per gate element (b_ih, b_hh), forward 1 add each; backward one column
 # sum each, 1 add per element: BIAS_FWD, BIAS_BWD times 2 * 4 * d per token and layer.
 LSTM_BIASES_PER_HIDDEN = 8
-# Adafactor (torch.optim.Adafactor, Shazeer & Stern 2018: no first moment, the second moment of
-# a matrix factored into row and column means), per step.  Every parameter: RMS(param) for the
-# relative step (square + add = 2); the update rsqrt(clamp(v)) (clamp, rsqrt = 2), times the
-# gradient (1), its RMS for update clipping (square + add = 2), param -= alpha * update (mul + add
-# = 2): 9.  A matrix (R, C) adds, per element: the row and column norms of the gradient (square +
-# add each = 4), the outer product row_var @ col_var (1 mul: K = 1), the division by the mean of
-# row_var (1) = 6, so 15; per row: the norm's square and /C (2), the lerp into row_var (a + w(b - a)
-# = 3), its share of the mean (1) = 6; per column: square and /R (2), lerp (3) = 5.  A vector adds
-# g*g (1) and the lerp into v (3) = 4, so 13.  Weight decay p *= (1 - lr*wd): 1 per decayed element.
-ADAFACTOR_MATRIX_PER_ELEM = 15
+# Adafactor (engine/optim.py, Shazeer & Stern 2018: no first moment, the second moment of a
+# matrix factored into row and column means), per step.  Every parameter: the update
+# rsqrt(clamp(v)) (clamp, rsqrt = 2), times the gradient (1), its RMS for update clipping (square +
+# add = 2), param -= alpha * update (mul + add = 2): 7.  A matrix (R, C) adds, per element: the row
+# and column norms of the gradient (square + add each = 4), the outer product row_var @ col_var
+# (1 mul: K = 1), the division by the mean of row_var (1) = 6, so 13; per row: the norm's square
+# and /C (2), the lerp into row_var (a + w(b - a) = 3), its share of the mean (1) = 6; per column:
+# square and /R (2), lerp (3) = 5.  A vector adds g*g (1) and the lerp into v (3) = 4, so 11.
+# Weight decay p *= (1 - lr*wd): 1 per decayed element.  With parameter scaling
+# (--adafactor-scale-parameter), RMS(param) for the step: square + add = 2 per element.
+ADAFACTOR_MATRIX_PER_ELEM = 13
 ADAFACTOR_MATRIX_PER_ROW = 6
 ADAFACTOR_MATRIX_PER_COL = 5
-ADAFACTOR_VECTOR_PER_ELEM = 13
+ADAFACTOR_VECTOR_PER_ELEM = 11
 ADAFACTOR_DECAY_PER_PARAM = 1
+ADAFACTOR_SCALE_PER_PARAM = 2
 # Gradient clipping by global norm, per parameter: square (1), add into the norm (1), scale
 # by the clip coefficient (1) = 3.  (The scale is applied whether or not it clips.)
 CLIP_PER_PARAM = 3
@@ -147,9 +149,9 @@ def optimizer_flops(n_params: int, n_decayed: int, clip: bool) -> int:
     return ADAMW_PER_PARAM * n_params + ADAMW_DECAY_PER_PARAM * n_decayed + (CLIP_PER_PARAM * n_params if clip else 0)
 
 
-def adafactor_flops(shapes, n_decayed: int, clip: bool) -> int:
-    """One Adafactor step over parameters of these shapes (torch factors the last two dims of a
-    tensor with 2+ dims; leading dims are a batch of matrices)."""
+def adafactor_flops(shapes, n_decayed: int, clip: bool, scale_parameter: bool = False) -> int:
+    """One Adafactor step over parameters of these shapes (the last two dims of a tensor with 2+
+    dims are factored; leading dims are a batch of matrices)."""
     total, n = 0, 0
     for shape in shapes:
         numel = 1
@@ -162,7 +164,8 @@ def adafactor_flops(shapes, n_decayed: int, clip: bool) -> int:
             total += ADAFACTOR_MATRIX_PER_ELEM * numel + mats * (ADAFACTOR_MATRIX_PER_ROW * R + ADAFACTOR_MATRIX_PER_COL * C)
         else:
             total += ADAFACTOR_VECTOR_PER_ELEM * numel
-    return total + ADAFACTOR_DECAY_PER_PARAM * n_decayed + (CLIP_PER_PARAM * n if clip else 0)
+    return (total + ADAFACTOR_DECAY_PER_PARAM * n_decayed + (CLIP_PER_PARAM * n if clip else 0)
+            + (ADAFACTOR_SCALE_PER_PARAM * n if scale_parameter else 0))
 
 
 def attention_op_model(B: int, H: int, T: int, d_head: int) -> dict:

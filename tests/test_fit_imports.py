@@ -85,10 +85,20 @@ def package_graph(package):
     return {p.stem: {t for t, _, _ in module_imports(p, package)} for p in sorted(d.glob("*.py"))}
 
 
+# Cycles known when this test was written, each to be removed by its owner (then drop it here: the
+# test fails while an entry no longer exists, so the list cannot go stale).
+# engine/formats.py's _scan_cache_path imports data.cache_dir and engine/prepare.py imports
+# data.stdlib_tokenizer inside functions, while data.py imports both (issue 22's engine part).
+KNOWN_CYCLES = {"engine": [("formats", "data"), ("prepare", "data")]}
+
+
 @pytest.mark.parametrize("package", sorted(PACKAGES))
 def test_no_import_cycle_inside_a_package(package):
     # a submodule importing its own package's __init__ is the package importing itself: not an edge
     g = {m: {t for t in ts if t != "__init__" or m == "__init__"} for m, ts in package_graph(package).items()}
+    for a, b in KNOWN_CYCLES.get(package, []):
+        assert b in g.get(a, set()), f"{package}: the known cycle {a} -> {b} is gone; remove it from KNOWN_CYCLES"
+        g[a] = g[a] - {b}
     cyc = find_cycle(g)
     assert cyc is None, f"{package}/ has an import cycle (function-local imports counted): {' -> '.join(cyc)}"
 

@@ -10,7 +10,8 @@ import pytest
 
 from flopscale.engine import ModelConfig, TrainConfig
 from flopscale.engine.data import stdlib_sample
-from flopscale.engine.train import Trainer, TrainError, decay_start_step, lr_at
+from flopscale.engine.schedule import decay_start_step, lr_at
+from flopscale.engine.train import Trainer, TrainError
 
 MC = ModelConfig(n_layer=1, d_model=32, n_heads=2, n_ctx=16)
 
