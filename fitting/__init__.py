@@ -12,7 +12,7 @@ Layering: fitting/ imports nothing of the project but flopscale.fileio (atomic w
 """
 
 from .api import fit_and_report
-from .fit import FitError, fit, fit_power
+from .estimator import FitError, fit, fit_power
 from .isoflop import fit_isoflop
 from .laws import LAWS, PAPER, PF_DAY, allocation, allocation_exponents, chinchilla_allocation, predict
 

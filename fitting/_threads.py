@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import contextlib
 
+import scipy.optimize  # noqa: F401  (loads scipy's OpenBLAS, so single_thread_blas finds it)
+
 _SYMBOLS = [  # (getter, setter) names across scipy-openblas builds and plain OpenBLAS
     ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
     ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
@@ -46,8 +48,6 @@ def _openblas_handles():
 
 @contextlib.contextmanager
 def single_thread_blas():
-    import scipy.optimize  # noqa: F401  (loads scipy's OpenBLAS so it is found)
-
     saved = []
     for getf, setf in _openblas_handles():
         try:

@@ -23,8 +23,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import FitError, fit
+from .frontier import frontier
 from .laws import LAWS
 from .plan import EXTRAPOLATION_WARN, PI_LEVEL, draw_predictions, prediction_interval, residual_scale
+from .runs import best_per, load_runs, read_csv, run_points
 
 BACKTEST_N_BOOT = 200
 
@@ -162,17 +164,14 @@ def load_points(csv: Optional[str] = None, paths: Optional[Sequence[str]] = None
     if bool(csv) == bool(paths):
         raise FitError("backtest: give --csv FILE or run/sweep directories (one of the two)")
     if csv:
-        from .runs import read_csv
 
         return read_csv(str(csv))
-    from .runs import best_per, load_runs, run_points
 
     runs = load_runs([str(p) for p in paths])
     if law in ("bcrit", "ns"):
         raise FitError(f"backtest from runs: law {law!r} is fitted on per-evaluation points; write them to a table "
                        f"and use --csv")
     if law == "c":
-        from .frontier import frontier
 
         env = frontier(runs, point=point, n_boot=0, compute=compute)["envelope"]
         return {"C": np.asarray(env["C"], float), "loss": np.asarray(env["loss"], float),

@@ -28,7 +28,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy.optimize import nnls
 
-from .fit import FitError
+from .estimator import FitError
 from .runs import Run, smooth
 
 

@@ -42,8 +42,9 @@ import sys
 from flopscale.fileio import atomic_write_text
 
 from .api import ALL_LAWS, COMPUTE, fit_and_report
-from .fit import HUBER_DELTA, N_BOOT, FitError
+from .estimator import HUBER_DELTA, N_BOOT, FitError
 from .isoflop import TOL_DEX, WINDOW_DEX
+from .writes import check_out_file, write_error
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -83,18 +84,23 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def run_fit(args) -> int:
     """Run `flopscale fit` with parsed args; raises FitError on bad input (see module docstring)."""
+    if args.json and args.json != "-":
+        check_out_file(args.json)  # before the fit, which can take a minute
     payload = fit_and_report(
         args.paths, args.out, laws=args.law, point=args.point, n_boot=args.n_boot, seed=args.seed,
         compute=args.compute, fix=args.fix, quiet=args.quiet or args.json == "-", csv=args.csv,
         huber_delta=args.huber_delta, grid=args.grid, slice_tol=args.slice_tol, slice_window=args.slice_window,
-        group=args.group)
+        group=args.group, progress=False if args.quiet else None)
     if args.json:
         results = payload["fits"]
         text = json.dumps(results[0] if len(results) == 1 else results, indent=1)
         if args.json == "-":
             print(text)
         else:
-            atomic_write_text(args.json, text + "\n")
+            try:
+                atomic_write_text(args.json, text + "\n")
+            except OSError as e:
+                raise write_error(args.json, e) from None
     return 0
 
 

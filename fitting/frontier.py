@@ -29,7 +29,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from .fit import FitError, fit, fit_power
+from .estimator import FitError, fit, fit_power
 from .runs import Run, smooth
 
 
@@ -118,8 +118,10 @@ def _tokens_at(run: Run, C: float, compute: str) -> float:
 
 
 def frontier(runs: Sequence[Run], *, per_decade: int = 16, skip_frac: float = 0.1, point: str = "best",
-             n_boot: int = 200, seed: int = 0, compute: str = "nonembedding", return_boot: bool = False) -> Dict:
-    """Envelope, L(C) and N_opt(C) along it (approach 1); C is `compute` ("nonembedding" or "all")."""
+             n_boot: int = 200, seed: int = 0, compute: str = "nonembedding", return_boot: bool = False,
+             fit_law: bool = True) -> Dict:
+    """Envelope, L(C) and N_opt(C) along it (approach 1); C is `compute` ("nonembedding" or "all").
+    fit_law=False leaves L(C) out ("L_C"): fit_and_report fits law `c` to the envelope once, itself."""
     env = lower_envelope(runs, per_decade, skip_frac, compute)
     out: Dict = {"compute": compute,
                  "envelope": {k: v.tolist() for k, v in env.items() if k not in ("run", "run_at_C")},
@@ -128,7 +130,9 @@ def frontier(runs: Sequence[Run], *, per_decade: int = 16, skip_frac: float = 0.
                  "envelope_rule": "best loss reached with compute <= C (running minimum over every curve; "
                                   "a stopped run's best loss counts at every larger C); non-increasing in C"}
     boot = None
-    if env["C"].size >= 3:
+    if env["C"].size >= 3 and not fit_law:
+        pass
+    elif env["C"].size >= 3:
         res = fit("c", {"C": env["C"], "loss": env["loss"]}, n_boot=n_boot, seed=seed, return_boot=True)
         out["L_C"], boot = res
     else:

@@ -70,7 +70,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .fit import FitError, as_columns, bootstrap_intervals, parse_fix, positive_columns
+from .estimator import FitError, as_columns, bootstrap_intervals, parse_fix, positive_columns
 
 PARAMS = ("a", "k_N", "b", "k_D")
 FORMULA = "N_opt = k_N C^a, D_opt = k_D C^b (minima of isoFLOP slices)"
@@ -277,35 +277,12 @@ def fit_isoflop(cols: Dict[str, object], *, tol_dex: float = TOL_DEX, window_dex
                 n_boot: int = 200, seed: int = 0, fix=None, method: str = "window",
                 correct_budgets: bool = True, return_boot: bool = False):
     """Approach 2 on points {N, C, loss[, D]}; see the module docstring. Returns the fits.json entry."""
-    fixed = parse_fix(fix)
-    for k in fixed:
-        if k not in PARAMS:
-            raise FitError(f"--fix {k}: not a parameter of law 'isoflop' (its parameters: {', '.join(PARAMS)})")
-        if k.startswith("k_") and not fixed[k] > 0:
-            raise FitError(f"--fix {k}: must be positive, got {fixed[k]:g}")
-    if len(fixed) == len(PARAMS):
-        raise FitError("--fix holds every parameter of law 'isoflop'; nothing is left to fit")
-    if not tol_dex > 0 or not window_dex > 0:
-        raise FitError(f"isoflop: slice tolerance and window must be positive (got {tol_dex:g}, {window_dex:g})")
+    fixed = _check_isoflop_request(fix, tol_dex, window_dex)
     data = check_isoflop_points(cols)
     groups = group_slices(data["C"], tol_dex)
 
-    slope = 0.0
-    minima = _minima(data, groups, tol_dex, window_dex, method, 0.0)
-    spread = [float(np.ptp(np.log10(data["C"][g]))) for g in groups]
-    good = [m for m in minima if "N_opt" in m]
-    correction = {"applied": False, "dL_dlnC": 0.0, "dlnN_opt_dlnC": 0.0}
-    a_shift = 0.0
-    if correct_budgets and len(good) >= 2 and max(spread) > 1e-4:
-        for _ in range(2):  # the second pass re-estimates both slopes from corrected minima
-            good = [m for m in minima if "N_opt" in m]
-            if len(good) < 2:
-                break
-            lc = np.log([m["C"] for m in good])
-            slope = float(np.polyfit(lc, [m["loss_opt"] for m in good], 1)[0])
-            a_shift = float(np.polyfit(lc, np.log([m["N_opt"] for m in good]), 1)[0])
-            minima = _minima(data, groups, tol_dex, window_dex, method, slope, a_shift=a_shift)
-        correction = {"applied": True, "dL_dlnC": slope, "dlnN_opt_dlnC": a_shift}
+    minima, spread, slope, a_shift, correction = _corrected_minima(data, groups, tol_dex, window_dex, method,
+                                                                   correct_budgets)
 
     n_free_N = 2 - sum(k in fixed for k in ("a", "k_N"))
     n_free_D = 2 - sum(k in fixed for k in ("b", "k_D"))
@@ -321,42 +298,12 @@ def fit_isoflop(cols: Dict[str, object], *, tol_dex: float = TOL_DEX, window_dex
     params, lc, good = _lines(minima, fixed, weighted)
     rN = np.log([m["N_opt"] for m in good]) - (math.log(params["k_N"]) + params["a"] * lc)
 
-    # --- bootstrap: points resampled within each slice ------------------------------------------
-    rng = np.random.default_rng(seed)
-    boot = np.full((n_boot, len(PARAMS)), np.nan)
-    keep = [i for i, m in enumerate(minima) if "N_opt" in m]
-    for r in range(n_boot):
-        idx = [rng.integers(0, g.size, g.size) for g in groups]
-        sub = [groups[i] for i in keep]
-        mins = _minima(data, sub, tol_dex, window_dex, method, slope, [idx[i] for i in keep], a_shift)
-        if sum("N_opt" in m for m in mins) < need:
-            continue
-        p, _, _ = _lines(mins, fixed, weighted)
-        boot[r] = [p[k] for k in PARAMS]
+    boot = _isoflop_bootstrap(data, groups, minima, fixed, tol_dex, window_dex, method, slope, a_shift, need,
+                              weighted, n_boot, seed)
     ci95, boot_warnings = bootstrap_intervals(PARAMS, boot, fixed, n_boot)
 
-    slices = []
-    for m, sp in zip(minima, spread):
-        e = {"C": m["C"], "n_points": m["n_points"], "C_spread_dex": sp}
-        if "N_opt" in m:
-            e.update(N_opt=m["N_opt"], loss_opt=m["loss_opt"], D_opt=m["D_opt"],
-                     tokens_per_param=m["D_opt"] / m["N_opt"], D_rule=m["D_rule"], n_used=int(m["used"].sum()),
-                     window_dex=m["window_dex"], parabola={"centre_lnN": m["centre"], "coef": m["coef"]},
-                     used=[int(i) for i in m["idx"][m["used"]]])
-        else:
-            e["note"] = m["note"]
-        e["rows"] = [int(i) for i in m["idx"]]
-        slices.append(e)
-    warnings = []
-    span = float(np.ptp(lc) / LN10)
-    if span < 1.0:
-        warnings.append(f"the usable slices span {span:.2f} decade(s) of C; the exponent rests on a short lever arm")
-    if len(good) < 5:
-        warnings.append(f"{len(good)} usable slices: read the 95% intervals rather than the point values")
-    n_drop = len(minima) - len(good)
-    if n_drop:
-        warnings.append(f"{n_drop} slice(s) dropped (see slices[*].note)")
-    warnings += boot_warnings
+    slices = _slice_entries(minima, spread)
+    warnings = _isoflop_warnings(lc, good, minima) + boot_warnings
     out = {
         "law": "isoflop",
         "params": params,
@@ -382,6 +329,90 @@ def fit_isoflop(cols: Dict[str, object], *, tol_dex: float = TOL_DEX, window_dex
     if return_boot:
         return out, boot
     return out
+
+
+def _check_isoflop_request(fix, tol_dex, window_dex) -> Dict[str, float]:
+    """The --fix values of an isoflop fit, checked; FitError (one line) otherwise."""
+    fixed = parse_fix(fix)
+    for k in fixed:
+        if k not in PARAMS:
+            raise FitError(f"--fix {k}: not a parameter of law 'isoflop' (its parameters: {', '.join(PARAMS)})")
+        if k.startswith("k_") and not fixed[k] > 0:
+            raise FitError(f"--fix {k}: must be positive, got {fixed[k]:g}")
+    if len(fixed) == len(PARAMS):
+        raise FitError("--fix holds every parameter of law 'isoflop'; nothing is left to fit")
+    if not tol_dex > 0 or not window_dex > 0:
+        raise FitError(f"isoflop: slice tolerance and window must be positive (got {tol_dex:g}, {window_dex:g})")
+    return fixed
+
+
+def _corrected_minima(data, groups, tol_dex, window_dex, method, correct_budgets):
+    """Each slice's minimum, with the budgets' jitter corrected (two passes) where the slices' C
+    spread; returns (minima, spread per slice in dex, dL/dlnC, dlnN_opt/dlnC, the correction record)."""
+    slope = 0.0
+    minima = _minima(data, groups, tol_dex, window_dex, method, 0.0)
+    spread = [float(np.ptp(np.log10(data["C"][g]))) for g in groups]
+    good = [m for m in minima if "N_opt" in m]
+    correction = {"applied": False, "dL_dlnC": 0.0, "dlnN_opt_dlnC": 0.0}
+    a_shift = 0.0
+    if correct_budgets and len(good) >= 2 and max(spread) > 1e-4:
+        for _ in range(2):  # the second pass re-estimates both slopes from corrected minima
+            good = [m for m in minima if "N_opt" in m]
+            if len(good) < 2:
+                break
+            lc = np.log([m["C"] for m in good])
+            slope = float(np.polyfit(lc, [m["loss_opt"] for m in good], 1)[0])
+            a_shift = float(np.polyfit(lc, np.log([m["N_opt"] for m in good]), 1)[0])
+            minima = _minima(data, groups, tol_dex, window_dex, method, slope, a_shift=a_shift)
+        correction = {"applied": True, "dL_dlnC": slope, "dlnN_opt_dlnC": a_shift}
+    return minima, spread, slope, a_shift, correction
+
+
+def _isoflop_bootstrap(data, groups, minima, fixed, tol_dex, window_dex, method, slope, a_shift, need, weighted,
+                       n_boot, seed) -> np.ndarray:
+    """(n_boot, len(PARAMS)) refits with the points resampled within each slice (NaN where too few)."""
+    rng = np.random.default_rng(seed)
+    boot = np.full((n_boot, len(PARAMS)), np.nan)
+    keep = [i for i, m in enumerate(minima) if "N_opt" in m]
+    for r in range(n_boot):
+        idx = [rng.integers(0, g.size, g.size) for g in groups]
+        sub = [groups[i] for i in keep]
+        mins = _minima(data, sub, tol_dex, window_dex, method, slope, [idx[i] for i in keep], a_shift)
+        if sum("N_opt" in m for m in mins) < need:
+            continue
+        p, _, _ = _lines(mins, fixed, weighted)
+        boot[r] = [p[k] for k in PARAMS]
+    return boot
+
+
+def _slice_entries(minima, spread) -> List[dict]:
+    """fits.json's "slices": each slice's minimum and parabola, or why it was dropped."""
+    slices = []
+    for m, sp in zip(minima, spread):
+        e = {"C": m["C"], "n_points": m["n_points"], "C_spread_dex": sp}
+        if "N_opt" in m:
+            e.update(N_opt=m["N_opt"], loss_opt=m["loss_opt"], D_opt=m["D_opt"],
+                     tokens_per_param=m["D_opt"] / m["N_opt"], D_rule=m["D_rule"], n_used=int(m["used"].sum()),
+                     window_dex=m["window_dex"], parabola={"centre_lnN": m["centre"], "coef": m["coef"]},
+                     used=[int(i) for i in m["idx"][m["used"]]])
+        else:
+            e["note"] = m["note"]
+        e["rows"] = [int(i) for i in m["idx"]]
+        slices.append(e)
+    return slices
+
+
+def _isoflop_warnings(lc, good, minima) -> List[str]:
+    warnings = []
+    span = float(np.ptp(lc) / LN10)
+    if span < 1.0:
+        warnings.append(f"the usable slices span {span:.2f} decade(s) of C; the exponent rests on a short lever arm")
+    if len(good) < 5:
+        warnings.append(f"{len(good)} usable slices: read the 95% intervals rather than the point values")
+    n_drop = len(minima) - len(good)
+    if n_drop:
+        warnings.append(f"{n_drop} slice(s) dropped (see slices[*].note)")
+    return warnings
 
 
 def isoflop_at(res: Dict, C) -> Dict[str, np.ndarray]:

@@ -7,7 +7,7 @@
 
 Every law lives in exactly one place: its public parameter names, its formula as text, and one
 function `_log_<law>` that evaluates log(target) and its Jacobian in an internal parameterization
-chosen to be well conditioned for the optimizer (fitting/fit.py). Public values are what a user
+chosen to be well conditioned for the optimizer (fitting/estimator.py). Public values are what a user
 reads (N_c in parameters, D_c in tokens, C_c in FLOPs, B_star in tokens); the internal vector
 theta is what L-BFGS-B moves.
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
 import numpy as np
+from scipy.optimize import brentq, minimize_scalar
 
 PF_DAY = 8.64e19  # FLOPs in one petaflop/s-day: 1e15 * 86400
 
@@ -64,6 +65,20 @@ PAPER_SOURCES = {
 
 # The paper's empirical compute-efficient exponents (N, B, S against C_min; section 6.1, Fig. 14).
 PAPER_ALLOCATION_EMPIRICAL = {"N": 0.73, "B": 0.24, "S": 0.03}
+
+# Kaplan et al. 2020, eq. D.1 (natural log): the learning rate they found good for N parameters,
+# lr(N) = KAPLAN_LR_D1[0] + KAPLAN_LR_D1[1] ln N (it turns negative near N = 1.2e10).
+KAPLAN_LR_D1 = (0.003239, -0.0001395)
+
+
+def kaplan_lr(N):
+    """Kaplan et al.'s eq. D.1, lr(N) = 0.003239 - 0.0001395 ln N."""
+    return KAPLAN_LR_D1[0] + KAPLAN_LR_D1[1] * np.log(np.asarray(N, float))
+
+
+def eq_d1_text() -> str:
+    """Eq. D.1 as the report writes it: "lr(N) = 0.003239 - 0.0001395 ln N"."""
+    return f"lr(N) = {KAPLAN_LR_D1[0]:g} - {-KAPLAN_LR_D1[1]:g} ln N"
 
 
 def _lse(*cols: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -393,8 +408,6 @@ def allocation(C, ns: Dict[str, float] = PAPER["ns"], bcrit: Dict[str, float] = 
     C = 6 N B_crit(L(N, S)) S; the optimum N minimises L over log N. Returns a dict of arrays.
     Here C is non-embedding training compute, 6 N FLOPs per token (the paper's C_min convention).
     """
-    from scipy.optimize import brentq, minimize_scalar
-
     def L_ns(N, S):
         return (ns["N_c"] / N) ** ns["alpha_N"] + (ns["S_c"] / S) ** ns["alpha_S"]
 
@@ -447,7 +460,7 @@ PRIORS: Dict[str, Dict] = {
         "params": {"ns": PAPER["ns"], "bcrit": PAPER["bcrit"], "nd": PAPER["nd"], "c": PAPER["c"], "d": PAPER["d"]},
         "compute": "nonembedding",
         # eq. (D.1), appendix D.6: lr(N) = 0.003239 - 0.0001395 ln N (negative above N ~ 1.2e10)
-        "lr": {"c0": 0.003239, "c1": -0.0001395},
+        "lr": {"c0": KAPLAN_LR_D1[0], "c1": KAPLAN_LR_D1[1]},
         # eq. (6.7), section 6.3: tokens a compute-efficient run at B_crit processes, single epoch:
         # D(C_min) = 4e10 (C_min / PF-day)^0.26; with L(D) (eq. 1.2) and L(C_min) (eq. 1.3) it fixes
         # the point C* where the two laws contradict (the paper quotes C* ~ 1e4 PF-days, N* ~ 1e12,

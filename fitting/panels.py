@@ -8,7 +8,7 @@ Kaplan et al.'s Figure 1 (plus Figure 6's embedding view and Hoffmann et al.'s t
   never rising) and the fitted L(C). 2 L vs D: curves against tokens, each run's point, the `d`
   law and, where the runs vary D at fixed N, L(N, D) per N. 3 L vs N beside L vs N_total (all
   parameters). 4 N_opt(C) by approaches 1, 2, 3 under each compute convention. 5 B_crit(L).
-  6 the isoFLOP slices (report.plot_isoflop). Cooldown branches (config.json train.init_from)
+  6 the isoFLOP slices (figures.plot_isoflop). Cooldown branches (config.json train.init_from)
   are drawn dashed and their points as diamonds. Every file goes through flopscale.fileio.
 """
 
@@ -20,20 +20,13 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .laws import LAWS, PAPER, PAPER_ALLOCATION_HOFFMANN
-from .study import approach3
+from .figures import iso_slices_axes, plot_isoflop
+from .plotting import bootstrap_band, pyplot, save_figure
+from .results import PANEL_FILES, PANELS, approach3_rows, frontiers_by_compute
 
-PANELS = {"1": "panel1_loss_vs_compute.png", "2": "panel2_loss_vs_data.png", "3": "panel3_loss_vs_params.png",
-          "4": "panel4_allocation.png", "5": "panel5_bcrit.png", "6": "panel6_isoflop.png"}
 COOL = "D"       # marker of a cooldown branch's point
 RUN = "o"
 CONV_LABEL = {"nonembedding": "non-embedding FLOPs (Kaplan's C)", "all": "all FLOPs (embeddings included)"}
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 class _Colours:
@@ -85,21 +78,6 @@ def _style(ax, title: str, xlabel: str, ylabel: str, logy: bool = True) -> None:
         ax.legend(fontsize=6.5, loc="best")
 
 
-def _band_power(boot_names, boot, law, grid, key):
-    if boot is None or not len(boot):
-        return None
-    preds = []
-    for row in boot:
-        if np.all(np.isfinite(row)):
-            with np.errstate(all="ignore"):
-                p = law.predict(dict(zip(boot_names, row)), **{key: grid})
-            if np.all(np.isfinite(p)):
-                preds.append(p)
-    if len(preds) < 10:
-        return None
-    return np.percentile(preds, 2.5, axis=0), np.percentile(preds, 97.5, axis=0)
-
-
 # ------------------------------------------------------------------------------------------------
 # 1 L vs C
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +108,7 @@ def draw_loss_vs_compute(ax, study, frontier: Optional[dict], c_entry, col: _Col
         grid = np.logspace(np.log10(C.min()), np.log10(C.max() * 10), 100)
         ax.plot(grid, LAWS["c"].predict(p, C=grid), color="C3", ls="--", lw=1.4, zorder=4,
                 label=f"fit L = (C_c/C)^alpha_C, alpha_C = {_fmt_ci(p['alpha_C'], fit['ci95'].get('alpha_C'))}")
-        band = _band_power(LAWS["c"].params, c_entry.boot, LAWS["c"], grid, "C")
+        band = bootstrap_band(LAWS["c"], c_entry.boot, LAWS["c"].params, C=grid)
         if band is not None:
             ax.fill_between(grid, band[0], band[1], color="C3", alpha=0.15, lw=0)
     _style(ax, title, f"C ({CONV_LABEL[conv]})", "loss (nats/token)")
@@ -216,7 +194,7 @@ def draw_loss_vs_params(ax, study, entry, key: str, title: str, xlabel: str, oth
         ax.plot(grid, LAWS["n"].predict(f["params"], N=grid), color="k", ls="--", lw=1.3,
                 label=f"fit: alpha_N = {_fmt_ci(f['params']['alpha_N'], f['ci95'].get('alpha_N'))}")
         ax.plot([], [], " ", label=rm)
-        band = _band_power(LAWS["n"].params, entry.boot, LAWS["n"], grid, "N")
+        band = bootstrap_band(LAWS["n"], entry.boot, LAWS["n"].params, N=grid)
         if band is not None:
             ax.fill_between(grid, band[0], band[1], color="k", alpha=0.1, lw=0)
     _style(ax, title, xlabel, "loss (nats/token)")
@@ -226,7 +204,7 @@ def draw_loss_vs_params(ax, study, entry, key: str, title: str, xlabel: str, oth
 # 4 N_opt(C) by approaches 1, 2, 3
 # ------------------------------------------------------------------------------------------------
 
-def draw_allocation(ax, conv: str, frontier: Optional[dict], iso, chin, summary):
+def draw_allocation(ax, conv: str, frontier: Optional[dict], iso, chin, summary, a3: Optional[dict] = None):
     title = f"4  N_opt(C), approaches 1, 2, 3 (C = {conv})"
     xs, ys = [], []
     if frontier and "N_opt" in frontier:
@@ -254,21 +232,21 @@ def draw_allocation(ax, conv: str, frontier: Optional[dict], iso, chin, summary)
         ax.text(0.98, 0.02, f"approach 2: no isoFLOP fit with C = {conv} (report.md says why)", ha="right",
                 transform=ax.transAxes, fontsize=6.5, color="0.4")
     if chin is not None and chin.fit.get("allocation") and xs:
-        a3 = {x["compute"]: x for x in approach3(chin.fit, summary)}
+        a3 = a3 or {}
         al = chin.fit["allocation"]
         g = np.logspace(np.log10(min(xs)), np.log10(max(xs)), 50)
         conv3 = conv if conv in a3 else "6ND"
         gm = (summary or {}).get("c_vs_6ND", {}).get(conv)
         C6 = (g / gm["coef"]) ** (1 / gm["gamma"]) if (gm and conv3 == conv) else g
         ax.plot(g, al["G"] * (C6 / 6) ** al["a"], color="C2",
-                label=f"3 L(N, D) fit: a = {_fmt_ci(a3[conv3]['a'], a3[conv3]['ci95'].get('a'))}"
+                label=f"3 L(N, D) fit: a = {_fmt_ci(a3[conv3]['value'], a3[conv3]['ci95'])}"
                       + (" (C = 6ND, converted)" if conv3 == conv else " (C = 6ND)"))
     if not xs:
         return _empty(ax, title, "no frontier or isoFLOP slices under this convention")
     cx, cy = np.exp(np.mean(np.log(xs))), np.exp(np.mean(np.log(ys)))
     g = np.logspace(np.log10(min(xs)), np.log10(max(xs)), 20)
     H = PAPER_ALLOCATION_HOFFMANN
-    for a, ls, lab in ((H["Kaplan et al."]["a"], ":", "Kaplan slope 0.73"),
+    for a, ls, lab in ((H["Kaplan et al."]["a"], ":", f"Kaplan slope {H['Kaplan et al.']['a']:.2f}"),
                        (H["approach 2"]["a"], "-.", "Chinchilla slope ~0.5")):
         ax.plot(g, cy * (g / cx) ** a, color="0.55", ls=ls, lw=0.9, label=lab + " (through the data's centre)")
     _style(ax, title, f"C ({CONV_LABEL[conv]})", "N_opt (non-embedding parameters)")
@@ -302,14 +280,12 @@ def draw_bcrit(ax, entry, why: str = ""):
 
 def write_panels(out_dir: str, entries: List, payload: dict, study: Optional[dict], skipped=None) -> Dict[str, str]:
     """Write the six panel PNGs and overview.png into out_dir; returns {name: path}."""
-    from .report import _save, iso_opt_axes, iso_slices_axes
 
-    plt = _plt()
+    plt = pyplot()
     study = study or {"runs": [], "curves": [], "summary": {}}
     by = {e.stem: e for e in entries}
     summary = study.get("summary") or {}
-    fr = {v.get("compute", "nonembedding"): v for k, v in payload.items()
-          if k == "frontier" or k.startswith("frontier_")}
+    fr = frontiers_by_compute(payload)
     col = _Colours([r.get("N") for r in study.get("runs", [])])
     skipped = skipped or payload.get("skipped") or {}
     n_e, t_e = by.get("n"), by.get("n_total")
@@ -327,7 +303,8 @@ def write_panels(out_dir: str, entries: List, payload: dict, study: Optional[dic
     def p3a(ax): draw_loss_vs_params(ax, study, n_e, "N", "3  L(N), non-embedding parameters", "N (non-embedding)")
     def p3b(ax): draw_loss_vs_params(ax, study, t_e, "N_total", "3  L(N_total), embeddings included (Kaplan Fig. 6)",
                                      "N_total (all parameters)", other=n_e)
-    def p4(ax, conv): draw_allocation(ax, conv, fr.get(conv), iso_by.get(conv), chin, summary)
+    a3 = approach3_rows(payload, chin.stem) if chin is not None else {}
+    def p4(ax, conv): draw_allocation(ax, conv, fr.get(conv), iso_by.get(conv), chin, summary, a3)
     def p5(ax): draw_bcrit(ax, bc, bc_why)
     def p6(ax):
         e = iso_by.get(main)
@@ -345,16 +322,15 @@ def write_panels(out_dir: str, entries: List, payload: dict, study: Optional[dic
         if k in ("1", "2"):
             col.bar(fig, axs[0][-1])
         path = os.path.join(out_dir, PANELS[k])
-        _save(fig, path)
+        save_figure(fig, path)
         out[f"panel{k}"] = path
     path = os.path.join(out_dir, PANELS["6"])
     if iso_by.get(main) is not None:
-        from .report import plot_isoflop
         plot_isoflop(iso_by[main], path)
     else:
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
         p6(ax)
-        _save(fig, path)
+        save_figure(fig, path)
     out["panel6"] = path
 
     fig, axs = plt.subplots(2, 4, figsize=(24, 10.5))
@@ -362,8 +338,8 @@ def write_panels(out_dir: str, entries: List, payload: dict, study: Optional[dic
     p4(axs[1][0], convs[0]); p4(axs[1][1], convs[1]); p5(axs[1][2]); p6(axs[1][3])
     col.bar(fig, axs[0][1])
     fig.suptitle(_suptitle(summary), fontsize=11)
-    path = os.path.join(out_dir, "overview.png")
-    _save(fig, path)
+    path = os.path.join(out_dir, PANEL_FILES["overview"])
+    save_figure(fig, path)
     out["overview"] = path
     return out
 

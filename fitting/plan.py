@@ -38,9 +38,11 @@ import math
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+from scipy.optimize import brentq, minimize_scalar
+from scipy.stats import norm
 
-from . import FitError
-from .laws import LAWS, PAPER, PF_DAY, PRIORS, allocation, b_crit, chinchilla_allocation, predict
+from . import FitError, fit_power
+from .laws import LAWS, PAPER, PF_DAY, PRIORS, allocation, b_crit, chinchilla_allocation, eq_d1_text, predict
 
 FLAT_TOL = 0.005          # the flat range: N where the loss at fixed C is within 0.5% of the best
 EXTRAPOLATION_WARN = 100  # a plan this far past the fitted budget (or N) warns
@@ -80,7 +82,6 @@ def loss_at_fixed_C(law: str, params: Dict, C: float, N, unique_tokens: Optional
 def _kaplan_loss(params: Dict, N: float, C_min: float) -> float:
     """L(N, S_min) where C_min = 6 N B_crit(L) S_min (laws.allocation solves the same equation
     inside its optimiser; tests/test_plan.py checks the two agree at the optimum)."""
-    from scipy.optimize import brentq
 
     ns, bc = params["ns"], params["bcrit"]
     L = lambda S: (ns["N_c"] / N) ** ns["alpha_N"] + (ns["S_c"] / S) ** ns["alpha_S"]
@@ -104,7 +105,6 @@ def optimum(law: str, params: Dict, C: float, unique_tokens: Optional[float] = N
         r = params["alpha_N"] / params["alpha_D"]
         return {"N": N, "D": D, "loss": float(predict(law, params, N=N, D=D)[0]), "a": 1 / (1 + r), "b": r / (1 + r)}
     if law == "data-constrained":
-        from scipy.optimize import minimize_scalar
 
         # a grid first: the law has a kink where N passes N_opt(U) and can hold two local minima
         top = math.log(C / 6.0)
@@ -137,7 +137,6 @@ def flat_range(law: str, params: Dict, C: float, N_opt: float, loss_opt: Optiona
     """[N_lo, N_hi]: the models whose loss at budget C stays within (1 + tol) of the best."""
     if loss_opt is None or loss_at_fixed_C(law, params, C, N_opt, unique_tokens) is None:
         return None
-    from scipy.optimize import brentq
 
     target = math.log(loss_opt * (1.0 + tol))
     h = lambda lN: math.log(loss_at_fixed_C(law, params, C, math.exp(lN), unique_tokens)[0]) - target
@@ -181,7 +180,6 @@ def prediction_interval(center: float, draws: Optional[np.ndarray], sigma_log: O
     if d is None or d.size == 0:
         if not s:
             return None
-        from scipy.stats import norm
 
         k = float(norm.ppf((1 + level) / 2))
         return [center * math.exp(-k * s), center * math.exp(k * s)]
@@ -232,7 +230,6 @@ def lr_from_scans(scans: List[Dict], N: float):
     Ns = np.array([p[0] for p in pts])
     lrs = np.array([p[1] for p in pts])
     if np.unique(Ns).size >= 3:
-        from . import fit_power
 
         pw = fit_power(Ns, lrs, n_boot=0)
         return (float(pw["coef"] * N ** pw["exponent"]),
@@ -453,7 +450,7 @@ def make_plan(spec: Dict, budget: float, *, unique_tokens: Optional[float] = Non
     if spec.get("lr_scans"):
         lr, how = lr_from_scans(spec["lr_scans"], N_opt)
     if lr is None and spec.get("lr_rule") == "kaplan":
-        lr, how = kaplan_lr(N_opt), "Kaplan et al. 2020 eq. (D.1): lr = 0.003239 - 0.0001395 ln N"
+        lr, how = kaplan_lr(N_opt), f"Kaplan et al. 2020 eq. (D.1): {eq_d1_text().replace('lr(N)', 'lr')}"
         if lr <= 0:
             warnings.append(f"Kaplan's eq. (D.1) gives lr {lr:.3g} <= 0 at N = {N_opt:.3g} (it fails above ~1.2e10)")
             lr = None

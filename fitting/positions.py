@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
+from scipy.optimize import least_squares
 
 FORMULA = "L(t) = L_inf + (t_c/t)^alpha_t"
 POSITIONS = "positions.jsonl"
@@ -33,7 +34,6 @@ def position_law(t: np.ndarray, L_inf: float, t_c: float, alpha_t: float) -> np.
 
 def fit_position_law(losses) -> dict:
     """Fit FORMULA to losses[t-1], t = 1..len(losses): {"params", "rmse", "n_points"}."""
-    from scipy.optimize import least_squares
 
     y = np.asarray(losses, dtype=float)
     if y.size < 4 or not np.all(np.isfinite(y)):
@@ -93,51 +93,3 @@ def position_fits(run_dirs: List[str]) -> List[dict]:
             entry["note"] = str(e)
         out.append(entry)
     return out
-
-
-def plot_positions(fits: List[dict], path: str) -> str:
-    """Loss against position (log-log), one curve per run coloured by N, its fit dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import _save
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    styles = {"gpt": "-", "lstm": ":", "universal": "-."}
-    for e in fits:
-        y = np.asarray(e["losses"], dtype=float)
-        t = np.arange(1, y.size + 1)
-        label = f"{e['arch']} N={e['N']:.3g}" if e.get("N") else e["arch"]
-        (line,) = ax.plot(t, y, styles.get(e["arch"], "-"), lw=1.2, label=label)
-        if "params" in e:
-            ax.plot(t, position_law(t.astype(float), **e["params"]), "--", color=line.get_color(), lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("token position t in the context")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"per-position loss; dashed: {FORMULA}")
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    return path
-
-
-def positions_section(fits: List[dict], png: Optional[str]) -> List[str]:
-    """report.md's section: a table of the fits and the plot."""
-    if not fits:
-        return []
-    md = ["## Loss per token position", "",
-          f"Each run's last eval, loss at position t fitted by {FORMULA} (Kaplan et al. 2020, Figure 20: the "
-          "per-token loss falls as a power law in the position). An LSTM's curve flattening after a few tokens is "
-          "the paper's Figure 7 point; toy runs with short contexts may not show it.", "",
-          "| run | arch | N | step | L_inf | t_c | alpha_t | rmse |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for e in fits:
-        p = e.get("params")
-        cells = (f"{p['L_inf']:.4g} | {p['t_c']:.4g} | {p['alpha_t']:.4g} | {e['rmse']:.3g}" if p
-                 else f"— | — | — | {e.get('note', '')}")
-        md.append(f"| {os.path.basename(e['run'].rstrip('/'))} | {e['arch']} | {e['N']} | {e['step']} | {cells} |")
-    md.append("")
-    if png:
-        md += [f"![positions]({os.path.basename(png)})", ""]
-    return md
-

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .fit import FitError, NonNumericColumn
+from .estimator import FitError, NonNumericColumn
 
 COLUMNS = ("N", "D", "C", "S", "B", "loss")
 
@@ -139,6 +139,7 @@ def load_run(path: str) -> Run:
                 raise FitError(f"{m_path}:{i}: not valid JSON ({e.msg})") from None
     if not rows:
         raise FitError(f"{m_path}: no logged steps")
+    _check_steps(rows, m_path)
 
     def col(key, required=False):
         vals = [r.get(key) for r in rows]
@@ -157,6 +158,25 @@ def load_run(path: str) -> Run:
                train_loss=col("train_loss"), val_loss=col("val_loss"), gns=gns, lr=col("lr"),
                val_other={k[len("val_loss_"):]: col(k)
                           for k in sorted({k for r in rows for k in r if k.startswith("val_loss_")})})
+
+
+def _check_steps(rows, m_path: str) -> None:
+    """One row per logged step, steps strictly increasing: a duplicated or backwards step means the
+    log was appended to by a restart (or merged from two runs), and fitting it would count points twice."""
+    prev = None
+    for i, r in enumerate(rows, 1):
+        s = r.get("step")
+        if s is None:
+            continue  # "rows without 'step'" is reported by the column reader
+        try:
+            s = float(s)
+        except (TypeError, ValueError):
+            raise FitError(f"{m_path}: row {i} has step {r.get('step')!r}, not a number") from None
+        if prev is not None and not s > prev:
+            what = "duplicated" if s == prev else "non-increasing"
+            raise FitError(f"{m_path}: {what} step {s:g} at row {i} (after step {prev:g}); the run's log is "
+                           f"corrupt (a restart appended to it?), refusing to fit it")
+        prev = s
 
 
 def load_runs(paths: Sequence[str]) -> List[Run]:
@@ -221,13 +241,20 @@ def read_csv(path: str) -> Dict[str, object]:
     the error (file, line, column)."""
     if not os.path.exists(path):
         raise FitError(f"no such file: {path}")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise FitError(f"{path}: empty file") from None
-        rows = [r for r in reader if any(c.strip() for c in r)]
+    # utf-8-sig: a spreadsheet's UTF-8 export starts with a byte-order mark, which would otherwise
+    # become part of the first column's name ("\ufeffN", then "missing N")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                raise FitError(f"{path}: empty file") from None
+            rows = [r for r in reader if any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise FitError(f"{path}: not UTF-8 text (byte {e.start}); save the table as UTF-8 CSV") from None
+    except IsADirectoryError:
+        raise FitError(f"{path}: is a directory, not a CSV file") from None
     if not rows:
         raise FitError(f"{path}: header but no rows")
     cols: Dict[str, list] = {h: [] for h in header}

@@ -19,8 +19,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .fit import FitError, fit_power
+from .estimator import FitError, fit_power
+from .frontier import run_curve
 from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PAPER_SOURCES
+from .runs import load_run, run_point
 
 CONVENTIONS = ("nonembedding", "all")
 
@@ -48,8 +50,6 @@ def _parse_init(init) -> Optional[Dict]:
 
 def study_from_runs(runs: Sequence, point: str = "best") -> Dict:
     """Per-run rows, plotting curves and the summary (JSON-safe) of a set of runs."""
-    from .frontier import run_curve
-    from .runs import run_point
 
     rows, curves = [], []
     for r in runs:
@@ -89,7 +89,6 @@ def study_from_runs(runs: Sequence, point: str = "best") -> Dict:
 def _branch_compute_note(run, cool) -> Optional[str]:
     """A branch's logged flops should count its parent's compute up to the branch step (the model
     it trains cost that much); say so when its first row counts less than the parent had spent."""
-    from .runs import load_run
 
     cands = [cool["parent_path"], os.path.join(os.path.dirname(os.path.normpath(run.path)), cool["parent"])]
     for c in cands:
@@ -173,12 +172,14 @@ def _fits_by_name(payload) -> Dict[str, dict]:
     return {f.get("name", f["law"]): f for f in payload.get("fits", [])}
 
 
-def _frontiers(payload) -> Dict[str, dict]:
-    out = {}
-    for k, v in payload.items():
-        if k == "frontier" or k.startswith("frontier_"):
-            out[v.get("compute", "nonembedding")] = v
-    return out
+def frontier_entries(payload) -> Dict[str, dict]:
+    """The payload's compute frontiers by key ("frontier", "frontier_all"): the one scan for them."""
+    return {k: v for k, v in payload.items() if k == "frontier" or k.startswith("frontier_")}
+
+
+def frontiers_by_compute(payload) -> Dict[str, dict]:
+    """The payload's compute frontiers by their convention ("nonembedding", "all")."""
+    return {v.get("compute", "nonembedding"): v for v in frontier_entries(payload).values()}
 
 
 def approach3(fit: dict, summary: Optional[Dict]) -> List[Dict]:
@@ -227,7 +228,7 @@ def exponent_rows(payload: dict, summary: Optional[Dict] = None) -> List[Dict]:
 
     H = PAPER_ALLOCATION_HOFFMANN
     kap = H["Kaplan et al."]
-    for conv, fr in _frontiers(payload).items():
+    for conv, fr in frontiers_by_compute(payload).items():
         for key, q, ex in (("N_opt", "a", "N_opt ~ C^a"), ("D_opt", "b", "D_opt ~ C^b")):
             if key in fr:
                 rows.append({"quantity": f"{ex}, approach 1 (frontier)", "fit": "frontier", "compute": conv,
@@ -254,7 +255,7 @@ def exponent_rows(payload: dict, summary: Optional[Dict] = None) -> List[Dict]:
         rows.append({"quantity": "N_opt ~ C_min^a, derived from L(N, S) and B_crit(L)", "fit": "ns + bcrit",
                      "compute": "nonembedding", "value": payload["allocation"]["N"], "ci95": None,
                      "kaplan": PAPER_ALLOCATION_EMPIRICAL["N"], "hoffmann": None,
-                     "note": "Kaplan's constants imply 0.68, he measured 0.73"})
+                     "note": f"Kaplan's constants imply 0.68, he measured {PAPER_ALLOCATION_EMPIRICAL['N']:.2f}"})
     return rows
 
 
@@ -310,77 +311,108 @@ def _share_text(s) -> str:
 def caveats(payload: dict, summary: Optional[Dict]) -> Dict[str, str]:
     """{fit or approach name: one line}, computed from the points and the fits."""
     s = summary or {}
-    out: Dict[str, str] = {}
     tpp = s.get("tokens_per_param_range")
     tpp_t = f"{_g(tpp[0])}-{_g(tpp[1])} tokens per parameter" if tpp else "tokens per parameter unknown"
+    out: Dict[str, str] = {}
     for name, f in _fits_by_name(payload).items():
-        law, n, rg = f["law"], f.get("n_points"), f.get("ranges") or {}
+        line_for = _CAVEAT_LINES.get(f["law"])
+        out[name] = line_for(name, f, payload, s, tpp_t) if line_for else f"{f.get('n_points')} points"
+    out.update(_approach_caveats(payload, s))
+    return out
 
-        def span(k, label=None):
-            r = rg.get(k)
-            if not r:
-                return ""
-            return f"{_g(r[0])}-{_g(r[1])} {label or k} ({_dec(r):.2f} decades)"
-        if law == "n":
-            total = name == "n_total"
-            line = (f"{n} sizes over {span('N', 'parameters' + (' (all, embeddings included)' if total else ''))}; "
-                    f"{_exp_text(f, 'alpha_N')}, {_identified(f, ['alpha_N'])}")
-            if s.get("fixed_token_budget") and s.get("D_range"):
-                line += (f"; read at a fixed budget of {_g(s['D_range'][0])} tokens ({tpp_t}), not at convergence: "
-                         f"larger models are further from their converged loss, which flattens alpha_N")
-            elif s.get("n_improving_at_end"):
-                line += (f"; {s['n_improving_at_end']} of {s['n_runs']} runs were still improving at their last "
-                         f"evaluation ({tpp_t}), so L(N) is read short of convergence")
-            if total:
-                base = _fits_by_name(payload).get("n")
-                if base:
-                    worse = f["rmse_log"] > base["rmse_log"]
-                    line += (f"; with embeddings the trend is {'worse' if worse else 'no worse'}: rmse_log "
-                             f"{f['rmse_log']:.3g} against {base['rmse_log']:.3g} without (Kaplan Fig. 6)")
-        elif law == "d":
-            line = f"{n} points over {span('D', 'tokens')}; {_exp_text(f, 'alpha_D')}, {_identified(f, ['alpha_D'])}"
-        elif law == "c":
-            conv = f.get("compute", "nonembedding")
-            fr = _frontiers(payload).get(conv, {})
-            env = fr.get("envelope") or {}
-            nsz = (fr.get("N_opt") or {}).get("n_sizes_on_frontier")
-            carried = sum(bool(x) for x in env.get("carried", []))
-            line = (f"{n} envelope points over {span('C', 'FLOPs')}"
-                    + (f", {nsz} sizes on the envelope" if nsz else "")
-                    + (f", {carried} carried flat from a lower C" if carried else "")
-                    + f"; {_exp_text(f, 'alpha_C')}, {_identified(f, ['alpha_C'])}; the envelope points are "
-                      f"neighbours on a few curves, so the interval is a lower bound; C = {conv}: " + _share_text(s))
-        elif law in ("nd", "chinchilla", "data-constrained"):
-            keys = ["alpha_N", "alpha_D"] if law == "nd" else ["alpha", "beta"]
-            line = (f"{n} runs over {span('N', 'parameters')} and {span('D', 'tokens')}; "
-                    f"{s.get('sizes_with_several_D', '?')} of {s.get('n_sizes', '?')} sizes trained at several D; "
-                    + ", ".join(_exp_text(f, k) for k in keys) + f"; {_identified(f, keys)}")
-            if law == "chinchilla":
-                line += f"; E = {_g(f['params']['E'])} is an extrapolation past every point"
-            if s.get("sizes_with_several_D", 0) < 2:
-                line += "; too few sizes with several D to separate the N and D terms"
-        elif law == "ns":
-            line = (f"{n} evaluations over {span('N', 'parameters')} and {span('S', 'steps')}; "
-                    + ", ".join(_exp_text(f, k) for k in ("alpha_N", "alpha_S")) + f"; {_identified(f, ['alpha_N', 'alpha_S'])}")
-        elif law == "bcrit":
-            r = rg.get("loss")
-            lr = f"losses {_g(r[0])}-{_g(r[1])} nats (a factor {r[1] / r[0]:.2f})" if r else "losses"
-            line = (f"{n} points over {lr}, far above the paper's; {_exp_text(f, 'alpha_B')}, "
-                    f"B_star = {_g(f['params']['B_star'])} tokens; {_identified(f, ['alpha_B'])}; "
-                    f"B_star extrapolates to loss 1")
-        elif law == "isoflop":
-            sl = f.get("slices") or []
-            used = [x for x in sl if "N_opt" in x]
-            Cs = [x["C"] for x in used]
-            line = (f"{len(used)} of {len(sl)} slices used over "
-                    + (f"{_dec([min(Cs), max(Cs)]):.2f} decades of C ({f.get('compute', 'nonembedding')})" if Cs else "no C")
-                    + f", {n} points; " + ", ".join(_exp_text(f, k) for k in ("a", "b") if k in f["params"])
-                    + f"; {_identified(f, ['a'])}" + ("" if len(used) >= 4 else "; fewer than 4 slices: a rests on a "
-                                                                              "line through very few minima"))
-        else:
-            line = f"{n} points"
-        out[name] = line
-    for conv, fr in _frontiers(payload).items():
+
+def _span(f: dict, k: str, label=None) -> str:
+    r = (f.get("ranges") or {}).get(k)
+    if not r:
+        return ""
+    return f"{_g(r[0])}-{_g(r[1])} {label or k} ({_dec(r):.2f} decades)"
+
+
+def _caveat_n(name, f, payload, s, tpp_t) -> str:
+    total = name == "n_total"
+    line = (f"{f.get('n_points')} sizes over "
+            f"{_span(f, 'N', 'parameters' + (' (all, embeddings included)' if total else ''))}; "
+            f"{_exp_text(f, 'alpha_N')}, {_identified(f, ['alpha_N'])}")
+    if s.get("fixed_token_budget") and s.get("D_range"):
+        line += (f"; read at a fixed budget of {_g(s['D_range'][0])} tokens ({tpp_t}), not at convergence: "
+                 f"larger models are further from their converged loss, which flattens alpha_N")
+    elif s.get("n_improving_at_end"):
+        line += (f"; {s['n_improving_at_end']} of {s['n_runs']} runs were still improving at their last "
+                 f"evaluation ({tpp_t}), so L(N) is read short of convergence")
+    if total:
+        base = _fits_by_name(payload).get("n")
+        if base:
+            worse = f["rmse_log"] > base["rmse_log"]
+            line += (f"; with embeddings the trend is {'worse' if worse else 'no worse'}: rmse_log "
+                     f"{f['rmse_log']:.3g} against {base['rmse_log']:.3g} without (Kaplan Fig. 6)")
+    return line
+
+
+def _caveat_d(name, f, payload, s, tpp_t) -> str:
+    return (f"{f.get('n_points')} points over {_span(f, 'D', 'tokens')}; {_exp_text(f, 'alpha_D')}, "
+            f"{_identified(f, ['alpha_D'])}")
+
+
+def _caveat_c(name, f, payload, s, tpp_t) -> str:
+    conv = f.get("compute", "nonembedding")
+    fr = frontiers_by_compute(payload).get(conv, {})
+    env = fr.get("envelope") or {}
+    nsz = (fr.get("N_opt") or {}).get("n_sizes_on_frontier")
+    carried = sum(bool(x) for x in env.get("carried", []))
+    return (f"{f.get('n_points')} envelope points over {_span(f, 'C', 'FLOPs')}"
+            + (f", {nsz} sizes on the envelope" if nsz else "")
+            + (f", {carried} carried flat from a lower C" if carried else "")
+            + f"; {_exp_text(f, 'alpha_C')}, {_identified(f, ['alpha_C'])}; the envelope points are "
+              f"neighbours on a few curves, so the interval is a lower bound; C = {conv}: " + _share_text(s))
+
+
+def _caveat_nd(name, f, payload, s, tpp_t) -> str:
+    law = f["law"]
+    keys = ["alpha_N", "alpha_D"] if law == "nd" else ["alpha", "beta"]
+    line = (f"{f.get('n_points')} runs over {_span(f, 'N', 'parameters')} and {_span(f, 'D', 'tokens')}; "
+            f"{s.get('sizes_with_several_D', '?')} of {s.get('n_sizes', '?')} sizes trained at several D; "
+            + ", ".join(_exp_text(f, k) for k in keys) + f"; {_identified(f, keys)}")
+    if law == "chinchilla":
+        line += f"; E = {_g(f['params']['E'])} is an extrapolation past every point"
+    if s.get("sizes_with_several_D", 0) < 2:
+        line += "; too few sizes with several D to separate the N and D terms"
+    return line
+
+
+def _caveat_ns(name, f, payload, s, tpp_t) -> str:
+    return (f"{f.get('n_points')} evaluations over {_span(f, 'N', 'parameters')} and {_span(f, 'S', 'steps')}; "
+            + ", ".join(_exp_text(f, k) for k in ("alpha_N", "alpha_S"))
+            + f"; {_identified(f, ['alpha_N', 'alpha_S'])}")
+
+
+def _caveat_bcrit(name, f, payload, s, tpp_t) -> str:
+    r = (f.get("ranges") or {}).get("loss")
+    lr = f"losses {_g(r[0])}-{_g(r[1])} nats (a factor {r[1] / r[0]:.2f})" if r else "losses"
+    return (f"{f.get('n_points')} points over {lr}, far above the paper's; {_exp_text(f, 'alpha_B')}, "
+            f"B_star = {_g(f['params']['B_star'])} tokens; {_identified(f, ['alpha_B'])}; "
+            f"B_star extrapolates to loss 1")
+
+
+def _caveat_isoflop(name, f, payload, s, tpp_t) -> str:
+    sl = f.get("slices") or []
+    used = [x for x in sl if "N_opt" in x]
+    Cs = [x["C"] for x in used]
+    return (f"{len(used)} of {len(sl)} slices used over "
+            + (f"{_dec([min(Cs), max(Cs)]):.2f} decades of C ({f.get('compute', 'nonembedding')})" if Cs else "no C")
+            + f", {f.get('n_points')} points; " + ", ".join(_exp_text(f, k) for k in ("a", "b") if k in f["params"])
+            + f"; {_identified(f, ['a'])}" + ("" if len(used) >= 4 else "; fewer than 4 slices: a rests on a "
+                                                                      "line through very few minima"))
+
+
+_CAVEAT_LINES = {"n": _caveat_n, "d": _caveat_d, "c": _caveat_c, "nd": _caveat_nd, "chinchilla": _caveat_nd,
+                 "data-constrained": _caveat_nd, "ns": _caveat_ns, "bcrit": _caveat_bcrit,
+                 "isoflop": _caveat_isoflop}
+
+
+def _approach_caveats(payload: dict, s: Dict) -> Dict[str, str]:
+    """Approach 1 per compute convention (the envelope's N_opt) and approach 3 (from chinchilla)."""
+    out: Dict[str, str] = {}
+    for conv, fr in frontiers_by_compute(payload).items():
         q = fr.get("N_opt")
         if q:
             ci = q["ci95"]["exponent"]

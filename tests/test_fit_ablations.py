@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from flopscale.fitting import fit_and_report
+from flopscale.fitting import ablation_report as R
 from flopscale.fitting import ablations as A
 
 # the config.json of a real `flopscale train --n-layer 1 --d-model 32 --n-heads 2 --n-ctx 64 --steps 40
@@ -238,8 +239,8 @@ def test_arch_with_one_arch_missing_and_none_fittable(tmp_path):
     ar = ab.payload["arch"]
     assert not ar["fits"] and ar["notes"] == ["no arch has 3 sizes (the most: 2), so no L(N) fits and no figure"]
     os.makedirs(tmp_path / "b-out")
-    assert "arch" not in ab.write(str(tmp_path / "b-out"))
-    assert "no arch has 3 sizes" in "\n".join(A.sections(ab.payload))
+    assert "arch" not in R.write_figures(ab, str(tmp_path / "b-out"))
+    assert "no arch has 3 sizes" in "\n".join(R.sections(ab.payload))
 
 
 def test_one_arch_is_no_arch_section(tmp_path):
@@ -274,7 +275,7 @@ def test_positions_by_arch_pick_similar_N_and_see_the_plateau(tmp_path):
     assert pa["per_arch"]["lstm"]["late_drop"] == pytest.approx(y[16:32].mean() - y[32:].mean())
     assert abs(pa["per_arch"]["lstm"]["late_drop"]) < 3 * pa["per_arch"]["lstm"]["late_drop_se"] + 1e-3
     assert pa["per_arch"]["gpt"]["late_drop"] > 0.05
-    md = "\n".join(A.sections({"positions_by_arch": pa}))
+    md = "\n".join(R.sections({"positions_by_arch": pa}))
     assert "the LSTM gains less from late positions" in md and "These contexts are 64 tokens" in md
 
 

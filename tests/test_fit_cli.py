@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from flopscale.fitting.cli import add_fit_arguments, run_fit
-from flopscale.fitting.fit import FitError
+from flopscale.fitting.estimator import FitError
 from flopscale.fitting.runs import load_runs, run_points
 from flopscale.fitting.synth import law_points, write_run
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flopscale.fitting import fit, fit_and_report
-from flopscale.fitting.fit import FitError
+from flopscale.fitting.estimator import FitError
 from flopscale.fitting.laws import PAPER, predict
 from flopscale.fitting.synth import law_points, write_run
 

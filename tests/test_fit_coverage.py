@@ -5,7 +5,7 @@
 
 import numpy as np
 
-from flopscale.fitting.fit import fit
+from flopscale.fitting.estimator import fit
 from flopscale.fitting.synth import law_points
 
 

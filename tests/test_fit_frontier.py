@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flopscale.fitting.batch import bcrit_from_pairs, gns_points, se_points, steps_to_loss
-from flopscale.fitting.fit import fit
+from flopscale.fitting.estimator import fit
 from flopscale.fitting.frontier import frontier, lower_envelope
 from flopscale.fitting.isoflop import fit_isoflop
 from flopscale.fitting.runs import load_runs, run_points

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from flopscale.fitting import fit_and_report
-from flopscale.fitting.fit import FitError
+from flopscale.fitting.estimator import FitError
 from flopscale.fitting.isoflop import fit_isoflop, group_slices, slice_minimum
 from flopscale.fitting.laws import PAPER, chinchilla_allocation, predict
 

@@ -103,3 +103,14 @@ def test_allocation_derived_vs_paper():
         slope = np.diff(np.log(al[k])) / np.diff(np.log(C))
         np.testing.assert_allclose(slope, a[k], atol=2e-3)
     np.testing.assert_allclose(6 * al["N"] * al["B"] * al["S"], C, rtol=1e-6)
+
+
+def test_fitting_fit_is_the_function_not_a_module():
+    """The estimator lives in fitting/estimator.py, so `flopscale.fitting.fit` is never shadowed."""
+    import importlib
+    import flopscale.fitting as F
+    from flopscale.fitting import fit
+    assert callable(fit) and fit is F.fit and fit.__module__ == "flopscale.fitting.estimator"
+    assert importlib.import_module("flopscale.fitting.estimator").fit is fit
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("flopscale.fitting.fit")

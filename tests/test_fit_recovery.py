@@ -1,4 +1,4 @@
-"""The estimator recovers known constants from noisy synthetic points (fitting/fit.py).
+"""The estimator recovers known constants from noisy synthetic points (fitting/estimator.py).
 
     /work/venv/bin/pytest tests/test_fit_recovery.py -q -s     # -s prints the recovered numbers
 
@@ -10,7 +10,7 @@ at 100x the largest size in the data must land within 1% of the true law.
 import numpy as np
 import pytest
 
-from flopscale.fitting.fit import fit, fit_power, hoffmann_grid
+from flopscale.fitting.estimator import fit, fit_power, hoffmann_grid
 from flopscale.fitting.laws import LAWS, PAPER
 from flopscale.fitting.synth import law_points
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flopscale.fitting import fit, fit_and_report, fit_isoflop
-from flopscale.fitting.fit import FitError, bootstrap_intervals
+from flopscale.fitting.estimator import FitError, bootstrap_intervals
 from flopscale.fitting.synth import law_points
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])

@@ -1,7 +1,7 @@
 """Robust log-space estimator for the scaling laws in fitting/laws.py, with bootstrap intervals.
 
     import numpy as np
-    from flopscale.fitting.fit import fit
+    from flopscale.fitting.estimator import fit
     N = np.logspace(6, 9, 12)
     res = fit("n", {"N": N, "loss": (8.8e13 / N) ** 0.076})
     res["params"]["alpha_N"], res["ci95"]["alpha_N"], res["rmse_log"]
@@ -20,10 +20,16 @@ Solvers:
   every point of alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1}, a, b in {0, 5, ..., 25}
   (4500 starts), best by objective.
 
+Large tables (more than FULL_GRID_MAX_POINTS = 200 points): the grid's objective is evaluated for
+every start at once (numpy broadcasting over starts x points), and L-BFGS-B runs from the 100 best
+starts only (then the same polish). On 20,000 rows that took the fit from over 5 minutes to ~40 s
+(bench/bench_fit.py --rows); below 200 points every start is run, as Hoffmann et al. did.
+
 Bootstrap: resample the points with replacement (seeded), refit, take the 2.5/97.5 percentiles
 of each public parameter. Nonlinear refits start from the few distinct best optima of the full fit
 rather than the whole grid (the full grid for every replicate would cost 4500x more and picks the
-same basin). The leave-largest-out check (`holdout`) refits without the largest values of the
+same basin); where the grid was screened, from the best optimum only. A fit that runs past 2 s shows tqdm
+progress on stderr (on a terminal, or with progress=True). The leave-largest-out check (`holdout`) refits without the largest values of the
 law's scale variable and reports the relative error of predicting them.
 """
 
@@ -31,16 +37,22 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy.optimize import minimize
+from tqdm import tqdm
 
 from ._threads import single_thread_blas
 from .laws import LAWS, Law, chinchilla_allocation
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, approach 3
 N_BOOT = 200
+# Every input and target of a fit lies in [1/MAX_VALUE, MAX_VALUE]: 1e40 is far above any N, D or C
+# (FLOPs) of a real run, and beyond it powers like N^alpha leave float range (N = 1e300 fitted as a
+# degenerate law instead of failing).
+MAX_VALUE = 1e40
 MAX_GRID_STARTS_BOOT = 3  # distinct optima of the full fit reused as bootstrap starts
 
 
@@ -100,8 +112,8 @@ def _is_number(v) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 def positive_columns(cols: Dict[str, object], need) -> Dict[str, np.ndarray]:
-    """The columns ``need`` as float arrays of one length, finite and positive (log-space fits);
-    FitError with one line naming the column and row otherwise."""
+    """The columns ``need`` as float arrays of one length, finite, positive (log-space fits) and
+    within [1/MAX_VALUE, MAX_VALUE]; FitError with one line naming the column and row otherwise."""
     out, n = {}, None
     for k in need:
         if isinstance(cols[k], NonNumericColumn):
@@ -119,6 +131,11 @@ def positive_columns(cols: Dict[str, object], need) -> Dict[str, np.ndarray]:
         if (v <= 0).any():
             i = int(np.argmax(v <= 0))
             raise FitError(f"column {k!r} must be positive for a log-space fit; row {i} is {v[i]:g}")
+        far = (v < 1.0 / MAX_VALUE) | (v > MAX_VALUE)
+        if far.any():
+            i = int(np.argmax(far))
+            raise FitError(f"column {k!r} row {i} is {v[i]:g}, outside the range a fit can use "
+                           f"({1.0 / MAX_VALUE:g} to {MAX_VALUE:g}); check the column's values and units")
         out[k] = v
     return out
 
@@ -269,7 +286,7 @@ def _distinct(thetas: List[np.ndarray], k: int, tol: float = 1e-4) -> List[np.nd
     return out
 
 
-def _solve(law: Law, x, logy, delta, grid="full", starts: Optional[np.ndarray] = None):
+def _solve(law: Law, x, logy, delta, grid="full", starts: Optional[np.ndarray] = None, progress=None):
     """Best internal theta by summed Huber objective; returns (theta, objective, ranked optima, n_starts)."""
     if law.linear:
         X = _linear_design(law, x)
@@ -279,22 +296,63 @@ def _solve(law: Law, x, logy, delta, grid="full", starts: Optional[np.ndarray] =
         return th, _objective(th, law, x, logy, delta)[0], [th], 1
     if starts is None:
         starts = _start_grid(law, x, logy, grid)
-    return _multistart(law.name, starts, _objective, (law, x, logy, delta))
+    keep = _screened(law, np.asarray(starts, float), x, logy, delta)
+    return _multistart(law.name, starts, _objective, (law, x, logy, delta), keep, progress)
 
 
-def _multistart(name: str, starts, objective, args):
-    """L-BFGS from every start (loose tolerances on a big grid, then the best distinct optima
-    polished tight, kept only where polishing did not make them worse); returns (best point,
-    its objective, the distinct optima, the number of starts).  ``objective(point, *args)``
-    returns (value, gradient): the free parameters (``_objective``) or the ones left by --fix
-    (``_objective_z``)."""
+# Large tables: a start grid's objective is evaluated for every start at once (numpy broadcasting
+# over starts x points, in chunks of SCREEN_CHUNK values), and L-BFGS runs from the SCREEN_KEEP
+# best starts only. At or below FULL_GRID_MAX_POINTS points every start gets its L-BFGS run, as
+# Hoffmann et al. did (cheap there: 4500 starts on 33 points take seconds).
+FULL_GRID_MAX_POINTS = 200
+SCREEN_KEEP = 100
+SCREEN_CHUNK = 1_000_000
+
+
+def _screened(law: Law, thetas: np.ndarray, x, logy, delta) -> Optional[np.ndarray]:
+    """Indices of the SCREEN_KEEP starts (internal theta rows) of lowest objective, or None where
+    every start is to be run (a small table or a short list of starts)."""
+    n = logy.size
+    if n <= FULL_GRID_MAX_POINTS or len(thetas) <= SCREEN_KEEP:
+        return None
+    vals = np.empty(len(thetas))
+    k = max(1, SCREEN_CHUNK // n)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for i in range(0, len(thetas), k):
+            th = thetas[i:i + k]
+            # each law's log_fn is elementwise in theta's components: one row per (start, point) pair
+            f, _ = law.log_fn(np.repeat(th, n, axis=0).T, {c: np.tile(v, len(th)) for c, v in x.items()})
+            vals[i:i + k] = huber(f.reshape(len(th), n) - logy, delta)[0].sum(axis=1)
+    vals[~np.isfinite(vals)] = np.inf
+    return np.argsort(vals, kind="stable")[:SCREEN_KEEP]
+
+
+def _progress(total: int, desc: str, progress):
+    """A tqdm bar on stderr for a long loop: shown after PROGRESS_DELAY_S seconds only, and only on
+    a terminal unless progress=True (progress=False: never)."""
+    return tqdm(total=total, desc=desc, file=sys.stderr, delay=PROGRESS_DELAY_S, leave=False,
+                disable=(None if progress is None else not progress), mininterval=0.5)
+
+
+PROGRESS_DELAY_S = 2.0
+
+
+def _multistart(name: str, starts, objective, args, keep=None, progress=None):
+    """L-BFGS from every start (or from starts[keep], the screened few; loose tolerances on a big
+    grid, then the best distinct optima polished tight, kept only where polishing did not make
+    them worse); returns (best point, its objective, the distinct optima, the number of starts).
+    ``objective(point, *args)`` returns (value, gradient): the free parameters (``_objective``)
+    or the ones left by --fix (``_objective_z``)."""
     def run(p, options=TIGHT):
         return minimize(objective, np.asarray(p, float), args=args, jac=True, method="L-BFGS-B", options=options)
 
     results = []
     opts = GRID if len(starts) > 100 else TIGHT
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for s in starts:
+    todo = starts if keep is None else [starts[i] for i in keep]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+            _progress(len(todo), f"{name}: starts", progress) as bar:
+        for s in todo:
+            bar.update()
             r = run(s, opts)
             if np.isfinite(r.fun) and np.all(np.isfinite(r.x)):
                 results.append((r.fun, r.x))
@@ -438,7 +496,8 @@ def _lbfgs_z(z0, prob, x, logy, delta, options=TIGHT):
                     method="L-BFGS-B", options=options)
 
 
-def _solve_fixed(prob: _Fixed, x, logy, delta, grid="full", starts_z: Optional[List[np.ndarray]] = None):
+def _solve_fixed(prob: _Fixed, x, logy, delta, grid="full", starts_z: Optional[List[np.ndarray]] = None,
+                 progress=None):
     """Best z by summed Huber objective from projected starts; returns (z, objective, optima, n_starts)."""
     L = prob.law
     if starts_z is None:
@@ -451,7 +510,8 @@ def _solve_fixed(prob: _Fixed, x, logy, delta, grid="full", starts_z: Optional[L
         starts_z = _distinct(starts_z, len(starts_z) or 1, tol=1e-9)
     if not starts_z:
         raise FitError(f"law {L.name!r}: no usable start with the fixed parameters")
-    return _multistart(L.name, starts_z, _objective_z, (prob, x, logy, delta))
+    keep = _screened(L, np.array([prob.theta(z) for z in starts_z]), x, logy, delta)
+    return _multistart(L.name, starts_z, _objective_z, (prob, x, logy, delta), keep, progress)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -460,7 +520,7 @@ def _solve_fixed(prob: _Fixed, x, logy, delta, grid="full", starts_z: Optional[L
 
 def fit(law: str, cols: Dict[str, object], *, delta: float = HUBER_DELTA, n_boot: int = N_BOOT,
         seed: int = 0, grid: str = "full", holdout: bool = True, return_boot: bool = False,
-        fix=None):
+        fix=None, progress: Optional[bool] = None):
     """Fit one law to points; cols maps column names (N, D, C, S, B, U, loss) to arrays.
 
     fix: {name: value} or "name=value,..." holds public parameters fixed (reported under "fixed",
@@ -468,16 +528,17 @@ def fit(law: str, cols: Dict[str, object], *, delta: float = HUBER_DELTA, n_boot
     "formula", "holdout", "n_boot", "seed", "ranges", "warnings", "fixed"} (plus "allocation" for
     chinchilla and data-constrained); with return_boot=True also the (n_boot, n_params) array of
     bootstrap public parameters (columns in the law's parameter order, fixed ones constant).
+    progress: a tqdm bar on stderr for a fit that runs longer than 2 s (None: only on a terminal).
     """
     if law not in LAWS:
         raise FitError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
     fixed = check_fix(LAWS[law], parse_fix(fix))
     data = check_points(law, as_columns(cols), n_fixed=len(fixed))
     with single_thread_blas():
-        return _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed)
+        return _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed, progress)
 
 
-def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None):
+def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None, progress=None):
     L = LAWS[law]
     fixed = fixed or {}
     centres = L.centres(data)
@@ -487,73 +548,20 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None)
 
     prob = _Fixed(L, fixed, centres) if fixed else None
     if prob is None:
-        theta, obj, optima, n_starts = _solve(L, x, logy, delta, grid)
+        theta, obj, optima, n_starts = _solve(L, x, logy, delta, grid, progress=progress)
     else:
-        z, obj, optima, n_starts = _solve_fixed(prob, x, logy, delta, grid)
+        z, obj, optima, n_starts = _solve_fixed(prob, x, logy, delta, grid, progress=progress)
         theta = prob.theta(z)
     params = L.to_public(theta, centres)
     params.update(fixed)  # exact values, not round-tripped through the internal vector
     f, _ = L.log_fn(theta, x)
     rmse = float(np.sqrt(np.mean((f - logy) ** 2)))
 
-    # --- bootstrap ------------------------------------------------------------------------------
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    boot = np.full((n_boot, L.n_params), np.nan)
-    if n_boot:
-        if L.linear and prob is None:
-            X = _linear_design(L, x)
-            # a resample with one distinct x cannot fix a slope; draw those again (rare for n >= 5)
-            for r in range(n_boot):
-                while np.unique(X[idx[r], 1]).size < 2 and np.unique(X[:, 1]).size >= 2:
-                    idx[r] = rng.integers(0, n, size=n)
-            ths = _irls(X[idx], logy[idx], delta)
-            for r in range(n_boot):
-                p = L.to_public(ths[r], centres)
-                boot[r] = [p[k] for k in L.params]
-        else:
-            starts = np.array(optima)
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                for r in range(n_boot):
-                    xr = {k: v[idx[r]] for k, v in x.items()}
-                    best = None
-                    for s in starts:
-                        res = (_lbfgs(s, L, xr, logy[idx[r]], delta) if prob is None
-                               else _lbfgs_z(s, prob, xr, logy[idx[r]], delta))
-                        if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
-                            best = res
-                    if best is not None:
-                        p = L.to_public(best.x if prob is None else prob.theta(best.x), centres)
-                        p.update(fixed)
-                        boot[r] = [p[k] for k in L.params]
+    screened = n > FULL_GRID_MAX_POINTS and n_starts > SCREEN_KEEP  # as _screened decided
+    boot = _bootstrap(L, x, logy, centres, delta, n_boot, seed, optima, prob, fixed, law, progress, screened)
     ci95, boot_warnings = bootstrap_intervals(L.params, boot, fixed, n_boot)
 
-    # --- leave-largest-out ----------------------------------------------------------------------
-    hold = None
-    if holdout:
-        mask = _holdout_mask(L, data, len(fixed))
-        if mask is None:
-            hold = {"skipped": "too few distinct values of " + L.holdout_on}
-        else:
-            sub = {k: v[~mask] for k, v in data.items()}
-            xs = {k: v[~mask] for k, v in x.items()}
-            if prob is None:
-                starts = None if L.linear else np.array(optima)
-                th_h, _, _, _ = _solve(L, xs, logy[~mask], delta, grid, starts=starts)
-            else:
-                z_h, _, _, _ = _solve_fixed(prob, xs, logy[~mask], delta, grid, starts_z=list(optima))
-                th_h = prob.theta(z_h)
-            p_h = L.to_public(th_h, centres)
-            p_h.update(fixed)
-            pred = L.predict(p_h, **{k: data[k][mask] for k in L.inputs})
-            rel = pred / data[L.target][mask] - 1.0
-            key = L.holdout_on
-            hold = {"held_out": key, "values": sorted({float(v) for v in data[key][mask]}),
-                    "n_held_out": int(mask.sum()),
-                    "fit_range": [float(sub[key].min()), float(sub[key].max())],
-                    "rel_err_mean": float(np.mean(np.abs(rel))), "rel_err_max": float(np.max(np.abs(rel))),
-                    "params": p_h}
-
+    hold = _holdout(L, data, x, logy, centres, delta, grid, optima, prob, fixed) if holdout else None
     ranges = {k: [float(data[k].min()), float(data[k].max())] for k in list(L.inputs) + [L.target]}
     out = {
         "law": law,
@@ -577,6 +585,71 @@ def _fit(law, data, delta, n_boot, seed, grid, holdout, return_boot, fixed=None)
     if return_boot:
         return out, boot
     return out
+
+
+def _bootstrap(L: Law, x, logy, centres, delta, n_boot, seed, optima, prob, fixed, law, progress,
+               screened: bool = False) -> np.ndarray:
+    """(n_boot, n_params) public parameters refitted on resamples of the points (NaN where a refit failed)."""
+    n = logy.size
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    boot = np.full((n_boot, L.n_params), np.nan)
+    if n_boot:
+        if L.linear and prob is None:
+            X = _linear_design(L, x)
+            # a resample with one distinct x cannot fix a slope; draw those again (rare for n >= 5)
+            for r in range(n_boot):
+                while np.unique(X[idx[r], 1]).size < 2 and np.unique(X[:, 1]).size >= 2:
+                    idx[r] = rng.integers(0, n, size=n)
+            ths = _irls(X[idx], logy[idx], delta)
+            for r in range(n_boot):
+                p = L.to_public(ths[r], centres)
+                boot[r] = [p[k] for k in L.params]
+        else:
+            # Where the start grid was screened (a large table), the resamples stay in the full fit's
+            # basin: refit from its best optimum only. Elsewhere from the few best optima, as before.
+            starts = np.array(optima[:1] if screened else optima)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                    _progress(n_boot, f"{law}: bootstrap", progress) as bar:
+                for r in range(n_boot):
+                    bar.update()
+                    xr = {k: v[idx[r]] for k, v in x.items()}
+                    best = None
+                    for s in starts:
+                        res = (_lbfgs(s, L, xr, logy[idx[r]], delta) if prob is None
+                               else _lbfgs_z(s, prob, xr, logy[idx[r]], delta))
+                        if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
+                            best = res
+                    if best is not None:
+                        p = L.to_public(best.x if prob is None else prob.theta(best.x), centres)
+                        p.update(fixed)
+                        boot[r] = [p[k] for k in L.params]
+    return boot
+
+
+def _holdout(L: Law, data, x, logy, centres, delta, grid, optima, prob, fixed) -> dict:
+    """The leave-largest-out check: refit without the largest values of the scale variable, predict them."""
+    mask = _holdout_mask(L, data, len(fixed))
+    if mask is None:
+        return {"skipped": "too few distinct values of " + L.holdout_on}
+    sub = {k: v[~mask] for k, v in data.items()}
+    xs = {k: v[~mask] for k, v in x.items()}
+    if prob is None:
+        starts = None if L.linear else np.array(optima)
+        th_h, _, _, _ = _solve(L, xs, logy[~mask], delta, grid, starts=starts)
+    else:
+        z_h, _, _, _ = _solve_fixed(prob, xs, logy[~mask], delta, grid, starts_z=list(optima))
+        th_h = prob.theta(z_h)
+    p_h = L.to_public(th_h, centres)
+    p_h.update(fixed)
+    pred = L.predict(p_h, **{k: data[k][mask] for k in L.inputs})
+    rel = pred / data[L.target][mask] - 1.0
+    key = L.holdout_on
+    return {"held_out": key, "values": sorted({float(v) for v in data[key][mask]}),
+            "n_held_out": int(mask.sum()),
+            "fit_range": [float(sub[key].min()), float(sub[key].max())],
+            "rel_err_mean": float(np.mean(np.abs(rel))), "rel_err_max": float(np.max(np.abs(rel))),
+            "params": p_h}
 
 
 def bootstrap_intervals(names, boot: np.ndarray, fixed, n_boot: int):
