@@ -506,13 +506,14 @@ def fit_sweep(out: Path, n_boot: int = 200, progress: bool = True) -> dict:
     """Fit every law the runs support and write SWEEP_DIR/report (fits.json, PNGs, report.md).
     Returns a short summary (alpha_N with its interval, rmse, B_crit) for the manifest."""
     from flopscale import fitting
+    from flopscale.planning import outlook_inputs
 
     report = out / "report"
     try:
         with warnings.catch_warnings():  # overflow in bootstrap resamples far from the optimum is expected
             warnings.simplefilter("ignore", RuntimeWarning)
             fits = fitting.fit_and_report([str(out / "runs")], out=str(report), n_boot=n_boot, quiet=True,
-                                          lr_fn=_lr_of_config)
+                                          lr_fn=_lr_of_config, outlook=outlook_inputs(str(out / "runs")))
     except fitting.FitError as e:  # the runs are kept; say how to fit again
         raise ValueError(f"the runs finished but the fit failed ({e}); "
                          f"retry with `flopscale fit {out / 'runs'} --out {report}`") from None

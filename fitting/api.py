@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Optional
 
 from .ablations import ablations
+from .backtest import backtest, largest_budget_split, load_points
 from .estimator import HUBER_DELTA, N_BOOT, FitError, as_columns, check_points, fit, parse_fix
 from .isoflop import TOL_DEX, WINDOW_DEX, fit_isoflop
+from .plan import study_plans
 from .positions import position_fits
 from .report import print_summary, write_report
 from .results import PANEL_FILES, FitEntry, FitResults, build_payload
@@ -30,7 +32,7 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
                    compute: str = "nonembedding", fix=None, quiet: bool = True, csv: Optional[str] = None,
                    huber_delta: float = HUBER_DELTA, grid: str = "full", slice_tol: float = TOL_DEX,
                    slice_window: float = WINDOW_DEX, data=None, group: Optional[str] = None,
-                   lr_fn=None, progress: Optional[bool] = None) -> dict:
+                   lr_fn=None, progress: Optional[bool] = None, outlook: Optional[dict] = None) -> dict:
     """Fit runs (paths: run or sweep directories) or a table (csv=FILE, or data= a dict of arrays or a
     DataFrame); returns the fits.json content ({"inputs", "fits": [...], "skipped", ...}) and, with
     out=REPORT_DIR, writes fits.json, one PNG per fit and report.md there. laws: None (auto), a list
@@ -40,8 +42,12 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
     learning rate and schedule; fitting/ablations.py) go into payload["ablations"] when the runs vary
     that way; lr_fn(step, train_config_dict), if given (the trainer's schedule function, from a caller
     above fitting/), recomputes each run's lr curve instead of reading metrics.jsonl's `lr`; progress:
-    tqdm bars on stderr for fits longer than 2 s (None: on a terminal only; False: never). Bad input
-    raises FitError (one line)."""
+    tqdm bars on stderr for fits longer than 2 s (None: on a terminal only; False: never); outlook, from
+    runs, {"shape_fns", "n_ctx", "throughput"} (flopscale/planning.py, the caller above fitting/, the
+    engine's exact N of a shape): payload["outlook"] holds plans at 10x and 100x the study's largest C
+    (fitting/plan.py, with each fit's bootstrap draws) and a backtest of its largest budget from the
+    smaller ones (fitting/backtest.py), and report.md a section on them. Bad input raises FitError
+    (one line)."""
 
     laws = parse_laws(laws)
     fixed = parse_fix(fix)
@@ -65,6 +71,8 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
     if groups is not None:
         payload["groups"] = side_by_side(payload["fits"], group, groups)
     abl = _add_run_analyses(payload, extra.get("runs"), point, n_boot, seed, lr_fn)
+    if outlook and not table:
+        payload["outlook"] = study_outlook(payload, entries, paths, outlook, point, compute, n_boot, seed)
     payload["panels"] = dict(PANEL_FILES)  # what write_report draws: named whether or not it runs
     results = FitResults(payload, tuple(entries), study, extra.get("frontier_curves"), abl)
     if out:
@@ -155,3 +163,24 @@ def _add_run_analyses(payload: dict, runs, point, n_boot, seed, lr_fn):
     if abl.payload:  # only what the runs vary: fits.json is unchanged for runs that vary none of it
         payload["ablations"] = abl.payload
     return abl
+
+
+def study_outlook(payload: dict, entries, paths, outlook: dict, point: str, compute: str, n_boot: int,
+                  seed: int) -> dict:
+    """{"plans": [plan at 10x, 100x the largest fitted C], "backtest": the law of the plans fitted on
+    the smaller budgets, predicting the largest}; each part replaced by a one-line reason ("*_skipped")
+    where the study cannot support it (fitted once here: the plans reuse the fits and their draws)."""
+    out: dict = {}
+    boot = {e.name: e.boot for e in entries if e.boot is not None}
+    try:
+        out["plans"] = study_plans(payload, boot=boot, seed=seed, **outlook)
+    except FitError as e:
+        out["plans_skipped"] = str(e)
+        return out
+    law = out["plans"][0]["law"]
+    try:
+        cols = load_points(paths=paths, law=law, point=point, compute=compute)
+        out["backtest"] = backtest(cols, law, largest_budget_split(cols, "C"), n_boot=n_boot, seed=seed)
+    except FitError as e:
+        out["backtest_skipped"] = str(e)
+    return out

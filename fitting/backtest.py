@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import FitError, fit
+from .estimator import FitError, fit
 from .frontier import frontier
 from .laws import LAWS
 from .plan import EXTRAPOLATION_WARN, PI_LEVEL, draw_predictions, prediction_interval, residual_scale

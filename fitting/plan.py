@@ -41,7 +41,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 from scipy.stats import norm
 
-from . import FitError, fit_power
+from .estimator import FitError, fit_power
 from .laws import LAWS, PAPER, PF_DAY, PRIORS, allocation, b_crit, chinchilla_allocation, eq_d1_text, predict
 
 FLAT_TOL = 0.005          # the flat range: N where the loss at fixed C is within 0.5% of the best

@@ -23,10 +23,12 @@ from typing import Dict, List, Optional
 from flopscale.fileio import atomic_write_text
 
 from .ablation_report import sections, write_figures as write_ablation_figures
+from .backtest import backtest_markdown
 from .estimator import HUBER_DELTA
 from .figures import plot_entry, plot_frontier, plot_positions
 from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PF_DAY, allocation_exponents
 from .panels import write_panels
+from .plan import plan_markdown
 from .positions import FORMULA as POSITION_FORMULA
 from .results import PANEL_FILES, FitEntry, FitResults, frontier_entries, frontiers_by_compute
 from .study import sources_note
@@ -306,9 +308,27 @@ def write_report(out_dir: str, results: FitResults) -> Dict[str, str]:
     atomic_write_text(fj, results.to_json())
     written["fits.json"] = fj
     rp = os.path.join(out_dir, "report.md")
-    atomic_write_text(rp, "\n".join(markdown(entries, payload, pngs, written.get("positions"))))
+    atomic_write_text(rp, "\n".join(markdown(entries, payload, pngs, written.get("positions")) + _outlook_section(payload)))
     written["report.md"] = rp
     return written
+
+
+def _outlook_section(payload: dict) -> List[str]:
+    """The study's outlook (payload["outlook"], sweeps only): plans beyond its largest budget and a
+    backtest of that budget from the smaller ones."""
+    o = payload.get("outlook")
+    if not o:
+        return []
+    md = ["## Beyond the study: plans at 10x and 100x its largest budget, and a backtest", ""]
+    for p in o.get("plans", []):
+        md.append(plan_markdown(p))
+    if "plans_skipped" in o:
+        md += [f"No plan: {o['plans_skipped']}.", ""]
+    if "backtest" in o:
+        md.append(backtest_markdown(o["backtest"], title="Backtest: the largest budget predicted from the smaller ones"))
+    if "backtest_skipped" in o:
+        md += [f"No backtest: {o['backtest_skipped']}.", ""]
+    return md
 
 
 def draw_figures(out_dir: str, entries: List[FitEntry], payload: dict, frontier_curves, study, ablations):

@@ -96,6 +96,24 @@ def run_throughput(run_dir: str) -> Dict:
                       f"{fpt:.4g} FLOPs/token = {t * fpt:.4g} FLOP/s, assumed to carry over to the planned shape"}
 
 
+def outlook_inputs(runs_dir: str) -> Dict:
+    """fit_and_report's ``outlook`` for a sweep's runs: the exact N of a shape at their vocabulary,
+    their n_ctx, and the throughput of the run that trained the most tokens (run_throughput), so
+    the report's plans at 10x and 100x carry a wall time on this hardware."""
+    runs = sorted(d for d in (os.path.join(runs_dir, n) for n in os.listdir(runs_dir))
+                  if os.path.isfile(os.path.join(d, "metrics.jsonl")))
+    if not runs:
+        raise ValueError(f"{runs_dir}: no runs")
+
+    def tokens(d):
+        with open(os.path.join(d, "metrics.jsonl"), "rb") as f:
+            last = f.read().rstrip().rsplit(b"\n", 1)[-1]
+        return json.loads(last).get("tokens", 0) if last else 0
+
+    tp = run_throughput(max(runs, key=tokens))
+    return {"shape_fns": shape_fns(tp["n_vocab"]), "n_ctx": tp["n_ctx"], "throughput": tp}
+
+
 # ---------------------------------------------------------------------------------------------
 # `flopscale plan`
 # ---------------------------------------------------------------------------------------------

@@ -84,6 +84,19 @@ def test_shrunken_study_end_to_end(shrunk, tmp_path):
     env = fits["frontier"]["envelope"]["loss"]
     assert all(b <= a for a, b in zip(env, env[1:]))  # the frontier never rises
     assert [f["params"] for f in par["fits"]] == [f["params"] for f in fits["fits"]]
+    # the report's outlook: plans at 10x and 100x the largest fitted C, a backtest of the largest budget
+    o = fits["outlook"]
+    plans = o["plans"]
+    assert [p["budget"] / plans[0]["budget"] for p in plans] == [1.0, 10.0]
+    for p in plans:
+        lo, hi = p["loss"]["pi90"]
+        assert lo < p["loss"]["value"] < hi and "no bootstrap draws" not in p["loss"]["pi90_method"]
+        # toy N (d_model 4-24): a shape within 5% of N_opt may not exist; then the plan says so
+        assert (p["model"] is None and p["warnings"]) or (p["wall_time_s"] > 0 and p["model"]["N"] > 0), p
+    bt = o["backtest"]
+    assert bt["n_train"] >= 3 and bt["n_test"] >= 1 and 0 <= bt["coverage90"] <= 1 and bt["mape"] >= 0
+    md = (tmp_path / "inline" / "report" / "report.md").read_text()
+    assert "## Beyond the study" in md and "Backtest: the largest budget" in md
 
 
 def test_resliced_points_interpolate_each_size_to_the_other_conventions_budget():
