@@ -135,11 +135,11 @@ def bench_rss(workdir: Path, small: int, big: int, steps: int, legacy: bool) -> 
 
 
 def _stdlib_jsonl(path: Path, text_mb: float) -> list:
-    from flopscale.engine.data import _read_text, stdlib_files
+    from flopscale.engine.tokenizer import read_text, stdlib_files
 
     docs, size = [], 0
     for f in stdlib_files():
-        t = _read_text(f)
+        t = read_text(f)
         docs.append(t)
         size += len(t.encode())
         if size >= text_mb * 2 ** 20:
@@ -151,7 +151,7 @@ def _stdlib_jsonl(path: Path, text_mb: float) -> list:
 def bench_prepare(workdir: Path, text_mb: float, repeats: int = 3) -> dict:
     from tokenizers import Tokenizer
 
-    from flopscale.engine.data import stdlib_tokenizer
+    from flopscale.engine.tokenizer import stdlib_tokenizer
     from flopscale.engine.prepare import _GPT2_FILES, _tiktoken_cache_dir, prepare
 
     workdir.mkdir(parents=True, exist_ok=True)

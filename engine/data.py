@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sysconfig
 import zlib
 from dataclasses import dataclass, field
@@ -49,17 +48,12 @@ import torch
 
 from flopscale.fileio import atomic_write_bytes
 
+from .cache import cache_dir
 from .formats import (FLOPSTOK_HEADER as SHARD_HEADER, FLOPSTOK_MAGIC as SHARD_MAGIC, SAMPLING, DataError, Tokens,
                       check_uniform, fingerprint, is_val, open_shard, read_meta_vocab, shard_files)
-
-VAL_EVERY = 20  # one file in 20 (by a hash of its path) goes to validation
-EOT = "<|endoftext|>"
+from .tokenizer import EOT, hash_files, load_tokenizer, read_text, split_by_file, stdlib_files
 
 
-def cache_dir() -> Path:
-    d = Path(os.environ.get("FLOPSCALE_CACHE", Path.home() / ".cache" / "flopscale"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,25 +89,6 @@ def _check_ids(shards, vocab: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Text sources
 # ---------------------------------------------------------------------------------------------
-def stdlib_files() -> list:
-    """The standard library's .py files (site-packages excluded), sorted for determinism."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts]
-    # A few test fixtures are deliberately in other encodings (latin-1, bad UTF-8): skip them.
-    files = [p for p in files if _is_utf8(p)]
-    if not files:
-        raise DataError(f"no standard-library sources found under {root}")
-    return sorted(files, key=lambda p: str(p.relative_to(root)))
-
-
-def _is_utf8(path: Path) -> bool:
-    try:
-        path.read_bytes().decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
 # A dozen standard-library modules: a corpus that tokenizes in seconds, for tests, benchmarks
 # and quick looks (every machine has it; nothing is downloaded).
 SAMPLE_MODULES = ("argparse.py", "textwrap.py", "shlex.py", "fractions.py", "heapq.py", "bisect.py",
@@ -131,46 +106,13 @@ def stdlib_sample(folder, n_files: Optional[int] = None) -> str:
     return str(folder)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"corrupt text file {path}: not valid UTF-8") from None
-
-
-def _split_by_file(files: list, root: Optional[Path]) -> tuple:
-    """Deterministic train/val split by a hash of each file's relative path."""
-    train, val = [], []
-    for f in files:
-        key = str(f.relative_to(root)) if root else f.name
-        (val if zlib.crc32(key.encode()) % VAL_EVERY == 0 else train).append(f)
-    if not val or not train:  # too few files to split by file: split by tokens later
-        return files, []
-    return train, val
-
-
 # ---------------------------------------------------------------------------------------------
-# Tokenizer
+# Tokenizing (the tokenizers themselves: engine/tokenizer.py)
 # ---------------------------------------------------------------------------------------------
-def train_bpe(texts, vocab_size: int):
-    """A GPT-2-style byte-level BPE trained on an iterator of strings."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return tok
-
-
 def _encode_files(tok, files: list) -> np.ndarray:
     eot = tok.token_to_id(EOT)
     out = []
-    texts = [_read_text(f) for f in files]
+    texts = [read_text(f) for f in files]
     for i in range(0, len(texts), 256):
         for enc in tok.encode_batch(texts[i:i + 256]):
             out.append(np.asarray(enc.ids, dtype=np.uint16))
@@ -274,52 +216,10 @@ class Corpus:
                       tokenizer=self.tokenizer, evals=self.evals)
 
 
-def _hash_files(files: list) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.name).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _load_tokenizer(spec: str, texts_for_training, key: str):
-    """(tokenizer, description).  spec is 'bpe-V' (trained and cached) or a tokenizer.json."""
-    from tokenizers import Tokenizer
-
-    if not spec.startswith("bpe-"):
-        p = Path(spec)
-        if not p.is_file():
-            raise DataError(f"tokenizer file not found: {spec}")
-        try:
-            return Tokenizer.from_file(str(p)), str(p)
-        except Exception:
-            raise DataError(f"corrupt tokenizer file {spec}: not a HF tokenizers JSON") from None
-    path = cache_dir() / f"tokenizer-{key}-{spec}.json"
-    if path.is_file():
-        try:
-            return Tokenizer.from_file(str(path)), spec
-        except Exception:
-            path.unlink()  # a damaged cache entry is rebuilt, never trusted
-    tok = train_bpe(texts_for_training(), int(spec[4:]))
-    atomic_write_bytes(path, tok.to_str().encode())
-    return tok, spec
-
-
-def stdlib_tokenizer(spec: str) -> tuple:
-    """(tokenizer, its cached tokenizer.json path): the BPE ``bpe-V`` that ``load_corpus("stdlib",
-    spec)`` trains on the standard library (trained and cached here if it is not yet)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = stdlib_files()
-    train_f, _ = _split_by_file(files, root)
-    key = _hash_files(files)
-    tok, _ = _load_tokenizer(spec, lambda: (_read_text(f) for f in train_f), key)
-    return tok, cache_dir() / f"tokenizer-{key}-{spec}.json"
-
-
 def _text_corpus(files: list, root: Optional[Path], spec: str, name: str) -> tuple:
-    train_f, val_f = _split_by_file(files, root)
-    key = _hash_files(files)
-    tok, tok_desc = _load_tokenizer(spec, lambda: (_read_text(f) for f in train_f), key)
+    train_f, val_f = split_by_file(files, root)
+    key = hash_files(files)
+    tok, tok_desc = load_tokenizer(spec, lambda: (read_text(f) for f in train_f), key)
     # Token caches are keyed by the corpus content and the tokenizer itself (a user's
     # tokenizer.json may change in place), never by a path alone.
     tok_key = spec if spec.startswith("bpe-") else hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
@@ -366,11 +266,11 @@ def _eval_text(f: Path) -> str:
     if f == pydoc_topics_file().resolve():  # the topics dict's prose, not its Python syntax
         import ast
 
-        tree = ast.parse(_read_text(f))
+        tree = ast.parse(read_text(f))
         for node in tree.body:
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
                 return "\n\n".join(ast.literal_eval(node.value).values())
-    return _read_text(f)
+    return read_text(f)
 
 
 def load_corpus(data: str = "stdlib", tokenizer: str = "bpe-4096", max_tokens: Optional[int] = None,

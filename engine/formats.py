@@ -165,7 +165,7 @@ def llmc_version_for(vocab_size: int) -> int:
 # Scanning without loading
 # ---------------------------------------------------------------------------------------------
 def _scan_cache_path(shard: Shard) -> Path:
-    from .data import cache_dir
+    from .cache import cache_dir
 
     st = shard.path.stat()
     key = hashlib.sha256(f"{shard.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{shard.dtype}|{shard.offset}"

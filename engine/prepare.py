@@ -249,7 +249,7 @@ def resolve_tokenizer(spec: str) -> dict:
                             f"({type(e).__name__})") from None
         return {"kind": "tiktoken", "name": name, "vocab_size": enc.n_vocab, "eot": enc.eot_token, "spec": spec}
     if spec.startswith("bpe-"):
-        from .data import stdlib_tokenizer
+        from .tokenizer import stdlib_tokenizer
 
         tok, path = stdlib_tokenizer(spec)
         json_path = str(path)

@@ -158,7 +158,7 @@ def _texts(n=60):
 @pytest.fixture(scope="module")
 def tokenizer_json(tmp_path_factory):
     """A small byte-level BPE (the engine's trainer) saved as a HF tokenizer.json."""
-    from flopscale.engine.data import train_bpe
+    from flopscale.engine.tokenizer import train_bpe
 
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     train_bpe(iter(_texts()), 300).save(str(path))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from flopscale.engine import prepare as prep
-from flopscale.engine.data import DataError, load_corpus, train_bpe
+from flopscale.engine.data import DataError, load_corpus
+from flopscale.engine.tokenizer import train_bpe
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 

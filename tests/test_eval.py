@@ -73,7 +73,8 @@ def test_eval_data_held_out_of_training(tmp_path):
 
     import numpy as np
 
-    from flopscale.engine.data import eval_files, load_corpus, pydoc_topics_file, stdlib_files
+    from flopscale.engine.data import eval_files, load_corpus, pydoc_topics_file
+    from flopscale.engine.tokenizer import stdlib_files
 
     folder = Path(stdlib_sample(tmp_path / "corpus", n_files=5))
     held = sorted(folder.iterdir())[2]
