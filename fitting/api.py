@@ -9,7 +9,13 @@ fitting/cli.py is the argparse layer over it (flag names are the CLI contract of
 
 from __future__ import annotations
 
+import io
+import os
 from typing import Optional
+
+import numpy as np
+
+from flopscale.fileio import atomic_write_bytes
 
 from .ablations import ablations
 from .backtest import backtest, largest_budget_split, load_points
@@ -78,6 +84,7 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
     if out:
         try:
             write_report(str(out), results)
+            write_bootstrap(str(out), entries)
         except OSError as e:
             raise write_error(str(out), e) from None
     if not quiet:
@@ -184,3 +191,35 @@ def study_outlook(payload: dict, entries, paths, outlook: dict, point: str, comp
     except FitError as e:
         out["backtest_skipped"] = str(e)
     return out
+
+
+BOOTSTRAP_FILE = "bootstrap.npz"  # beside fits.json: {fit name: (n_boot, n_params) draws}, plain arrays
+
+
+def write_bootstrap(out_dir: str, entries) -> None:
+    """Each fit's bootstrap draws (rows in the order of its ``params``) beside fits.json, so a later
+    `flopscale plan --fits` gives its loss interval the parameter uncertainty too.  Numbers only:
+    read back with np.load(..., allow_pickle=False)."""
+    arrays = {}
+    for e in entries:
+        try:
+            b = np.asarray(e.boot, float)
+        except (TypeError, ValueError):  # an isoflop fit's draws are per slice, not a parameter matrix
+            continue
+        if b.ndim == 2 and b.size:
+            arrays[e.name] = b
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(os.path.join(out_dir, BOOTSTRAP_FILE), buf.getvalue())
+
+
+def read_bootstrap(fits_path: str) -> dict:
+    """{fit name: draws} from the bootstrap.npz beside a fits.json; {} where there is none."""
+    path = os.path.join(os.path.dirname(os.path.abspath(fits_path)), BOOTSTRAP_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise FitError(f"{path}: unreadable bootstrap draws ({e}); remove it to plan without them") from None

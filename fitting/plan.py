@@ -21,7 +21,7 @@ Where each number comes from (the plan's "sources" says it again for each one):
 - loss: the law at (N_opt, D_opt); its 90% prediction interval combines parameter uncertainty (the
   law evaluated at each bootstrap draw of its parameters) and the fit's residual scatter (a log-normal
   factor exp(s z), s = rmse_log sqrt(n / (n - p)), the unbiased residual scale); 5th and 95th
-  percentiles of the product.  fits.json does not store the bootstrap draws: pass them as ``boot``
+  percentiles of the product.  `flopscale fit --out` keeps the draws beside fits.json (bootstrap.npz, fitting/api.py write_bootstrap; `flopscale plan --fits` reads it); in Python pass them as ``boot``
   (fit(..., return_boot=True) gives them); without them the interval holds the residual scatter
   only and says so ("pi90_method").
 - batch: the fit's B_crit(L) at the predicted loss (law bcrit), Kaplan's B_crit(L) for the kaplan

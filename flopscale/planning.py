@@ -218,6 +218,7 @@ def train_args(plan: Dict, out: str) -> list:
 
 
 def run_plan(a) -> int:
+    from flopscale.fitting.api import read_bootstrap
     from flopscale.fitting.plan import fits_spec, make_plan, plan_markdown, prior_spec
 
     if a.fits:
@@ -228,7 +229,7 @@ def run_plan(a) -> int:
             raise ValueError(f"--fits {a.fits}: no such file") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"--fits {a.fits}: not JSON ({e})") from None
-        spec = fits_spec(fits, a.law)
+        spec = fits_spec(fits, a.law, boot=read_bootstrap(a.fits))  # the draws `flopscale fit --out` keeps
     else:
         if a.law:
             raise ValueError("--law picks a fit of --fits; a --prior has its own law")

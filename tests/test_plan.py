@@ -193,6 +193,27 @@ def test_wall_time_from_a_finished_run(tiny_run):
     assert p["wall_time_s"] == pytest.approx(p["D_opt"] / tps)
 
 
+def test_cli_plan_from_a_report_reads_its_bootstrap_draws(tmp_path, capsys):
+    """`flopscale fit --out` keeps each fit's draws beside fits.json (bootstrap.npz, plain arrays);
+    `flopscale plan --fits` then gives the loss interval its parameter uncertainty, and without the
+    file says the interval is too narrow."""
+    rng = np.random.default_rng(1)
+    N = np.repeat(np.logspace(6, 8, 5), 5)
+    D = np.tile(np.logspace(8, 10, 5), 5)
+    loss = predict("chinchilla", TRUTH, N=N, D=D) * np.exp(0.005 * rng.standard_normal(N.size))
+    rep = tmp_path / "report"
+    fit_and_report(data={"N": N, "D": D, "loss": loss}, laws="chinchilla", n_boot=20, grid="coarse", out=str(rep))
+    with np.load(rep / "bootstrap.npz", allow_pickle=False) as z:
+        assert z["chinchilla"].shape == (20, 5)
+    for keep in (True, False):
+        if not keep:
+            (rep / "bootstrap.npz").unlink()
+        out = tmp_path / f"plan-{keep}.json"
+        assert main(["plan", "--fits", str(rep / "fits.json"), "--budget", "1e20", "--json", str(out)]) == 0
+        method = json.loads(out.read_text())["loss"]["pi90_method"]
+        assert ("bootstrap draws" in method and "too narrow" not in method) if keep else "too narrow" in method
+
+
 def test_cli_json_and_emitted_train_flags(tmp_path, capsys):
     out, cfg = tmp_path / "plan.json", tmp_path / "train.sh"
     assert main(["plan", "--prior", "chinchilla", "--budget", "1e21", "--json", str(out),
