@@ -48,6 +48,7 @@ from scipy.stats import t as student_t
 from .estimator import FitError, NonNumericColumn, fit
 from .frontier import lower_envelope
 from .laws import LAWS, PAPER, kaplan_lr
+from .numbers import fmt
 from .results import clean_json
 from .runs import load_run, run_point
 from .selection import plan_groups, side_by_side
@@ -160,9 +161,7 @@ def group_by_n(Ns, tol: float = SHAPE_TOL) -> List[np.ndarray]:
 
 
 def _g(v, nd=3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    return f"{v:.{nd}g}"
+    return fmt(v, f".{nd}g")
 
 
 def _t975(dof: int) -> float:

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .laws import LAWS, PAPER, PAPER_ALLOCATION_HOFFMANN
+from .numbers import fmt
 from .figures import iso_slices_axes, plot_isoflop
 from .plotting import bootstrap_band, pyplot, save_figure
 from .results import PANEL_FILES, PANELS, approach3_rows, frontiers_by_compute
@@ -61,8 +62,8 @@ def _empty(ax, title: str, why: str) -> None:
 
 def _fmt_ci(v, ci) -> str:
     if ci is None or any(x is None for x in ci):
-        return f"{v:.3f}"
-    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        return fmt(v, ".3f")
+    return f"{fmt(v, '.3f')} [{fmt(ci[0], '.3f')}, {fmt(ci[1], '.3f')}]"
 
 
 def _style(ax, title: str, xlabel: str, ylabel: str, logy: bool = True) -> None:

@@ -42,6 +42,7 @@ from scipy.optimize import brentq, minimize_scalar
 from scipy.stats import norm
 
 from .estimator import FitError, fit_power
+from .numbers import fmt
 from .laws import LAWS, PAPER, PF_DAY, PRIORS, allocation, b_crit, chinchilla_allocation, eq_d1_text, predict
 
 FLAT_TOL = 0.005          # the flat range: N where the loss at fixed C is within 0.5% of the best
@@ -667,7 +668,7 @@ def _g(v, unit: str = "") -> str:
         return "—"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_g(x) for x in v) + "]"
-    return f"{v:.4g}{unit}" if isinstance(v, float) else f"{v}{unit}"
+    return (fmt(v, ".4g") if isinstance(v, float) else f"{v}") + unit
 
 
 def plan_markdown(p: Dict, title: Optional[str] = None) -> str:

@@ -27,6 +27,7 @@ from .backtest import backtest_markdown
 from .estimator import HUBER_DELTA
 from .figures import plot_entry, plot_frontier, plot_positions
 from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PF_DAY, allocation_exponents
+from .numbers import fmt, fmt_short_sci
 from .panels import write_panels
 from .plan import plan_markdown
 from .positions import FORMULA as POSITION_FORMULA
@@ -43,10 +44,7 @@ UNITS = {"k_N": "params / FLOP^a", "k_D": "tokens / FLOP^b", "R_D_star": "repeti
 # ------------------------------------------------------------------------------------------------
 
 def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    v = float(v)
-    return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 or v == 0 else f"{v:.3e}"
+    return fmt(v, ".4g", sci=True)
 
 
 def _param_cell(k, v):
@@ -289,12 +287,7 @@ def _deltas_text(entries: List[FitEntry]) -> str:
     and written as 1e-3; the default's when no entry is a Huber fit (an isoflop-only report)."""
     found = sorted({float(m.group(1)) for e in entries
                     for m in [re.match(r"huber\(delta=([^)]+)\)", str(e.fit.get("loss_fn", "")))] if m})
-    return " or ".join(_sci(d) for d in (found or [HUBER_DELTA]))
-
-
-def _sci(v: float) -> str:
-    m, ex = f"{v:e}".split("e")
-    return f"{m.rstrip('0').rstrip('.')}e{int(ex)}"
+    return " or ".join(fmt_short_sci(d) for d in (found or [HUBER_DELTA]))
 
 
 def write_report(out_dir: str, results: FitResults) -> Dict[str, str]:

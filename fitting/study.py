@@ -22,6 +22,7 @@ import numpy as np
 from .estimator import FitError, fit_power
 from .frontier import run_curve
 from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PAPER_SOURCES
+from .numbers import fmt
 from .runs import load_run, run_point
 
 CONVENTIONS = ("nonembedding", "all")
@@ -264,9 +265,7 @@ def exponent_rows(payload: dict, summary: Optional[Dict] = None) -> List[Dict]:
 # ------------------------------------------------------------------------------------------------
 
 def _g(v) -> str:
-    if v is None or not math.isfinite(v):
-        return "?"
-    return f"{v:.3g}"
+    return fmt(v, missing="?")
 
 
 def _rel_width(ci, v) -> Optional[float]:
