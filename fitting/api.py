@@ -27,7 +27,7 @@ from .report import print_summary, write_report
 from .results import PANEL_FILES, FitEntry, FitResults, build_payload
 from .runs import read_csv
 from .selection import (ALL_LAWS, COMPUTE, fixed_d_runs, parse_laws, plan_groups, plan_runs, plan_table,
-                        resliced_points, side_by_side)
+                        resliced_points, side_by_side, to_s_min)
 from .study import study_from_table
 from .writes import check_out_dir, write_error
 
@@ -68,9 +68,21 @@ def fit_and_report(paths=None, out=None, *, laws=None, point: str = "best", n_bo
     if not plan:
         why = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no law's columns are present"
         raise FitError(f"no law could be fitted ({why})")
-    entries = [e for e in (_fit_item(it, laws, compute, table, skipped, huber_delta=huber_delta, n_boot=n_boot,
-                                     seed=seed, grid=grid, slice_tol=slice_tol, slice_window=slice_window,
-                                     progress=progress) for it in plan) if e is not None]
+    def fit_one(it):
+        return _fit_item(it, laws, compute, table, skipped, huber_delta=huber_delta, n_boot=n_boot, seed=seed,
+                         grid=grid, slice_tol=slice_tol, slice_window=slice_window, progress=progress)
+
+    # the bcrit fit an ns item converts S to S_min with goes first; each item is fitted once
+    first = {it["s_min"]["bcrit"] for it in plan if it.get("s_min")}
+    done = {it["name"]: fit_one(it) for it in plan if it["name"] in first}
+    entries = []
+    for it in plan:
+        if it["name"] not in done:
+            if it.get("s_min"):
+                it = to_s_min(it, done[it["s_min"]["bcrit"]].fit["params"])
+            done[it["name"]] = fit_one(it)
+        if done[it["name"]] is not None:
+            entries.append(done[it["name"]])
     study = extra.get("study")
     payload = build_payload(entries, frontiers=extra.get("frontiers"), compute=compute, batch=extra.get("batch"),
                             inputs=inputs, skipped=skipped, study=study["summary"] if study else None)

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import batch as B
-from .estimator import FitError, NonNumericColumn, check_fix, check_points, fit
+from .estimator import FitError, NonNumericColumn, check_fix, check_points
 from .frontier import frontier, run_curve
 from .isoflop import PARAMS as ISOFLOP_PARAMS, check_isoflop_points, group_slices
 from .laws import LAWS, b_crit, s_min
@@ -349,14 +349,21 @@ def _plan_ns(P: _RunPlan, runs) -> None:
     cp = curve_points(runs)
     source = "every evaluation past 20% of each run"
     have_bcrit = [p for p in P.plan if p["law"] == "bcrit"]
-    if have_bcrit:
-        # S -> S_min with the B_crit(L) measured here (paper eq. 5.4)
-        bc = fit("bcrit", have_bcrit[0]["cols"], n_boot=0, holdout=False)["params"]
-        cp = dict(cp, S=s_min(cp["S"], cp["B"], b_crit(cp["loss"], **bc)))
-        source += ", S converted to S_min with the fitted B_crit(L)"
-    else:
-        source += ", S as run (no B_crit available to convert to S_min)"
+    source += (", S converted to S_min with the fitted B_crit(L)" if have_bcrit
+               else ", S as run (no B_crit available to convert to S_min)")
+    n = len(P.plan)
     P.add("ns", {k: cp[k] for k in ("N", "S", "loss")}, source)
+    if have_bcrit and len(P.plan) > n:
+        # S -> S_min (paper eq. 5.4) with the request's own bcrit fit, once it is fitted (to_s_min)
+        P.plan[-1]["s_min"] = {"bcrit": have_bcrit[0]["name"], "B": cp["B"]}
+
+
+def to_s_min(item: dict, bcrit_params: Dict[str, float]) -> dict:
+    """An ns item (``item["s_min"]`` set by _plan_ns) with S converted to S_min = S / (1 + B_crit(L)/B)
+    by the B_crit(L) the same request fitted (law bcrit, fitted before it: nothing is fitted twice)."""
+    cols = item["cols"]
+    S = s_min(cols["S"], item["s_min"]["B"], b_crit(cols["loss"], **bcrit_params))
+    return dict(item, cols=dict(cols, S=S))
 
 
 def _plan_compute_laws(P: _RunPlan, runs, point, n_boot, seed, src, extra) -> None:

@@ -85,3 +85,17 @@ def test_law_c_is_fitted_once_per_convention(study_runs, monkeypatch):
     assert sorted(convs) == ["all", "nonembedding"]
     assert calls.count("c") == len(convs) == 2  # was 4: the frontier fitted L(C) again and threw it away
     assert "L_C" not in payload["frontier"]
+
+
+def test_bcrit_is_fitted_once_and_converts_ns_steps(tmp_path, monkeypatch):
+    """ns converts S to S_min with the request's own bcrit fit (fitted first), not a second one."""
+    runs = write_study(str(tmp_path / "gns"), sizes=(1e5, 3e5, 1e6), budgets=(1e14, 3e14, 1e15), rows=30,
+                       cooldown=False, gns=True)
+    calls = []
+    real = api.fit
+    monkeypatch.setattr(api, "fit", lambda law, *a, **k: calls.append(law) or real(law, *a, **k))
+    payload = fit_and_report([runs], laws="bcrit,ns", n_boot=5)
+    by = {f.get("name", f["law"]): f for f in payload["fits"]}
+    assert calls.count("bcrit") == 1 and calls.count("ns") == 1
+    assert "S converted to S_min" in by["ns"]["source"]
+    assert [f["law"] for f in payload["fits"]] == ["ns", "bcrit"]  # fits.json keeps the plan's order
