@@ -14,6 +14,7 @@ import pytest
 from flopscale.engine import ModelConfig, TrainConfig
 from flopscale.engine.data import stdlib_sample
 from flopscale.engine.train import Trainer
+from procs import descendants
 
 SHAPE = dict(n_layer=2, d_model=32, n_heads=2, n_ctx=32)
 
@@ -34,23 +35,10 @@ def _torchrun(out, corpus, steps, eval_every, **popen):
                             start_new_session=True, **popen)
 
 
-def _descendants(pid):
-    kids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(d.name))
-    return kids + [g for k in kids for g in _descendants(k)]
-
-
 def _kill_tree(pid):
     """SIGKILL the torchrun this test started and its workers (torchrun puts each worker in a
     session of its own, so killing torchrun's process group would leave them running)."""
-    for q in _descendants(pid) + [pid]:
+    for q in descendants(pid) + [pid]:
         try:
             os.kill(q, signal.SIGKILL)
         except ProcessLookupError:

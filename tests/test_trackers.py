@@ -18,6 +18,7 @@ import pytest
 from flopscale.engine import trackers as trk
 from flopscale.engine.config import ConfigError, TrainConfig
 from flopscale.engine.data import stdlib_sample
+from procs import children
 
 pytest.importorskip("tensorboard", reason="the trackers extra (pip install 'flopscale[trackers]') is not installed")
 pytest.importorskip("wandb", reason="the trackers extra (pip install 'flopscale[trackers]') is not installed")
@@ -59,19 +60,6 @@ def _wait(cond, what: str, timeout: float = 120) -> None:
     while not cond():
         assert time.time() < end, f"timed out waiting for {what}"
         time.sleep(0.005)
-
-
-def _children(pid: int) -> list:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +210,7 @@ def test_killed_wandb_service_does_not_stop_training(corpus, env, tmp_path):
     p = subprocess.Popen(_cmd(corpus, run, "--steps", "12", "--tracker", "wandb", "--tracker", "tensorboard"),
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait(lambda: len(_rows(run)) >= 2 or p.poll() is not None, "two rows")
-    core = [c for c in _children(p.pid) if b"wandb-core" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    core = [c for c in children(p.pid) if b"wandb-core" in Path(f"/proc/{c}/cmdline").read_bytes()]
     assert core, "no wandb-core process under the run"
     for c in core:
         os.kill(c, signal.SIGKILL)
