@@ -14,10 +14,12 @@ from typing import Dict, List
 
 import numpy as np
 
-from .ablations import ARCH_COLOUR, SCHEDULE_FIELDS, SERIES, _g, _lr_of
-from .laws import LAWS, PAPER, eq_d1_text, kaplan_lr
+from .laws import LAWS, PAPER, eq_d1_text, kaplan_lr, position_law
+from .numbers import sig as _g
 from .plotting import bootstrap_band, pyplot, save_figure
-from .positions import position_law
+from .results import SCHEDULE_FIELDS, SERIES
+
+ARCH_COLOUR = {"gpt": "C0", "lstm": "C3", "universal": "C2"}
 
 
 def _plain(axis) -> None:
@@ -209,7 +211,7 @@ def _plot_schedule(ab, sec, path):
     k = 0
     for gi, g in enumerate(sec["groups"]):
         for x in g["runs"]:
-            st, lr = _lr_of(by[x["path"]], ab.lr_fn)
+            st, lr = by[x["path"]].lr_curve  # as its lr_area was summed (ablations.schedule_analysis)
             a1.plot(st, lr, color=f"C{k % 10}", lw=1.1, ls=["-", "--", ":", "-."][gi % 4],
                     label=f"{x['label']} ({g['label']}): area {x['lr_area']:.3g}")
             k += 1

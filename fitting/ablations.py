@@ -48,8 +48,8 @@ from scipy.stats import t as student_t
 from .estimator import FitError, NonNumericColumn, fit
 from .frontier import lower_envelope
 from .laws import LAWS, PAPER, kaplan_lr
-from .numbers import fmt
-from .results import clean_json
+from .numbers import sig as _g
+from .results import SCHEDULE_FIELDS, SERIES, clean_json
 from .runs import load_run, run_point
 from .selection import plan_groups, side_by_side
 
@@ -58,14 +58,11 @@ MIN_SHAPES = 3          # shapes an N group needs for a line in the shape figure
 MIN_SIZES = 3           # distinct N an arch needs for its L(N) fit (api's auto rule)
 MIN_LRS = 3             # learning rates a scan needs to locate its minimum
 SHAPE_FIELDS = ("n_layer", "d_model", "n_heads", "d_attn", "d_ff")
-# the fields a schedule comparison may vary (equal-area schedules have their own peak lr)
-SCHEDULE_FIELDS = ("schedule", "lr", "warmup", "min_lr_frac", "decay_frac")
 # train fields that change how a run executes or is logged, not what it learns
 HOW_IT_RAN = ("device", "backend", "compile", "loss_impl", "eval_every", "eval_batches", "eval_positions",
               "log_every", "keep_steps", "noise_scale", "grad_accum")
 HOW_IT_RAN_PREFIX = ("cuda_", "triton_")
 ARCH_ORDER = ("gpt", "lstm", "universal")
-ARCH_COLOUR = {"gpt": "C0", "lstm": "C3", "universal": "C2"}
 FILES = {"shape": "shape.png", "arch": "arch.png", "positions_by_arch": "positions_by_arch.png",
          "other_data": "other_data.png", "lr": "lr.png", "schedule": "schedule.png"}
 
@@ -160,10 +157,6 @@ def group_by_n(Ns, tol: float = SHAPE_TOL) -> List[np.ndarray]:
     return groups
 
 
-def _g(v, nd=3) -> str:
-    return fmt(v, f".{nd}g")
-
-
 def _t975(dof: int) -> float:
     return float(student_t.ppf(0.975, dof))
 
@@ -238,9 +231,6 @@ def shape_analysis(recs: List[Rec], tol: float = SHAPE_TOL, min_shapes: int = MI
     return {"tolerance": tol, "min_shapes": min_shapes, "groups": groups, "notes": notes,
             "rule": f"runs identical but for the shape (and lr), N within {100 * tol:.0f}% of the group's smallest; "
                     f"per shape the lowest loss over its runs"}
-
-
-SERIES = {"aspect": "aspect ratio", "ff": "d_ff / d_model", "heads": "heads"}
 
 
 def _series(rows: List[dict]) -> dict:
@@ -572,10 +562,9 @@ def schedule_analysis(recs: List[Rec], lr_fn: Optional[Callable] = None) -> Opti
 class Ablations:
     """The analyses the runs support (payload, JSON-safe) and what their figures need."""
 
-    def __init__(self, payload: dict, recs: List[Rec], arch_boots=None, positions=None, lr_fn=None,
-                 arch_envelopes=None):
-        self.payload, self.recs, self.arch_boots, self.positions, self.lr_fn = payload, recs, arch_boots or {}, \
-            positions or [], lr_fn
+    def __init__(self, payload: dict, recs: List[Rec], arch_boots=None, positions=None, arch_envelopes=None):
+        # recs: a schedule run's lr_curve is the one its lr_area was summed over (recomputed by lr_fn)
+        self.payload, self.recs, self.arch_boots, self.positions = payload, recs, arch_boots or {}, positions or []
         self.arch_envelopes = arch_envelopes or {}  # {arch: lower envelope of its curves, or None}
 
 
@@ -616,10 +605,10 @@ def ablations(runs: List, point: str = "best", n_boot: int = 200, seed: int = 0,
     if sc:
         pay["schedule"] = sc
     pay = clean_json(pay)
-    for key, sec in pay.items():  # the figure each drawable analysis gets (Ablations.write draws it)
+    for key, sec in pay.items():  # the figure each drawable analysis gets (ablation_report.write_figures draws it)
         if _drawable(key, sec):
             sec["png"] = FILES[key]
-    return Ablations(pay, recs, boots, positions, lr_fn, _arch_envelopes(pay.get("arch"), recs))
+    return Ablations(pay, recs, boots, positions, _arch_envelopes(pay.get("arch"), recs))
 
 
 def _arch_envelopes(sec: Optional[dict], recs: List[Rec]) -> Dict[str, Optional[dict]]:
@@ -634,12 +623,3 @@ def _arch_envelopes(sec: Optional[dict], recs: List[Rec]) -> Dict[str, Optional[
             out[a] = None
     return out
 
-
-# ------------------------------------------------------------------------------------------------
-# Figures
-# ------------------------------------------------------------------------------------------------
-
-
-# ------------------------------------------------------------------------------------------------
-# report.md
-# ------------------------------------------------------------------------------------------------

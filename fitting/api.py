@@ -19,16 +19,17 @@ from flopscale.fileio import atomic_write_bytes
 
 from .ablations import ablations
 from .backtest import backtest, largest_budget_split, load_points
-from .estimator import HUBER_DELTA, N_BOOT, FitError, as_columns, check_points, fit, parse_fix
+from .estimator import N_BOOT, FitError, as_columns, check_points, fit, parse_fix
 from .isoflop import TOL_DEX, WINDOW_DEX, fit_isoflop
+from .laws import HUBER_DELTA
 from .plan import study_plans
 from .positions import position_fits
 from .report import print_summary, write_report
-from .results import PANEL_FILES, FitEntry, FitResults, build_payload
+from .results import PANEL_FILES, FitEntry, FitResults
 from .runs import read_csv
 from .selection import (ALL_LAWS, COMPUTE, fixed_d_runs, parse_laws, plan_groups, plan_runs, plan_table,
                         resliced_points, side_by_side, to_s_min)
-from .study import study_from_table
+from .study import build_payload, study_from_table
 from .writes import check_out_dir, write_error
 
 __all__ = ["fit_and_report", "ALL_LAWS", "COMPUTE", "fixed_d_runs", "resliced_points"]

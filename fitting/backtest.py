@@ -1,9 +1,9 @@
 """Backtest a law: fit on the rows with COL <= VALUE, predict the rest, measure the error.
 
-    from flopscale.fitting.backtest import backtest, backtest_markdown, load_points
+    from flopscale.fitting.backtest import backtest, load_points
     cols = load_points(csv="points.csv")                       # or load_points(paths=["sweeps/s"], law="chinchilla")
     bt = backtest(cols, "chinchilla", "C=1e20")                # {"n_train", "n_test", "mape", "bias", ...}
-    print(backtest_markdown(bt))
+    print(outlook_report.backtest_markdown(bt))
 
 Errors are in percent of the observed target (the loss; B for bcrit): pct = 100 (pred / obs - 1);
 ``mape`` is the mean of |pct|, ``bias`` the mean of pct, ``max_abs_pct_err`` the largest |pct|.
@@ -182,22 +182,3 @@ def load_points(csv: Optional[str] = None, paths: Optional[Sequence[str]] = None
     if law == "d":
         return best_per(pts, "D")
     return pts
-
-
-# ------------------------------------------------------------------------------------------------
-# Presentation (reads a backtest dict)
-# ------------------------------------------------------------------------------------------------
-
-def backtest_markdown(bt: Dict, title: Optional[str] = None) -> str:
-    a = bt["allocation_exponent"]
-    f = lambda v: "—" if v is None else f"{v:.4g}"
-    lines = [f"### {title or 'Backtest of ' + bt['law'] + ': ' + bt['split']['rule']}", "",
-             f"Fitted on {bt['n_train']} points, predicted {bt['n_test']}; errors in percent of the observed "
-             f"{bt['target']}.", "",
-             "| MAPE % | bias % | max abs % | coverage of 90% PI | a (split) | a (full) | change |",
-             "| --- | --- | --- | --- | --- | --- | --- |",
-             f"| {bt['mape']:.3g} | {bt['bias']:+.3g} | {bt['max_abs_pct_err']:.3g} | {100 * bt['coverage90']:.0f}% "
-             f"({bt['n_test']} points) | {f(a['split'])} | {f(a['full'])} | {f(a['change'])} |", "",
-             f"Intervals: {bt['pi_method']}.", ""]
-    lines += [f"- {'**WARN** ' if g['warn'] else ''}{g['message']}" for g in bt["guards"]]
-    return "\n".join(lines) + "\n"

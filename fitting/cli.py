@@ -42,8 +42,9 @@ import sys
 from flopscale.fileio import atomic_write_text
 
 from .api import ALL_LAWS, COMPUTE, fit_and_report
-from .estimator import HUBER_DELTA, N_BOOT, FitError
+from .estimator import N_BOOT, FitError
 from .isoflop import TOL_DEX, WINDOW_DEX
+from .laws import HUBER_DELTA
 from .writes import check_out_file, write_error
 
 

@@ -45,9 +45,8 @@ from scipy.optimize import minimize
 from tqdm import tqdm
 
 from ._threads import single_thread_blas
-from .laws import LAWS, Law, chinchilla_allocation
+from .laws import HUBER_DELTA, LAWS, Law, chinchilla_allocation
 
-HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, approach 3
 N_BOOT = 200
 # Every input and target of a fit lies in [1/MAX_VALUE, MAX_VALUE]: 1e40 is far above any N, D or C
 # (FLOPs) of a real run, and beyond it powers like N^alpha leave float range (N = 1e300 fitted as a

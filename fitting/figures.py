@@ -15,9 +15,8 @@ from typing import List
 
 import numpy as np
 
-from .laws import LAWS, PAPER, PF_DAY
+from .laws import LAWS, PAPER, PF_DAY, POSITION_FORMULA, position_law
 from .plotting import bootstrap_band, save_figure
-from .positions import FORMULA as POSITION_FORMULA, position_law
 from .results import FitEntry
 
 

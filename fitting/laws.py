@@ -71,6 +71,20 @@ PAPER_ALLOCATION_EMPIRICAL = {"N": 0.73, "B": 0.24, "S": 0.03}
 KAPLAN_LR_D1 = (0.003239, -0.0001395)
 
 
+# Hoffmann et al. 2022, approach 3: the Huber loss's delta on log-loss residuals, the estimator's
+# default (fitting/estimator.py) and the report's statement of it when no fit says otherwise.
+HUBER_DELTA = 1e-3
+
+# Kaplan et al. 2020, Figure 20 (Appendix D): the loss at context position t, a power law in t with
+# a floor; fitting/positions.py fits it to each run's per-position losses.
+POSITION_FORMULA = "L(t) = L_inf + (t_c/t)^alpha_t"
+
+
+def position_law(t: np.ndarray, L_inf: float, t_c: float, alpha_t: float) -> np.ndarray:
+    """POSITION_FORMULA at positions t (t = 1: the token after one of context)."""
+    return L_inf + (t_c / t) ** alpha_t
+
+
 def kaplan_lr(N):
     """Kaplan et al.'s eq. D.1, lr(N) = 0.003239 - 0.0001395 ln N."""
     return KAPLAN_LR_D1[0] + KAPLAN_LR_D1[1] * np.log(np.asarray(N, float))

@@ -5,6 +5,7 @@ numbers far from 1 switch to exponent notation.
     fmt(0.07612)               # '0.0761'
     fmt(None)                  # '—'
     fmt(2.5e-5, ".4g", sci=True)   # '2.500e-05'
+    sig(1234.5, 2)             # '1.2e+03'
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def fmt(v, spec: str = ".3g", missing: str = MISSING, sci: bool = False) -> str:
         if not (1e-3 <= abs(v) < 1e5 or v == 0):
             return f"{v:.3e}"
     return f"{v:{spec}}"
+
+
+def sig(v, nd: int = 3) -> str:
+    """``nd`` significant figures (fmt with ".{nd}g"): the ablations' numbers."""
+    return fmt(v, f".{nd}g")
 
 
 def fmt_short_sci(v: float) -> str:

@@ -1,11 +1,11 @@
 """From fitted laws to a training plan: N_opt, D_opt, shape, batch, lr, steps, loss with its interval, guards.
 
-    from flopscale.fitting.plan import plan_from_prior, plan_from_fits, plan_markdown
+    from flopscale.fitting.plan import plan_from_prior, plan_from_fits
     p = plan_from_prior("chinchilla", 1e21)                 # p["N_opt"], p["D_opt"], p["loss"], p["guards"]
     p = plan_from_fits(json.load(open("report/fits.json")), 10 * C_max, boot={"chinchilla": draws})
-    print(plan_markdown(p))
+    print(outlook_report.plan_markdown(p))
 
-This module is compute only (it returns plain dicts; plan_markdown only reads one).  It imports
+This module is compute only (it returns plain dicts; fitting/outlook_report.py writes them as markdown).  It imports
 nothing of the project above fitting/: the model shape's exact N and FLOPs per token come in as
 callables (``shape_fns``: flopscale/planning.py builds them from engine/flops.py), and so does the
 measured throughput.  Without them the plan has no model shape and no wall time (null).
@@ -42,7 +42,6 @@ from scipy.optimize import brentq, minimize_scalar
 from scipy.stats import norm
 
 from .estimator import FitError, fit_power
-from .numbers import fmt
 from .laws import LAWS, PAPER, PF_DAY, PRIORS, allocation, b_crit, chinchilla_allocation, eq_d1_text, predict
 
 FLAT_TOL = 0.005          # the flat range: N where the loss at fixed C is within 0.5% of the best
@@ -657,43 +656,3 @@ def study_plans(fits, factors=(10, 100), **kw) -> List[Dict]:
     if not cmax:
         raise FitError("fits: the study's largest C is not known")
     return [make_plan(spec, f * cmax, **kw) for f in factors]
-
-
-# ------------------------------------------------------------------------------------------------
-# Presentation (reads a plan dict, computes nothing)
-# ------------------------------------------------------------------------------------------------
-
-def _g(v, unit: str = "") -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_g(x) for x in v) + "]"
-    return (fmt(v, ".4g") if isinstance(v, float) else f"{v}") + unit
-
-
-def plan_markdown(p: Dict, title: Optional[str] = None) -> str:
-    """A markdown section for a plan dict (report.md, or `flopscale plan` text output)."""
-    lines = [f"### {title or 'Plan at C = ' + _g(p['budget'])}", "", f"Source: {p['source']}.", ""]
-    m = p.get("model")
-    rows = [("N_opt", _g(p["N_opt"]), p["sources"].get("N_opt, D_opt", "")),
-            ("D_opt (tokens)", _g(p["D_opt"]), ""), ("tokens per parameter", _g(p["tokens_per_param"]), "")]
-    if p.get("epochs") is not None:
-        rows.append(("epochs over the unique tokens", _g(p["epochs"]), p["sources"].get("data-constrained", "")))
-    if m:
-        rows.append(("model", f"n_layer {m['n_layer']}, d_model {m['d_model']}, n_heads {m['n_heads']}, d_ff {m['d_ff']}"
-                     f" (N {m['N']:,}, aspect {m['aspect']:.3g})", p["sources"].get("model", "")))
-    rows += [("batch", f"{p['batch_size']} x {p['n_ctx']} = {p['batch_size_tokens']:,} tokens",
-              p["sources"].get("batch_size_tokens", "")),
-             ("lr", _g(p["lr"]), p["sources"].get("lr", "")),
-             ("steps / warmup", f"{p['steps']:,} / {p['warmup_steps']:,} ({p['schedule']})", p["sources"].get("warmup_steps", "")),
-             ("loss", f"{_g(p['loss']['value'])} (90% PI {_g(p['loss']['pi90'])})", p["loss"]["pi90_method"]),
-             ("wall time", "—" if p["wall_time_s"] is None else f"{p['wall_time_s'] / 3600:.3g} h",
-              (p.get("throughput") or {}).get("source", "no throughput given"))]
-    cmp_ = p["compute"]
-    rows.append(("compute", f"law {cmp_['law']} ({cmp_['N_counts']}): {_g(cmp_['C_law'])}"
-                 + (f"; exact non-embedding {_g(cmp_['C_nonembedding'])}, all {_g(cmp_['C_all'])}" if "C_all" in cmp_ else ""), ""))
-    lines += ["| quantity | value | from |", "| --- | --- | --- |"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lines += ["", "Guards:", ""] + [f"- {'**WARN** ' if g['warn'] else ''}{g['name']}: {g['message']}" for g in p["guards"]]
-    if p.get("warnings"):
-        lines += [""] + [f"- note: {w}" for w in p["warnings"]]
-    return "\n".join(lines) + "\n"

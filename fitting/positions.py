@@ -24,16 +24,13 @@ from typing import List, Optional
 import numpy as np
 from scipy.optimize import least_squares
 
-FORMULA = "L(t) = L_inf + (t_c/t)^alpha_t"
+from .laws import POSITION_FORMULA
+
 POSITIONS = "positions.jsonl"
 
 
-def position_law(t: np.ndarray, L_inf: float, t_c: float, alpha_t: float) -> np.ndarray:
-    return L_inf + (t_c / t) ** alpha_t
-
-
 def fit_position_law(losses) -> dict:
-    """Fit FORMULA to losses[t-1], t = 1..len(losses): {"params", "rmse", "n_points"}."""
+    """Fit POSITION_FORMULA (fitting/laws.py) to losses[t-1], t = 1..len(losses): {"params", "rmse", "n_points"}."""
 
     y = np.asarray(losses, dtype=float)
     if y.size < 4 or not np.all(np.isfinite(y)):
@@ -86,7 +83,7 @@ def position_fits(run_dirs: List[str]) -> List[dict]:
             pass
         losses = row["val_loss_by_position"]
         entry = {"run": d, "arch": cfg.get("model", {}).get("arch", "gpt"), "N": cfg.get("N"), "step": row["step"],
-                 "formula": FORMULA, "losses": losses}
+                 "formula": POSITION_FORMULA, "losses": losses}
         try:
             entry.update(fit_position_law(losses))
         except ValueError as e:

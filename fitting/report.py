@@ -1,7 +1,8 @@
 """The markdown report and the report directory (presentation: reads results, never fits).
 
     from flopscale.fitting.estimator import fit
-    from flopscale.fitting.results import FitEntry, FitResults, build_payload
+    from flopscale.fitting.results import FitEntry, FitResults
+    from flopscale.fitting.study import build_payload
     from flopscale.fitting.report import write_report
     res, boot = fit("n", cols, return_boot=True)
     entries = (FitEntry(res, boot, cols, source="csv"),)
@@ -23,16 +24,13 @@ from typing import Dict, List, Optional
 from flopscale.fileio import atomic_write_text
 
 from .ablation_report import sections, write_figures as write_ablation_figures
-from .backtest import backtest_markdown
-from .estimator import HUBER_DELTA
 from .figures import plot_entry, plot_frontier, plot_positions
-from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PF_DAY, allocation_exponents
+from .laws import (HUBER_DELTA, PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PAPER_SOURCES, PF_DAY,
+                   POSITION_FORMULA, allocation_exponents)
 from .numbers import fmt, fmt_short_sci
+from .outlook_report import outlook_section
 from .panels import write_panels
-from .plan import plan_markdown
-from .positions import FORMULA as POSITION_FORMULA
 from .results import PANEL_FILES, FitEntry, FitResults, frontier_entries, frontiers_by_compute
-from .study import sources_note
 
 UNITS = {"k_N": "params / FLOP^a", "k_D": "tokens / FLOP^b", "R_D_star": "repetitions", "R_N_star": "excess-parameter ratio",
          "N_c": "params", "D_c": "tokens", "C_c": "FLOPs", "S_c": "steps", "B_star": "tokens",
@@ -204,7 +202,7 @@ def _study_section(s: Optional[dict]) -> List[str]:
         r = s.get(k + "_range")
         return "—" if not r else f"{_fmt(r[0])} to {_fmt(r[1])}{unit} ({math.log10(r[1] / r[0]):.2f} decades)"
     out = ["## About this study", "",
-           f"| quantity | range |", "| --- | --- |",
+           "| quantity | range |", "| --- | --- |",
            f"| {'runs' if s['source'] == 'runs' else 'table rows'} | {s['n_runs']} ({s['n_sizes']} model sizes"
            + (f"; depths {', '.join(map(str, s['n_layers']))} layers" if s.get("n_layers") else "") + ") |",
            f"| N, non-embedding parameters | {rg('N')} |",
@@ -272,7 +270,7 @@ def _exponent_section(rows: List[dict]) -> List[str]:
         out.append(f"| {r['quantity']} | `{r['fit']}` | {r.get('compute') or '—'} | {_fmt(r['value'])} | "
                    f"{_ci_text(r['ci95']) if r['ci95'] is not None else '—'} | {_fmt(r['kaplan'])} | "
                    f"{_fmt(r['hoffmann'])} | {r.get('note', '')} |")
-    return out + ["", "Reference numbers:", ""] + sources_note() + [""]
+    return out + ["", "Reference numbers:", ""] + [f"- {k}: {v}" for k, v in PAPER_SOURCES.items()] + [""]
 
 
 def _caveat_section(lines: Dict[str, str]) -> List[str]:
@@ -301,27 +299,9 @@ def write_report(out_dir: str, results: FitResults) -> Dict[str, str]:
     atomic_write_text(fj, results.to_json())
     written["fits.json"] = fj
     rp = os.path.join(out_dir, "report.md")
-    atomic_write_text(rp, "\n".join(markdown(entries, payload, pngs, written.get("positions")) + _outlook_section(payload)))
+    atomic_write_text(rp, "\n".join(markdown(entries, payload, pngs, written.get("positions")) + outlook_section(payload)))
     written["report.md"] = rp
     return written
-
-
-def _outlook_section(payload: dict) -> List[str]:
-    """The study's outlook (payload["outlook"], sweeps only): plans beyond its largest budget and a
-    backtest of that budget from the smaller ones."""
-    o = payload.get("outlook")
-    if not o:
-        return []
-    md = ["## Beyond the study: plans at 10x and 100x its largest budget, and a backtest", ""]
-    for p in o.get("plans", []):
-        md.append(plan_markdown(p))
-    if "plans_skipped" in o:
-        md += [f"No plan: {o['plans_skipped']}.", ""]
-    if "backtest" in o:
-        md.append(backtest_markdown(o["backtest"], title="Backtest: the largest budget predicted from the smaller ones"))
-    if "backtest_skipped" in o:
-        md += [f"No backtest: {o['backtest_skipped']}.", ""]
-    return md
 
 
 def draw_figures(out_dir: str, entries: List[FitEntry], payload: dict, frontier_curves, study, ablations):

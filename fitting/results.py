@@ -1,11 +1,13 @@
-"""The results of one `fit` request (compute): what fits.json serialises, and the fits behind it.
+"""The results of one `fit` request: what fits.json serialises, the fits behind it, and the readers
+of that payload.  The bottom of fitting/'s layers: it imports nothing of the package.
 
-    from flopscale.fitting.results import FitEntry, build_payload
-    payload = build_payload(entries, frontiers=..., inputs="33 run directories under ...")
-    # the fits.json content: strict JSON (NaN and inf as null); docs/ARCHITECTURE.md gives the schema
+    from flopscale.fitting.results import FitEntry, FitResults, frontiers_by_compute
+    results.payload                     # the fits.json content (study.build_payload; the schema: docs/ARCHITECTURE.md)
+    frontiers_by_compute(results.payload)   # {"nonembedding": {...}, "all": {...}}
 
 FitEntry keeps one fit with what its figure needs (the bootstrap parameters and the points).
-The presentation modules (figures.py, panels.py, report.py) read these and never change them.
+Compute modules build these; the presentation modules (figures.py, panels.py, report.py,
+ablation_report.py, outlook_report.py) read them and never change them.
 """
 
 from __future__ import annotations
@@ -13,12 +15,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
-
-from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, allocation_exponents
-from .study import caveats, exponent_rows, frontier_entries, frontiers_by_compute  # noqa: F401 (re-exported)
 
 
 # The report's six panels and the overview, one PNG each (drawn by panels.py): fits.json names them
@@ -26,6 +25,12 @@ from .study import caveats, exponent_rows, frontier_entries, frontiers_by_comput
 PANELS = {"1": "panel1_loss_vs_compute.png", "2": "panel2_loss_vs_data.png", "3": "panel3_loss_vs_params.png",
           "4": "panel4_allocation.png", "5": "panel5_bcrit.png", "6": "panel6_isoflop.png"}
 PANEL_FILES = {**{f"panel{k}": v for k, v in PANELS.items()}, "overview": "overview.png"}
+
+# The ablations' vocabulary (fits.json "ablations", built by ablations.py, drawn by ablation_report.py):
+# the fields a schedule comparison may vary (equal-area schedules have their own peak lr), and the
+# shape series at fixed N, by key, with the name the report gives each.
+SCHEDULE_FIELDS = ("schedule", "lr", "warmup", "min_lr_frac", "decay_frac")
+SERIES = {"aspect": "aspect ratio", "ff": "d_ff / d_model", "heads": "heads"}
 
 
 @dataclass(frozen=True)
@@ -59,36 +64,6 @@ def clean_json(o):
 
 
 
-def build_payload(entries: List[FitEntry], *, frontiers: Optional[dict] = None, compute: str = "nonembedding",
-                  batch: Optional[dict] = None, inputs: str = "", skipped: Optional[Dict[str, str]] = None,
-                  study: Optional[dict] = None) -> dict:
-    """The fits.json content (strict JSON: NaN and inf as null). study: study.summarise's dict."""
-    payload = {"inputs": inputs, "fits": [dict(e.fit, source=e.source, name=e.stem) for e in entries]}
-    frontiers = frontiers or {}
-    for conv, fr in frontiers.items():
-        key = "frontier" if conv == compute else f"frontier_{conv}"
-        payload[key] = {k: v for k, v in fr.items() if k != "L_C"}  # law `c` is its own entry in "fits"
-    if batch is not None:
-        payload["batch"] = batch
-    if skipped:
-        payload["skipped"] = skipped
-    by = {e.fit["law"]: e.fit for e in entries}
-    if "ns" in by and "bcrit" in by:
-        payload["allocation"] = allocation_exponents(by["ns"]["params"]["alpha_N"], by["ns"]["params"]["alpha_S"],
-                                                     by["bcrit"]["params"]["alpha_B"])
-    payload["allocation_paper"] = {"derived": allocation_exponents(PAPER["ns"]["alpha_N"], PAPER["ns"]["alpha_S"],
-                                                                   PAPER["bcrit"]["alpha_B"]),
-                                   "empirical": PAPER_ALLOCATION_EMPIRICAL,
-                                   "hoffmann_table2": PAPER_ALLOCATION_HOFFMANN}
-
-    payload = clean_json(payload)
-    if study is not None:
-        payload["study"] = clean_json(study)
-    payload["exponents"] = clean_json(exponent_rows(payload, study))
-    payload["caveats"] = caveats(payload, study)
-    return payload
-
-
 @dataclass(frozen=True)
 class FitResults:
     """What one request computed: `payload` is the fits.json content (`to_json` is the file, byte for
@@ -110,3 +85,13 @@ def approach3_rows(payload: dict, fit_name: str) -> Dict[str, dict]:
     payload["exponents"] holds it (value, ci95): the panels read it instead of recomputing it."""
     return {r["compute"]: r for r in payload.get("exponents") or []
             if r.get("fit") == fit_name and r["quantity"].startswith("N_opt ~ C^a, approach 3")}
+
+
+def frontier_entries(payload) -> Dict[str, dict]:
+    """The payload's compute frontiers by key ("frontier", "frontier_all"): the one scan for them."""
+    return {k: v for k, v in payload.items() if k == "frontier" or k.startswith("frontier_")}
+
+
+def frontiers_by_compute(payload) -> Dict[str, dict]:
+    """The payload's compute frontiers by their convention ("nonembedding", "all")."""
+    return {v.get("compute", "nonembedding"): v for v in frontier_entries(payload).values()}

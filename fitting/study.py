@@ -1,10 +1,12 @@
-"""What a set of runs (or a table) spans, the exponent table against the papers, and one line per law
-saying what this study can and cannot tell. report.py renders them; fits.json carries them.
+"""What a set of runs (or a table) spans, the exponent table against the papers, one line per law
+saying what this study can and cannot tell, and the fits.json payload that carries them all.
+report.py renders them.
 
-    from flopscale.fitting.study import study_from_runs, exponent_rows, caveats
+    from flopscale.fitting.study import study_from_runs, exponent_rows, caveats, build_payload
     st = study_from_runs(load_runs(["sweeps/s/runs"]))     # {"summary": {...}, "runs": [...], "curves": [...]}
     rows = exponent_rows(payload, st["summary"])            # [{"quantity", "fit", "value", "ci95", ...}]
     lines = caveats(payload, st["summary"])                 # {fit name: one line}
+    payload = build_payload(entries, frontiers=..., inputs="33 run directories under ...", study=st["summary"])
 
 Cooldown branches: a run whose config.json `train` holds "init_from": "PARENT_DIR@STEP" started
 from another run's checkpoint (a warmup-stable-decay cooldown). Its points enter every fit like
@@ -21,8 +23,9 @@ import numpy as np
 
 from .estimator import FitError, fit_power
 from .frontier import run_curve
-from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PAPER_SOURCES
+from .laws import PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, allocation_exponents
 from .numbers import fmt
+from .results import FitEntry, clean_json, frontiers_by_compute
 from .runs import load_run, run_point
 
 CONVENTIONS = ("nonembedding", "all")
@@ -171,16 +174,6 @@ def summarise(rows: List[Dict], source: str) -> Dict:
 
 def _fits_by_name(payload) -> Dict[str, dict]:
     return {f.get("name", f["law"]): f for f in payload.get("fits", [])}
-
-
-def frontier_entries(payload) -> Dict[str, dict]:
-    """The payload's compute frontiers by key ("frontier", "frontier_all"): the one scan for them."""
-    return {k: v for k, v in payload.items() if k == "frontier" or k.startswith("frontier_")}
-
-
-def frontiers_by_compute(payload) -> Dict[str, dict]:
-    """The payload's compute frontiers by their convention ("nonembedding", "all")."""
-    return {v.get("compute", "nonembedding"): v for v in frontier_entries(payload).values()}
 
 
 def approach3(fit: dict, summary: Optional[Dict]) -> List[Dict]:
@@ -430,6 +423,35 @@ def _approach_caveats(payload: dict, s: Dict) -> Dict[str, str]:
     return out
 
 
-def sources_note() -> List[str]:
-    """Where each reference number comes from (laws.PAPER_SOURCES)."""
-    return [f"- {k}: {v}" for k, v in PAPER_SOURCES.items()]
+# ------------------------------------------------------------------------------------------------
+# The fits.json payload
+# ------------------------------------------------------------------------------------------------
+
+def build_payload(entries: List[FitEntry], *, frontiers: Optional[dict] = None, compute: str = "nonembedding",
+                  batch: Optional[dict] = None, inputs: str = "", skipped: Optional[Dict[str, str]] = None,
+                  study: Optional[dict] = None) -> dict:
+    """The fits.json content (strict JSON: NaN and inf as null). study: study.summarise's dict."""
+    payload = {"inputs": inputs, "fits": [dict(e.fit, source=e.source, name=e.stem) for e in entries]}
+    frontiers = frontiers or {}
+    for conv, fr in frontiers.items():
+        key = "frontier" if conv == compute else f"frontier_{conv}"
+        payload[key] = {k: v for k, v in fr.items() if k != "L_C"}  # law `c` is its own entry in "fits"
+    if batch is not None:
+        payload["batch"] = batch
+    if skipped:
+        payload["skipped"] = skipped
+    by = {e.fit["law"]: e.fit for e in entries}
+    if "ns" in by and "bcrit" in by:
+        payload["allocation"] = allocation_exponents(by["ns"]["params"]["alpha_N"], by["ns"]["params"]["alpha_S"],
+                                                     by["bcrit"]["params"]["alpha_B"])
+    payload["allocation_paper"] = {"derived": allocation_exponents(PAPER["ns"]["alpha_N"], PAPER["ns"]["alpha_S"],
+                                                                   PAPER["bcrit"]["alpha_B"]),
+                                   "empirical": PAPER_ALLOCATION_EMPIRICAL,
+                                   "hoffmann_table2": PAPER_ALLOCATION_HOFFMANN}
+
+    payload = clean_json(payload)
+    if study is not None:
+        payload["study"] = clean_json(study)
+    payload["exponents"] = clean_json(exponent_rows(payload, study))
+    payload["caveats"] = caveats(payload, study)
+    return payload

@@ -219,7 +219,8 @@ def train_args(plan: Dict, out: str) -> list:
 
 def run_plan(a) -> int:
     from flopscale.fitting.api import read_bootstrap
-    from flopscale.fitting.plan import fits_spec, make_plan, plan_markdown, prior_spec
+    from flopscale.fitting.outlook_report import plan_markdown
+    from flopscale.fitting.plan import fits_spec, make_plan, prior_spec
 
     if a.fits:
         try:
@@ -295,7 +296,8 @@ def add_backtest_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def run_backtest(a) -> int:
-    from flopscale.fitting.backtest import backtest, backtest_markdown, load_points
+    from flopscale.fitting.backtest import backtest, load_points
+    from flopscale.fitting.outlook_report import backtest_markdown
 
     if a.n_boot < 0:
         raise ValueError(f"--n-boot must be >= 0, got {a.n_boot}")

@@ -9,7 +9,8 @@ import pytest
 
 from flopscale.cli import main
 from flopscale.fitting import predict
-from flopscale.fitting.backtest import allocation_exponent, backtest, backtest_markdown, load_points
+from flopscale.fitting.backtest import allocation_exponent, backtest, load_points
+from flopscale.fitting.outlook_report import backtest_markdown
 from flopscale.fitting.laws import PAPER
 
 SEEDS = 60  # x 4 held-out points each: 240 points, about 2 s

@@ -39,7 +39,8 @@ def test_positions_average_to_the_eval_loss(arch, small_corpus, tmp_path):
 def test_position_law_recovered_from_synthetic_curve():
     import numpy as np
 
-    from flopscale.fitting.positions import fit_position_law, position_law
+    from flopscale.fitting.laws import position_law
+    from flopscale.fitting.positions import fit_position_law
 
     t = np.arange(1, 65, dtype=float)
     y = position_law(t, 3.2, 7.5, 0.6) * (1 + 1e-4 * np.sin(t))  # a hair of noise

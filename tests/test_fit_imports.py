@@ -126,8 +126,39 @@ def test_the_cycle_finder_sees_a_function_local_cycle(tmp_path):
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-# Presentation reads results: none of these modules imports a function that fits or builds results.
-PRESENTATION = ("plotting", "figures", "panels", "report", "ablation_report")
+# fitting/'s layers (docs/ARCHITECTURE.md): compute builds the results, presentation reads them,
+# orchestration (api, cli, writes) calls both.  numbers.py, the one number formatter, serves both
+# (caveats and plan notes are text too); results.py is the bottom and imports nothing of fitting/.
+PRESENTATION = ("plotting", "figures", "panels", "report", "ablation_report", "outlook_report")
+ORCHESTRATION = ("__init__", "api", "cli", "writes")
+# what a presentation module may import from fitting/: the results, the laws, the plotting helpers
+PRESENTATION_MAY_IMPORT = {"results", "laws", "numbers", *PRESENTATION}
+
+
+def _layer_edges():
+    return {m: ts - {"__init__"} for m, ts in package_graph("fitting").items()}
+
+
+@pytest.mark.parametrize("name", PRESENTATION)
+def test_presentation_imports_only_results_laws_and_plotting(name):
+    bad = _layer_edges()[name] - PRESENTATION_MAY_IMPORT
+    assert not bad, f"fitting/{name}.py (presentation) imports {sorted(bad)}: only {sorted(PRESENTATION_MAY_IMPORT)}"
+
+
+def test_compute_imports_no_presentation_and_results_imports_nothing():
+    g = _layer_edges()
+    for m, ts in g.items():
+        if m not in PRESENTATION and m not in ORCHESTRATION:
+            assert not ts & set(PRESENTATION), f"fitting/{m}.py (compute) imports presentation {sorted(ts & set(PRESENTATION))}"
+    assert g["results"] == set(), f"fitting/results.py imports {sorted(g['results'])}"
+    assert g["numbers"] == set(), f"fitting/numbers.py imports {sorted(g['numbers'])}"
+
+
+def test_every_fitting_module_has_a_layer():
+    compute = set(_layer_edges()) - set(PRESENTATION) - set(ORCHESTRATION)
+    # a new module lands in one of the three on purpose: name it here when it is compute
+    assert compute == {"_threads", "ablations", "backtest", "batch", "estimator", "frontier", "isoflop", "laws",
+                       "numbers", "plan", "positions", "results", "runs", "selection", "study", "synth"}
 FITTERS = {"fit", "fit_power", "fit_isoflop", "frontier", "lower_envelope", "fit_position_law", "position_fits",
            "ablations", "build_payload", "approach3", "fit_and_report", "plan_runs", "plan_table", "load_runs",
            "load_run"}

@@ -305,7 +305,8 @@ def test_lr_from_the_studys_scans_and_aspect_from_its_shape_runs():
 
 
 def test_study_plans_at_10x_and_100x(synthetic_study):
-    from flopscale.fitting.plan import plan_markdown, study_plans
+    from flopscale.fitting.outlook_report import plan_markdown
+    from flopscale.fitting.plan import study_plans
 
     payload, boot = synthetic_study
     plans = study_plans(payload, boot={"chinchilla": boot})
