@@ -374,66 +374,100 @@ def make_plan(spec: Dict, budget: float, *, unique_tokens: Optional[float] = Non
               n_ctx: int = 1024, throughput: Optional[Dict] = None, seed: int = 0) -> Dict:
     """The plan at ``budget`` (FLOPs, in the law's convention) from ``spec`` (plan_from_prior /
     plan_from_fits build it).  shape_fns: the exact N and FLOPs per token of a shape (else no shape,
-    no wall time); throughput: {"flops_per_s" or "tokens_per_s", "source"}."""
+    no wall time); throughput: {"flops_per_s" or "tokens_per_s", "source"}.  Its keys come in the
+    order of the steps below (ARCHITECTURE.md lists them)."""
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise FitError(f"plan: the budget must be a positive number of FLOPs, got {budget!r}")
-    law, params = spec["law"], spec["params"]
     sources: Dict[str, str] = {}
     warnings: List[str] = list(spec.get("warnings", []))
-    plan_law, plan_params, draws_law = law, params, law
-    if unique_tokens is not None:
-        if not unique_tokens > 0:
-            raise FitError(f"--unique-tokens must be positive, got {unique_tokens}")
-        if law not in ("chinchilla", "data-constrained"):
-            raise FitError(f"--unique-tokens needs a Chinchilla-form law (the data-constrained law of Muennighoff et al. "
-                           f"2023 builds on it); {spec['source']} has law {law!r}")
-        plan_params = _dc_params(params, spec.get("dc_params"))
-        plan_law = "data-constrained"
-        sources["data-constrained"] = spec.get("dc_source") or (
-            "Muennighoff et al. 2023: R_D*, R_N* of their C4 fit (PAPER['data-constrained']) on this law's "
-            "E, A, B, alpha, beta")
+    plan_law, plan_params = _plan_law(spec, unique_tokens, sources)
+    out, loss = _allocation(spec, plan_law, plan_params, budget, unique_tokens, sources)
+    N_opt, D_opt = out["N_opt"], out["D_opt"]
+    out["compute"] = {"law": spec["compute"], "N_counts": spec["N_counts"], "C_law": float(budget)}
+    out["model"] = model = _shape(spec, out, shape_fns, n_ctx, warnings)
+    sources["model"] = f"exact N of the shape (engine/flops.py), aspect ratio {spec['aspect']:.3g} from {spec['aspect_source']}"
+    C_ds = budget if model is None else out["compute"].get("C_nonembedding", budget)
+    _batch(spec, loss, C_ds, n_ctx, out, sources)
+    out["lr"], how = _lr(spec, N_opt, C_ds, warnings)
+    sources["lr"] = how or "none"
+    _steps(out, sources)
+    out["loss"] = _loss_interval(spec, plan_law, loss, N_opt, D_opt, unique_tokens, seed, warnings)
+    sources["loss"] = f"{plan_law} law at (N_opt, D_opt)"
+    out["wall_time_s"], out["throughput"] = _wall_time(throughput, model, D_opt, warnings)
+    flat = flat_range(plan_law, plan_params, budget, N_opt, loss, unique_tokens)
+    out["guards"] = make_guards(budget, N_opt, D_opt, spec.get("fitted", {}), flat, spec.get("crossover"),
+                                spec.get("crossover_source", ""), spec["compute"])
+    out["warn"] = [g["message"] for g in out["guards"] if g["warn"]]
+    out["sources"] = sources
+    out["warnings"] = warnings
+    return out
+
+
+def _plan_law(spec: Dict, unique_tokens: Optional[float], sources: Dict) -> tuple:
+    """(law, params) the plan optimises: the spec's, or with --unique-tokens the data-constrained
+    law built on its Chinchilla form."""
+    law, params = spec["law"], spec["params"]
+    if unique_tokens is None:
+        return law, params
+    if not unique_tokens > 0:
+        raise FitError(f"--unique-tokens must be positive, got {unique_tokens}")
+    if law not in ("chinchilla", "data-constrained"):
+        raise FitError(f"--unique-tokens needs a Chinchilla-form law (the data-constrained law of Muennighoff et al. "
+                       f"2023 builds on it); {spec['source']} has law {law!r}")
+    sources["data-constrained"] = spec.get("dc_source") or (
+        "Muennighoff et al. 2023: R_D*, R_N* of their C4 fit (PAPER['data-constrained']) on this law's "
+        "E, A, B, alpha, beta")
+    return "data-constrained", _dc_params(params, spec.get("dc_params"))
+
+
+def _allocation(spec: Dict, plan_law: str, plan_params: Dict, budget: float, unique_tokens: Optional[float],
+                sources: Dict) -> tuple:
+    """(the plan's first keys: N_opt, D_opt, tokens per parameter, epochs; the predicted loss)."""
     opt = optimum(plan_law, plan_params, budget, unique_tokens)
-    N_opt, D_opt, loss = opt["N"], opt["D"], opt["loss"]
+    N_opt, D_opt = opt["N"], opt["D"]
     sources["N_opt, D_opt"] = spec["allocation_source"] if plan_law != "data-constrained" else \
         "the data-constrained law minimised over N at C = 6 N D"
     out: Dict = {"source": spec["source"], "law": plan_law, "params": plan_params, "budget": float(budget),
                  "N_opt": float(N_opt), "D_opt": float(D_opt), "tokens_per_param": float(D_opt / N_opt)}
     if "a" in opt:
         out["allocation_exponents"] = {"a": opt["a"], "b": opt["b"]}
-    if unique_tokens is not None:
-        ref = optimum(law if law != "data-constrained" else "chinchilla",
-                      {k: plan_params[k] for k in ("E", "A", "B", "alpha", "beta")}, budget)
-        out["unique_tokens"] = float(unique_tokens)
-        out["epochs"] = float(D_opt / unique_tokens)
-        out["unconstrained"] = {"N_opt": ref["N"], "D_opt": ref["D"], "loss": ref["loss"],
-                                "epochs": float(ref["D"] / unique_tokens)}
-    else:
+    if unique_tokens is None:
         out["unique_tokens"], out["epochs"] = None, None
+        return out, opt["loss"]
+    law = spec["law"]
+    ref = optimum(law if law != "data-constrained" else "chinchilla",
+                  {k: plan_params[k] for k in ("E", "A", "B", "alpha", "beta")}, budget)
+    out["unique_tokens"] = float(unique_tokens)
+    out["epochs"] = float(D_opt / unique_tokens)
+    out["unconstrained"] = {"N_opt": ref["N"], "D_opt": ref["D"], "loss": ref["loss"],
+                            "epochs": float(ref["D"] / unique_tokens)}
+    return out, opt["loss"]
 
-    # --- compute conventions ---------------------------------------------------------------------
-    out["compute"] = {"law": spec["compute"], "N_counts": spec["N_counts"], "C_law": float(budget)}
 
-    # --- shape ---------------------------------------------------------------------------------
-    model = None
-    if shape_fns is not None:
-        count = "all" if spec["N_counts"].startswith("all") else "nonembedding"
-        model = search_shape(N_opt, spec["aspect"], lambda s: shape_fns["n_params"](s, n_ctx), count,
-                             spec.get("head_dim", 64))
-        if model is None:
-            warnings.append(f"no (n_layer, d_model) shape within 5% of N_opt = {N_opt:.3g}")
-        else:
-            model["n_ctx"] = int(n_ctx)
-            fpt = shape_fns["flops_per_token"](model, n_ctx)
-            model["flops_per_token"] = fpt
-            out["compute"].update({"C_nonembedding": float(D_opt * fpt["nonembedding"]),
-                                   "C_all": float(D_opt * fpt["all"]),
-                                   "note": "the ledger's exact training FLOPs (model view, fwd + bwd, full-length "
-                                           "sequences) for D_opt tokens on this shape"})
-    out["model"] = model
-    sources["model"] = f"exact N of the shape (engine/flops.py), aspect ratio {spec['aspect']:.3g} from {spec['aspect_source']}"
+def _shape(spec: Dict, out: Dict, shape_fns: Optional[ShapeFns], n_ctx: int, warnings: List[str]) -> Optional[Dict]:
+    """The model shape nearest N_opt at the spec's aspect ratio, with its exact FLOPs per token
+    (and the plan's exact C on it, into out["compute"]); None without shape_fns or a shape."""
+    if shape_fns is None:
+        return None
+    N_opt, D_opt = out["N_opt"], out["D_opt"]
+    count = "all" if spec["N_counts"].startswith("all") else "nonembedding"
+    model = search_shape(N_opt, spec["aspect"], lambda s: shape_fns["n_params"](s, n_ctx), count,
+                         spec.get("head_dim", 64))
+    if model is None:
+        warnings.append(f"no (n_layer, d_model) shape within 5% of N_opt = {N_opt:.3g}")
+        return None
+    model["n_ctx"] = int(n_ctx)
+    fpt = shape_fns["flops_per_token"](model, n_ctx)
+    model["flops_per_token"] = fpt
+    out["compute"].update({"C_nonembedding": float(D_opt * fpt["nonembedding"]), "C_all": float(D_opt * fpt["all"]),
+                           "note": "the ledger's exact training FLOPs (model view, fwd + bwd, full-length "
+                                   "sequences) for D_opt tokens on this shape"})
+    return model
 
-    # --- batch, lr, steps ------------------------------------------------------------------------
-    C_ds = budget if model is None else out["compute"].get("C_nonembedding", budget)
+
+def _batch(spec: Dict, loss: Optional[float], C_ds: float, n_ctx: int, out: Dict, sources: Dict) -> None:
+    """The batch: B_crit at the predicted loss where the spec has a B_crit law, else DeepSeek's
+    B_opt(C); rounded to whole sequences of n_ctx tokens."""
     if spec.get("bcrit") is not None and loss is not None:
         B = float(b_crit(loss, **spec["bcrit"]))
         sources["batch_size_tokens"] = spec["bcrit_source"]
@@ -446,6 +480,11 @@ def make_plan(spec: Dict, budget: float, *, unique_tokens: Optional[float] = Non
     out["batch_size"] = bs
     out["n_ctx"] = int(n_ctx)
     out["batch_size_tokens"] = int(bs * n_ctx)
+
+
+def _lr(spec: Dict, N_opt: float, C_ds: float, warnings: List[str]) -> tuple:
+    """(lr, where it came from): the study's lr scans, Kaplan's eq. (D.1) for his prior, else
+    DeepSeek's eta_opt(C)."""
     lr, how = None, None
     if spec.get("lr_scans"):
         lr, how = lr_from_scans(spec["lr_scans"], N_opt)
@@ -456,58 +495,55 @@ def make_plan(spec: Dict, budget: float, *, unique_tokens: Optional[float] = Non
             lr = None
     if lr is None and how is None:
         lr, how = deepseek_lr(C_ds), "DeepSeek-AI 2024 eq. (1): eta_opt = 0.3118 C^-0.1250"
-    out["lr"] = lr
-    sources["lr"] = how or "none"
-    steps = max(1, int(math.ceil(D_opt / out["batch_size_tokens"])))
+    return lr, how
+
+
+def _steps(out: Dict, sources: Dict) -> None:
+    steps = max(1, int(math.ceil(out["D_opt"] / out["batch_size_tokens"])))
     out["steps"] = steps
     out["warmup_steps"] = int(min(WARMUP_MAX, max(1, math.ceil(WARMUP_FRAC * steps))))
     out["schedule"] = SCHEDULE
     sources["steps"] = "D_opt / batch_size_tokens"
     sources["warmup_steps"] = f"{100 * WARMUP_FRAC:g}% of the steps, at most {WARMUP_MAX} (Kaplan et al. 2020, section 2.2)"
 
-    # --- loss and its interval --------------------------------------------------------------------
+
+def _loss_interval(spec: Dict, plan_law: str, loss: Optional[float], N_opt: float, D_opt: float,
+                   unique_tokens: Optional[float], seed: int, warnings: List[str]) -> Dict:
+    """{"value", "pi90", "pi90_method"}: the law's loss at the plan, its 90% prediction interval
+    from the bootstrap draws (of the law planned with) and the residual scatter, and how it was made."""
     if loss is None:
-        out["loss"] = {"value": None, "pi90": None, "pi90_method": f"{spec['source']} publishes no loss law in this form"}
+        return {"value": None, "pi90": None, "pi90_method": f"{spec['source']} publishes no loss law in this form"}
+    sigma = spec.get("sigma_log")
+    draws = None
+    if spec.get("boot") is not None and plan_law == spec["law"]:
+        cols = {"N": N_opt, "D": D_opt} if plan_law != "data-constrained" else {"N": N_opt, "D": D_opt, "U": unique_tokens}
+        draws = draw_predictions(plan_law, spec["boot"], LAWS[plan_law].params, **cols)[:, 0]
+    pi = prediction_interval(loss, draws, sigma, seed=seed)
+    if draws is not None:
+        method = (f"{int(np.isfinite(draws).sum())} bootstrap draws of the parameters x residual scatter "
+                  f"(log sd {sigma:.3g})" if sigma else "bootstrap draws of the parameters")
+    elif sigma:
+        method = (f"residual scatter only (log sd {sigma:.3g}): no bootstrap draws were given, so parameter "
+                  f"uncertainty is left out and the interval is too narrow")
+        warnings.append("pi90 leaves out parameter uncertainty (no bootstrap draws): it is too narrow")
     else:
-        sigma = spec.get("sigma_log")
-        draws = None
-        if spec.get("boot") is not None and plan_law == draws_law:
-            cols = {"N": N_opt, "D": D_opt} if plan_law != "data-constrained" else {"N": N_opt, "D": D_opt, "U": unique_tokens}
-            draws = draw_predictions(plan_law, spec["boot"], LAWS[plan_law].params, **cols)[:, 0]
-        pi = prediction_interval(loss, draws, sigma, seed=seed)
-        if draws is not None:
-            method = (f"{int(np.isfinite(draws).sum())} bootstrap draws of the parameters x residual scatter "
-                      f"(log sd {sigma:.3g})" if sigma else "bootstrap draws of the parameters")
-        elif sigma:
-            method = (f"residual scatter only (log sd {sigma:.3g}): no bootstrap draws were given, so parameter "
-                      f"uncertainty is left out and the interval is too narrow")
-            warnings.append("pi90 leaves out parameter uncertainty (no bootstrap draws): it is too narrow")
-        else:
-            method = ("a published prior carries neither bootstrap draws nor residuals: no interval"
-                      if spec["source"].startswith("prior") else "no bootstrap draws and no residual scale: no interval")
-        out["loss"] = {"value": float(loss), "pi90": pi, "pi90_method": method}
-    sources["loss"] = f"{plan_law} law at (N_opt, D_opt)"
+        method = ("a published prior carries neither bootstrap draws nor residuals: no interval"
+                  if spec["source"].startswith("prior") else "no bootstrap draws and no residual scale: no interval")
+    return {"value": float(loss), "pi90": pi, "pi90_method": method}
 
-    # --- wall time -----------------------------------------------------------------------------
-    out["wall_time_s"], out["throughput"] = None, None
-    if throughput:
-        tps = throughput.get("tokens_per_s")
-        if tps is None and throughput.get("flops_per_s") and model is not None:
-            tps = throughput["flops_per_s"] / model["flops_per_token"]["all"]
-        if tps:
-            out["throughput"] = dict(throughput, tokens_per_s_plan=float(tps))
-            out["wall_time_s"] = float(D_opt / tps)
-        else:
-            warnings.append("a throughput was given, but no model shape to turn FLOP/s into tokens/s")
 
-    # --- guards ----------------------------------------------------------------------------------
-    flat = flat_range(plan_law, plan_params, budget, N_opt, loss, unique_tokens)
-    out["guards"] = make_guards(budget, N_opt, D_opt, spec.get("fitted", {}), flat, spec.get("crossover"),
-                                spec.get("crossover_source", ""), spec["compute"])
-    out["warn"] = [g["message"] for g in out["guards"] if g["warn"]]
-    out["sources"] = sources
-    out["warnings"] = warnings
-    return out
+def _wall_time(throughput: Optional[Dict], model: Optional[Dict], D_opt: float, warnings: List[str]) -> tuple:
+    """(wall_time_s, throughput record): D_opt at the given tokens/s, or FLOP/s over the shape's
+    FLOPs per token; (None, None) without a throughput."""
+    if not throughput:
+        return None, None
+    tps = throughput.get("tokens_per_s")
+    if tps is None and throughput.get("flops_per_s") and model is not None:
+        tps = throughput["flops_per_s"] / model["flops_per_token"]["all"]
+    if not tps:
+        warnings.append("a throughput was given, but no model shape to turn FLOP/s into tokens/s")
+        return None, None
+    return float(D_opt / tps), dict(throughput, tokens_per_s_plan=float(tps))
 
 
 def prior_spec(name: str) -> Dict:
@@ -550,22 +586,10 @@ def fits_spec(fits, law: Optional[str] = None, boot: Optional[Dict] = None) -> D
     """The spec make_plan reads, from a fits.json payload (or `flopscale fit --json` output).
     law: the entry to plan from (its name, e.g. chinchilla, nd), default the first of LOSS_LAWS
     present; boot: {entry name: (n_boot, n_params) bootstrap draws} for the loss interval."""
-    entries = _entries(fits)
-    by_name = {f.get("name", f["law"]): f for f in entries}
-    if law is not None:
-        if law not in by_name:
-            raise FitError(f"fits: no fit named {law!r} (have: {', '.join(by_name)})")
-        entry = by_name[law]
-        if entry["law"] not in LOSS_LAWS and entry["law"] != "data-constrained":
-            raise FitError(f"fits: a plan needs a law of N and D ({', '.join(LOSS_LAWS)}); {law!r} is law {entry['law']!r}")
-    else:
-        entry = next((by_name[k] for k in LOSS_LAWS if k in by_name), None)
-        if entry is None:
-            raise FitError(f"fits: no fit of N and D to plan from (need one of {', '.join(LOSS_LAWS)}; have "
-                           f"{', '.join(by_name) or 'none'})")
+    by_name = {f.get("name", f["law"]): f for f in _entries(fits)}
+    entry = _plan_entry(by_name, law)
     name = entry.get("name", entry["law"])
-    L = LAWS[entry["law"]]
-    n_free = L.n_params - len(entry.get("fixed") or {})
+    n_free = LAWS[entry["law"]].n_params - len(entry.get("fixed") or {})
     payload = fits if isinstance(fits, dict) and "fits" in fits else {}
     study = payload.get("study") or {}
     bc = by_name.get("bcrit")
@@ -595,7 +619,31 @@ def fits_spec(fits, law: Optional[str] = None, boot: Optional[Dict] = None) -> D
             spec["boot"] = np.asarray(boot[name], float)
         elif entry.get("boot") is not None:
             spec["boot"] = np.asarray(entry["boot"], float)
-    # B_crit(L) from the study's own bcrit fit
+    _bcrit_spec(spec, bc, law_of_plan, params)
+    _ablation_spec(spec, payload.get("ablations") or {})
+    spec["fitted"] = _fitted_range(entry.get("ranges") or {}, study)
+    _crossover_spec(spec, by_name, payload.get("frontier") or {})
+    return spec
+
+
+def _plan_entry(by_name: Dict[str, dict], law: Optional[str]) -> dict:
+    """The fits.json entry to plan from: the one named, else the first of LOSS_LAWS present."""
+    if law is not None:
+        if law not in by_name:
+            raise FitError(f"fits: no fit named {law!r} (have: {', '.join(by_name)})")
+        entry = by_name[law]
+        if entry["law"] not in LOSS_LAWS and entry["law"] != "data-constrained":
+            raise FitError(f"fits: a plan needs a law of N and D ({', '.join(LOSS_LAWS)}); {law!r} is law {entry['law']!r}")
+        return entry
+    entry = next((by_name[k] for k in LOSS_LAWS if k in by_name), None)
+    if entry is None:
+        raise FitError(f"fits: no fit of N and D to plan from (need one of {', '.join(LOSS_LAWS)}; have "
+                       f"{', '.join(by_name) or 'none'})")
+    return entry
+
+
+def _bcrit_spec(spec: Dict, bc: Optional[dict], law_of_plan: str, params: Dict) -> None:
+    """B_crit(L) from the study's own bcrit fit, else Kaplan's on his route, else none (DeepSeek's batch)."""
     if bc is not None:
         spec["bcrit"] = {k: bc["params"][k] for k in ("B_star", "alpha_B")}
         spec["bcrit_source"] = (f"own fits: bcrit, B_crit = {bc['params']['B_star']:.3g} / L^(1/{bc['params']['alpha_B']:.3g}) "
@@ -604,8 +652,10 @@ def fits_spec(fits, law: Optional[str] = None, boot: Optional[Dict] = None) -> D
     elif law_of_plan == "kaplan":
         spec["bcrit"] = params["bcrit"]
         spec["bcrit_source"] = "Kaplan et al. 2020 eq. (5.3) (the study has no bcrit fit): B_crit at the predicted loss"
-    # lr scans and shapes from the study's ablations
-    abl = payload.get("ablations") or {}
+
+
+def _ablation_spec(spec: Dict, abl: Dict) -> None:
+    """lr scans and the best aspect ratio from the study's ablations (fits.json "ablations"), else Kaplan's."""
     scans = (abl.get("lr") or {}).get("scans")
     if scans:
         spec["lr_scans"] = scans
@@ -617,8 +667,10 @@ def fits_spec(fits, law: Optional[str] = None, boot: Optional[Dict] = None) -> D
     else:
         spec["aspect"] = PRIORS["kaplan"]["aspect"]
         spec["aspect_source"] = "no shape runs in the study; " + PRIORS["kaplan"]["sources"]["aspect"]
-    # the fitted range
-    rng = entry.get("ranges") or {}
+
+
+def _fitted_range(rng: Dict, study: Dict) -> Dict:
+    """What the guards compare a plan with: the largest C and N fitted, the tokens per parameter spanned."""
     fitted: Dict = {}
     if study.get("C_range"):
         fitted["C_max"], fitted["C_source"] = float(study["C_range"][1]), "the study's largest run, C = nonembedding"
@@ -630,9 +682,12 @@ def fits_spec(fits, law: Optional[str] = None, boot: Optional[Dict] = None) -> D
         fitted["tokens_per_param"] = [float(v) for v in study["tokens_per_param_range"]]
     elif "N" in rng and "D" in rng:
         fitted["tokens_per_param"] = [rng["D"][0] / rng["N"][1], rng["D"][1] / rng["N"][0]]
-    spec["fitted"] = fitted
-    # L(C) and L(D(C)) of the study itself, where it has them; else Kaplan's
-    c, d, fr = by_name.get("c"), by_name.get("d"), payload.get("frontier") or {}
+    return fitted
+
+
+def _crossover_spec(spec: Dict, by_name: Dict[str, dict], fr) -> None:
+    """Where L(C) and L(D(C)) cross: the study's own c, d and frontier D_opt(C) fits, else Kaplan's."""
+    c, d = by_name.get("c"), by_name.get("d")
     dopt = fr.get("D_opt") if isinstance(fr, dict) else None
     if c is not None and d is not None and dopt:
         spec["crossover"] = kaplan_crossover(c["params"], d["params"], {"coef": dopt["coef"], "exponent": dopt["exponent"]})
@@ -640,7 +695,6 @@ def fits_spec(fits, law: Optional[str] = None, boot: Optional[Dict] = None) -> D
     else:
         spec["crossover"] = kaplan_crossover()
         spec["crossover_source"] = "Kaplan et al. 2020 eqs. (1.2), (1.3), (6.7) (the study has no c, d and frontier fits)"
-    return spec
 
 
 def plan_from_fits(fits, budget: float, *, law: Optional[str] = None, boot: Optional[Dict] = None, **kw) -> Dict:
