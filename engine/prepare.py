@@ -349,15 +349,50 @@ def prepare(src: str, out: str, tokenizer: str = "bpe-4096", workers: int = 1, t
             raise DataError(f"{outp} holds shards prepared with other settings; use another --out")
         return rec
     units = list_units(srcp, text_column)
+    work = _work_dir(outp, dict(settings, n_units=len(units)))
+    stats = _tokenize(units, work, (tk, text_column, str(work), dtype), workers, progress)
+    if not any(s["n_nonempty"] for s in stats.values()):
+        raise DataError(f"empty text column {text_column!r} in {src}: no document has any text")
+
+    # Assemble: val shard(s) from the head of the stream, then training shards.
+    sizes = [stats[i]["n_tokens"] for i in range(len(units))]
+    total = sum(sizes)
+    n_val = min(val_tokens, total // 10)
+    plan = _shard_plan(prefix, n_val, total, shard_tokens)
+    if not any(p[0].startswith(f"{prefix}_train_") for p in plan):
+        raise DataError(f"{src} tokenizes to {total} tokens: too few for a training shard")
+    bounds = np.cumsum([0] + sizes)
+    for fname, a, b in plan:
+        _write_shard(outp / fname, a, b, bounds, work, dtype, version)
+    max_id = max(s["max_id"] for s in stats.values())
+    if max_id >= tk["vocab_size"]:  # a tokenizer whose ids exceed its own size: refuse, never write bad shards
+        raise DataError(f"tokenizer {tokenizer} produced id {max_id} >= its vocab size {tk['vocab_size']}")
+    if tk["kind"] == "hf":
+        shutil.copyfile(tk["json"], outp / "tokenizer.json")
+    rec = {"format": "llm.c", "version": version, "magic": 20240520 if version == 1 else 20240801,
+           "tokenizer": tokenizer, "vocab_size": tk["vocab_size"], "eot": tk["eot"],
+           "n_tokens": {"val": n_val, "train": total - n_val}, "n_documents": sum(s["n_docs"] for s in stats.values()),
+           "shards": [p[0] for p in plan], "settings": settings}
+    atomic_write_json(done_path, rec)
+    shutil.rmtree(work, ignore_errors=True)
+    return rec
+
+
+def _work_dir(outp: Path, settings_units: dict) -> Path:
+    """OUT/.prepare, holding the settings an unfinished prepare started with (a resume must match them)."""
     work = outp / ".prepare"
     work.mkdir(parents=True, exist_ok=True)
     spath = work / "settings.json"
-    settings_units = dict(settings, n_units=len(units))
     if spath.is_file() and json.loads(spath.read_text()) != settings_units:
         raise DataError(f"{outp} holds an unfinished prepare with other settings (or a changed source); use another "
                         f"--out or delete {work}")
     atomic_write_json(spath, settings_units)
+    return work
 
+
+def _tokenize(units: list, work: Path, init: tuple, workers: int, progress: bool) -> dict:
+    """{unit index: its part's stats}: the parts a killed prepare finished, then the rest tokenized
+    by ``workers`` processes into work/part_NNNNNN.tok."""
     stats = {}
     for i in range(len(units)):
         sj = work / f"part_{i:06d}.json"
@@ -369,7 +404,6 @@ def prepare(src: str, out: str, tokenizer: str = "bpe-4096", workers: int = 1, t
     bar = tqdm(total=None, initial=sum(s["n_tokens"] for s in stats.values()), unit="tok", unit_scale=True,
                disable=not progress, desc=f"tokenizing ({len(todo)} of {len(units)} units left)", file=sys.stderr,
                mininterval=0.5)
-    init = (tk, text_column, str(work), dtype)
     try:
         if workers == 1 or len(todo) <= 1:
             _worker_init(*init)
@@ -388,57 +422,44 @@ def prepare(src: str, out: str, tokenizer: str = "bpe-4096", workers: int = 1, t
                     _take(r, stats, bar)
     finally:
         bar.close()
-    if not any(s["n_nonempty"] for s in stats.values()):
-        raise DataError(f"empty text column {text_column!r} in {src}: no document has any text")
+    return stats
 
-    # Assemble: val shard(s) from the head of the stream, then training shards.
-    sizes = [stats[i]["n_tokens"] for i in range(len(units))]
-    total = sum(sizes)
-    n_val = min(val_tokens, total // 10)
-    plan, pos, k = [], 0, 0  # (file name, start, stop) in stream positions
+
+def _shard_plan(prefix: str, n_val: int, total: int, shard_tokens: int) -> list:
+    """[(file name, start, stop)] in stream positions: val shard(s) from the head, then training shards."""
+    plan, k = [], 0
     for split, lo, hi in (("val", 0, n_val), ("train", n_val, total)):
         a = lo
         while a < hi:
             b = min(a + shard_tokens, hi)
             plan.append((_shard_name(prefix, split, k), a, b))
             k, a = k + 1, b
-    if not any(p[0].startswith(f"{prefix}_train_") for p in plan):
-        raise DataError(f"{src} tokenizes to {total} tokens: too few for a training shard")
+    return plan
+
+
+def _write_shard(target: Path, a: int, b: int, bounds: np.ndarray, work: Path, dtype: str, version: int) -> None:
+    """Stream positions [a, b) copied from the parts (unit i holds [bounds[i], bounds[i+1])) into one
+    llm.c shard, written whole or not at all; one already whole (a kill after its rename) is kept."""
     item = np.dtype(dtype).itemsize
-    bounds = np.cumsum([0] + sizes)
-    for fname, a, b in plan:
-        target = outp / fname
-        if target.is_file() and target.stat().st_size == 1024 + item * (b - a):
-            continue  # written whole before a kill (rename is atomic)
-        tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(llmc_header(b - a, version))
-            for i in range(len(units)):
-                lo, hi = max(a, bounds[i]), min(b, bounds[i + 1])
-                if lo >= hi:
-                    continue
-                with open(work / f"part_{i:06d}.tok", "rb") as pf:
-                    pf.seek(int(lo - bounds[i]) * item)
-                    left = int(hi - lo)
-                    while left:
-                        chunk = np.fromfile(pf, dtype=dtype, count=min(left, COPY_CHUNK))
-                        f.write(chunk.tobytes())
-                        left -= chunk.size
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    max_id = max(s["max_id"] for s in stats.values())
-    if max_id >= tk["vocab_size"]:  # a tokenizer whose ids exceed its own size: refuse, never write bad shards
-        raise DataError(f"tokenizer {tokenizer} produced id {max_id} >= its vocab size {tk['vocab_size']}")
-    if tk["kind"] == "hf":
-        shutil.copyfile(tk["json"], outp / "tokenizer.json")
-    rec = {"format": "llm.c", "version": version, "magic": 20240520 if version == 1 else 20240801,
-           "tokenizer": tokenizer, "vocab_size": tk["vocab_size"], "eot": tk["eot"],
-           "n_tokens": {"val": n_val, "train": total - n_val}, "n_documents": sum(s["n_docs"] for s in stats.values()),
-           "shards": [p[0] for p in plan], "settings": settings}
-    atomic_write_json(done_path, rec)
-    shutil.rmtree(work, ignore_errors=True)
-    return rec
+    if target.is_file() and target.stat().st_size == 1024 + item * (b - a):
+        return  # written whole before a kill (rename is atomic)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(llmc_header(b - a, version))
+        for i in range(len(bounds) - 1):
+            lo, hi = max(a, bounds[i]), min(b, bounds[i + 1])
+            if lo >= hi:
+                continue
+            with open(work / f"part_{i:06d}.tok", "rb") as pf:
+                pf.seek(int(lo - bounds[i]) * item)
+                left = int(hi - lo)
+                while left:
+                    chunk = np.fromfile(pf, dtype=dtype, count=min(left, COPY_CHUNK))
+                    f.write(chunk.tobytes())
+                    left -= chunk.size
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
 
 
 def _take(r: dict, stats: dict, bar) -> None:
