@@ -21,7 +21,7 @@ from .ablations import ablations
 from .backtest import backtest, largest_budget_split, load_points
 from .estimator import N_BOOT, FitError, as_columns, check_points, fit, parse_fix
 from .isoflop import TOL_DEX, WINDOW_DEX, fit_isoflop
-from .laws import HUBER_DELTA
+from .laws import HUBER_DELTA, LAWS
 from .plan import study_plans
 from .positions import position_fits
 from .report import print_summary, write_report
@@ -198,6 +198,10 @@ def study_outlook(payload: dict, entries, paths, outlook: dict, point: str, comp
         out["plans_skipped"] = str(e)
         return out
     law = out["plans"][0]["law"]
+    if law not in LAWS:  # Kaplan's route: L(N, S_min) with B_crit(L), two laws where a backtest scores one
+        out["backtest_skipped"] = ("the plans follow Kaplan's route (L(N, S_min) with B_crit(L), two fitted laws) and a "
+                                   "backtest scores one law on held-out points (`flopscale backtest --law` takes any one)")
+        return out
     try:
         cols = load_points(paths=paths, law=law, point=point, compute=compute)
         out["backtest"] = backtest(cols, law, largest_budget_split(cols, "C"), n_boot=n_boot, seed=seed)

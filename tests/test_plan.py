@@ -282,6 +282,13 @@ def test_fits_with_only_ns_take_kaplans_route():
     assert own["N_opt"] == pytest.approx(prior["N_opt"], rel=1e-9)
     assert own["batch_size_tokens_law"] == pytest.approx(prior["batch_size_tokens_law"], rel=1e-9)
     assert own["loss"]["pi90"] is not None and "residual scatter only" in own["loss"]["pi90_method"]
+    # a sweep's outlook on such a study: the plans, and the backtest skipped in one plain line (it
+    # scores one law; the route is two), not backtest's complaint about a law named 'kaplan'
+    from flopscale.fitting.api import study_outlook
+    payload["study"] = {"C_range": [1e15, 1e17]}
+    o = study_outlook(payload, [], [], {}, "best", "nonembedding", 0, 0)
+    assert [p["law"] for p in o["plans"]] == ["kaplan", "kaplan"] and "backtest" not in o
+    assert "two fitted laws" in o["backtest_skipped"] and "does not predict" not in o["backtest_skipped"]
 
 
 def test_lr_from_the_studys_scans_and_aspect_from_its_shape_runs():
