@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .laws import LAWS, PAPER, PAPER_ALLOCATION_HOFFMANN
-from .numbers import fmt
+from .numbers import fmt, fmt_short_sci
 from .figures import iso_slices_axes, plot_isoflop
 from .plotting import bootstrap_band, pyplot, save_figure
 from .results import PANEL_FILES, PANELS, approach3_rows, frontiers_by_compute
@@ -269,7 +269,7 @@ def draw_bcrit(ax, entry, why: str = ""):
             label=f"fit: alpha_B = {_fmt_ci(f['params']['alpha_B'], f['ci95'].get('alpha_B'))}, "
                   f"B* = {f['params']['B_star']:.3g}")
     ax.plot(grid, LAWS["bcrit"].predict(PAPER["bcrit"], loss=grid), color="0.5", ls=":",
-            label="Kaplan: B* 2e8, alpha_B 0.21")
+            label=f"Kaplan: B* {fmt_short_sci(PAPER['bcrit']['B_star'])}, alpha_B {PAPER['bcrit']['alpha_B']:g}")
     _style(ax, title, "loss (nats/token)", "B_crit (tokens)")
     from matplotlib.ticker import NullFormatter
     ax.xaxis.set_minor_formatter(NullFormatter())  # a loss range under a decade: minor labels collide
