@@ -78,8 +78,8 @@ def test_cpu_smoke_local_two_workers_bit_identical(tmp_path):
     tr = get_preset("cpu-smoke").train
     load_corpus(tr["data"], tr["tokenizer"])  # warm the session's token cache so neither run pays for BPE
     walls = {}
-    for ex in ("inline", "local"):
-        extra = ["--workers", "2"] if ex == "local" else []
+    for ex in ("inline", "local"):  # the fit runs in the parent whatever the executor: once is enough
+        extra = ["--workers", "2", "--no-fit"] if ex == "local" else []
         t0 = time.perf_counter()
         p = _cli("sweep", "--preset", "cpu-smoke", "--out", str(tmp_path / ex), "--executor", ex, *extra, "--quiet")
         out, err = p.communicate(timeout=600)
@@ -91,7 +91,7 @@ def test_cpu_smoke_local_two_workers_bit_identical(tmp_path):
     for r in man["local"]["runs"]:
         assert r["status"] == "done" and r["executor"] == "local" and r["node"] == socket.gethostname()
         assert r["start"] <= r["end"]
-    assert man["local"]["fit"]["alpha_N"] == man["inline"]["fit"]["alpha_N"]
+    assert "alpha_N" in man["inline"]["fit"] and "fit" not in man["local"]
     runs = {ex: man[ex]["timing_s"]["runs_this_invocation"] for ex in walls}
     # The speedup is measured by bench/bench_sweep.py (a timed assertion here would fail on a busy
     # machine, and speed targets belong in benchmarks); printed for the log only.

@@ -64,12 +64,14 @@ def _sweep(preset, out, *extra):
     r = subprocess.run([sys.executable, "-m", "flopscale.cli", "sweep", "--preset", preset, "--out", str(out),
                         "--quiet", *extra], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads((Path(out) / "report" / "fits.json").read_text())
+    return None if "--no-fit" in extra else json.loads((Path(out) / "report" / "fits.json").read_text())
 
 
 def test_shrunken_study_end_to_end(shrunk, tmp_path):
     fits = _sweep(shrunk, tmp_path / "inline")
-    par = _sweep(shrunk, tmp_path / "local", "--executor", "local", "--workers", "2")
+    # the same grid on two workers, not fitted again: the fit reads the runs in the parent whatever the
+    # executor, so runs equal to the bit are the whole check
+    _sweep(shrunk, tmp_path / "local", "--executor", "local", "--workers", "2", "--no-fit")
     names = sorted(p.name for p in (tmp_path / "inline" / "runs").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "local" / "runs").iterdir())
     for n in names:  # parallel and serial runs agree bit for bit
@@ -83,7 +85,6 @@ def test_shrunken_study_end_to_end(shrunk, tmp_path):
     assert len(used) >= 3, by["isoflop"]["slices"]  # the three budgets' minima are interior
     env = fits["frontier"]["envelope"]["loss"]
     assert all(b <= a for a, b in zip(env, env[1:]))  # the frontier never rises
-    assert [f["params"] for f in par["fits"]] == [f["params"] for f in fits["fits"]]
     # the report's outlook: plans at 10x and 100x the largest fitted C, a backtest of the largest budget
     o = fits["outlook"]
     plans = o["plans"]
