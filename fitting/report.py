@@ -26,7 +26,7 @@ from flopscale.fileio import atomic_write_text
 from .ablation_report import sections, write_figures as write_ablation_figures
 from .figures import plot_entry, plot_frontier, plot_positions
 from .laws import (HUBER_DELTA, PAPER, PAPER_ALLOCATION_EMPIRICAL, PAPER_ALLOCATION_HOFFMANN, PAPER_SOURCES, PF_DAY,
-                   POSITION_FORMULA, allocation_exponents)
+                   POSITION_FORMULA)
 from .numbers import fmt, fmt_short_sci
 from .outlook_report import outlook_section
 from .panels import write_panels
@@ -125,13 +125,10 @@ def _fit_section(e: FitEntry, png: Optional[str]) -> List[str]:
     return out + [""]
 
 
-def _allocation_section(entries: List[FitEntry]) -> List[str]:
-    by = {e.fit["law"]: e.fit for e in entries}
-    pa = allocation_exponents(PAPER["ns"]["alpha_N"], PAPER["ns"]["alpha_S"], PAPER["bcrit"]["alpha_B"])
-    fitted = None
-    if "ns" in by and "bcrit" in by:
-        fitted = allocation_exponents(by["ns"]["params"]["alpha_N"], by["ns"]["params"]["alpha_S"],
-                                      by["bcrit"]["params"]["alpha_B"])
+def _allocation_section(payload: dict) -> List[str]:
+    """fits.json's "allocation" (from the ns and bcrit fits) beside "allocation_paper" (the paper's
+    constants, derived and measured), as study.build_payload computed them."""
+    pa, fitted = payload["allocation_paper"]["derived"], payload.get("allocation")
     out = ["## Compute-efficient allocation", "",
            "Derived from alpha_N, alpha_S (law `ns`) and alpha_B (law `bcrit`): 1/alpha_C_min = "
            "1/alpha_S + 1/alpha_B + 1/alpha_N, N ~ C^(alpha_C/alpha_N), B ~ C^(alpha_C/alpha_B), "
@@ -139,7 +136,7 @@ def _allocation_section(entries: List[FitEntry]) -> List[str]:
            "exponents (last column) differ from those its own constants imply (middle column).", "",
            "| exponent of C_min | derived from these fits | derived from the paper's constants | paper, empirical |",
            "| --- | --- | --- | --- |"]
-    emp = dict(PAPER_ALLOCATION_EMPIRICAL, alpha_C_min=0.050)
+    emp = dict(payload["allocation_paper"]["empirical"], alpha_C_min=PAPER["c"]["alpha_C"])  # eq. (1.3)
     for k in ("alpha_C_min", "N", "B", "S", "D"):
         out.append(f"| {k} | {_fmt(fitted[k]) if fitted else '— (needs ns and bcrit fits)'} | {_fmt(pa[k])} | "
                    f"{_fmt(emp.get(k))} |")
@@ -336,7 +333,7 @@ def markdown(entries: List[FitEntry], payload: dict, pngs: Dict[str, str], posit
     md += _groups_section(payload.get("groups"))
     md += _frontier_section(payload.get("frontier"))
     md += _batch_section(payload.get("batch"))
-    md += _allocation_section(entries)
+    md += _allocation_section(payload)
     if payload.get("positions"):
         md += positions_section(payload["positions"], positions_png)
     if payload.get("ablations"):

@@ -188,11 +188,6 @@ def approach3(fit: dict, summary: Optional[Dict]) -> List[Dict]:
     return out
 
 
-def _paper_derived_n() -> float:
-    """N_opt ~ C_min^a as Kaplan's own alpha_N, alpha_S, alpha_B imply it (0.68; he measured 0.73)."""
-    return allocation_exponents(PAPER["ns"]["alpha_N"], PAPER["ns"]["alpha_S"], PAPER["bcrit"]["alpha_B"])["N"]
-
-
 def exponent_rows(payload: dict, summary: Optional[Dict] = None) -> List[Dict]:
     """One row per fitted exponent: value, 95% interval, Kaplan et al.'s and Hoffmann et al.'s."""
     fits = _fits_by_name(payload)
@@ -254,7 +249,7 @@ def exponent_rows(payload: dict, summary: Optional[Dict] = None) -> List[Dict]:
         rows.append({"quantity": "N_opt ~ C_min^a, derived from L(N, S) and B_crit(L)", "fit": "ns + bcrit",
                      "compute": "nonembedding", "value": payload["allocation"]["N"], "ci95": None,
                      "kaplan": PAPER_ALLOCATION_EMPIRICAL["N"], "hoffmann": None,
-                     "note": f"Kaplan's constants imply {_paper_derived_n():.2f}, he measured "
+                     "note": f"Kaplan's constants imply {payload['allocation_paper']['derived']['N']:.2f}, he measured "
                              f"{PAPER_ALLOCATION_EMPIRICAL['N']:.2f}"})
     return rows
 
